@@ -1,0 +1,246 @@
+"""The ``outbox`` command line.
+
+Every flag that mirrors an environment variable names it in ``--help``.
+Errors are one line naming the culprit, exit status 1 (2 for usage errors);
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from outbox.errors import OutboxError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="libpq URL or conninfo (env OUTBOX_DATABASE_URL, then DATABASE_URL, "
+        "then libpq PG* variables)",
+    )
+
+
+def _db_url(args: argparse.Namespace) -> str:
+    from outbox.config import database_url
+
+    return str(getattr(args, "database_url", None) or database_url())
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --- migrate -----------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from outbox.db import connect
+    from outbox.migrate import current_version, migrate
+
+    with connect(_db_url(args)) as conn:
+        applied = migrate(conn, log=_say)
+        version = current_version(conn)
+    if applied:
+        _say(f"schema outbox at version {version} (applied {len(applied)})")
+    else:
+        _say(f"schema outbox at version {version}: up to date")
+    return 0
+
+
+# --- track / untrack / tracked ---------------------------------------------------
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from outbox.capture import Rule, track
+    from outbox.db import connect
+
+    ops = [(op, getattr(args, op)) for op in ("insert", "update", "delete")]
+    ops = [(op, ev) for op, ev in ops if ev]
+    if not ops:
+        raise OutboxError("give at least one of --insert, --update, --delete")
+    if args.of and not args.update:
+        raise OutboxError("--of applies to --update rules only")
+    rules = []
+    for op, ev in ops:
+        # --when goes with --update when there is one (as --of does);
+        # otherwise with every rule of this command.
+        when = args.when if (op == "update" or not args.update) else None
+        rules.append(
+            Rule(
+                table=args.table,
+                operation=op,
+                event_type=ev,
+                of=args.of if op == "update" else (),
+                when=when,
+                columns=args.columns,
+                exclude=args.exclude or (),
+            )
+        )
+    with connect(_db_url(args)) as conn:
+        result = track(conn, rules)
+    for r in result:
+        state = "tracked" if r.changed else "unchanged"
+        _say(f"{state}: {r.table} {r.operation} -> {r.event_type} (trigger {r.trigger_name})")
+    return 0
+
+
+def cmd_untrack(args: argparse.Namespace) -> int:
+    from outbox.capture import untrack
+    from outbox.db import connect
+
+    with connect(_db_url(args)) as conn:
+        removed = untrack(conn, args.table, args.event)
+    for r in removed:
+        _say(f"untracked: {r.table} {r.operation} -> {r.event_type}")
+    return 0
+
+
+def cmd_tracked(args: argparse.Namespace) -> int:
+    import json
+
+    from outbox.capture import tracked
+    from outbox.db import connect
+
+    with connect(_db_url(args)) as conn:
+        rules = tracked(conn)
+    if args.json:
+        _say(json.dumps([r.__dict__ for r in rules], default=list, indent=2))
+        return 0
+    if not rules:
+        _say("no capture rules (add one with `outbox track TABLE --insert EVENT`)")
+        return 0
+    for r in rules:
+        extra = []
+        if r.of:
+            extra.append("of " + ",".join(r.of))
+        if r.when:
+            extra.append(f"when {r.when}")
+        if r.columns is not None:
+            extra.append("columns " + ",".join(r.columns))
+        if r.exclude:
+            extra.append("exclude " + ",".join(r.exclude))
+        tail = f"  [{'; '.join(extra)}]" if extra else ""
+        _say(f"{r.table:30} {r.operation:6} -> {r.event_type}{tail}")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------
+
+_EPILOG = """environment:
+  OUTBOX_DATABASE_URL   database (falls back to DATABASE_URL, then libpq PG* variables)
+  OUTBOX_API_TOKEN      bootstrap API token for the REST API and /ws
+
+docs: README.md (install, capture, publish, serve, demo)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="outbox",
+        description="Transactional-outbox change feed for PostgreSQL: capture changes with "
+        "triggers, stream them to WebSocket clients and deliver them as signed webhooks.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from outbox import __version__
+
+    parser.add_argument("--version", action="version", version=f"outbox-relay {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="apply the SQL migrations in sql/ (idempotent)",
+                       description="Apply pending migrations of schema outbox in one "
+                       "transaction under an advisory lock. Safe to run concurrently.")
+    _add_db(p)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "track",
+        help="capture a table's changes as events",
+        description="Compile capture rules into triggers. Re-running the same rule changes "
+        "nothing; a changed rule replaces its trigger atomically.",
+        epilog="example:\n  outbox track tickets --insert ticket.created\n"
+        "  outbox track tickets --update ticket.status_changed --of status\n"
+        "  outbox track users --insert user.created --exclude password_hash",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("table", help="table name, optionally schema-qualified")
+    p.add_argument("--insert", metavar="EVENT", help="event type for inserted rows")
+    p.add_argument("--update", metavar="EVENT", help="event type for updated rows")
+    p.add_argument("--delete", metavar="EVENT", help="event type for deleted rows (old row)")
+    p.add_argument("--of", metavar="COL,...", type=_csv, default=(),
+                   help="--update fires only when one of these columns really changed "
+                   "(IS DISTINCT FROM); their old values go in payload.previous")
+    p.add_argument("--when", metavar="SQL",
+                   help="trigger WHEN condition over OLD/NEW; applies to --update if given, "
+                   "else to every rule of this command")
+    p.add_argument("--columns", metavar="COL,...", type=_csv, default=None,
+                   help="payload holds only these columns")
+    p.add_argument("--exclude", metavar="COL,...", type=_csv, default=(),
+                   help="payload leaves these columns out (e.g. password_hash)")
+    _add_db(p)
+    p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("untrack", help="remove capture rules of a table",
+                       description="Remove the table's capture rules, or only the one "
+                       "for EVENT.")
+    p.add_argument("table")
+    p.add_argument("event", nargs="?", help="only the rule(s) producing this event type")
+    _add_db(p)
+    p.set_defaults(func=cmd_untrack)
+
+    p = sub.add_parser("tracked", help="list capture rules")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_db(p)
+    p.set_defaults(func=cmd_tracked)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Later modules (serve, demo, token, bench) register their sub-commands here,
+# so this file does not import the server stack for `outbox migrate`.
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def _load_extra_commands() -> None:
+    import importlib
+
+    for mod in ("outbox.cli_serve", "outbox.cli_token", "outbox.cli_demo"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod:
+                continue
+            raise
+        _EXTRA_COMMANDS.append(m.register)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _load_extra_commands()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except OutboxError as exc:
+        print(f"outbox {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The resume cursor: an opaque string from which any consumer resumes with
+no gap (repeats allowed, always with the same event id).
+
+A cursor is ``(after, pending)``: every committed event with ``id <= after``
+has been emitted, except those written by the transactions listed in
+``pending`` (xids that were still in progress, or deliberately held back, at
+the read that produced the cursor). See relay/feed.py for why that is enough.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from outbox.errors import CursorError
+
+_VERSION = "1"
+_MAX_PENDING = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    after: int
+    pending: tuple[int, ...] = ()
+
+    def encode(self) -> str:
+        raw = f"{_VERSION}:{self.after}:{','.join(map(str, self.pending))}"
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        if not isinstance(text, str) or not text or len(text) > 4 * 1024 * 1024:
+            raise CursorError("invalid cursor")
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+            version, after, pending = raw.split(":")
+            if version != _VERSION:
+                raise ValueError(version)
+            xids = tuple(int(x) for x in pending.split(",") if x)
+            value = cls(int(after), xids)
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise CursorError("invalid cursor") from None
+        if value.after < 0 or any(x <= 0 for x in value.pending) or len(xids) > _MAX_PENDING:
+            raise CursorError("invalid cursor")
+        return value
+
+    def __str__(self) -> str:
+        return self.encode()

@@ -1,0 +1,50 @@
+"""Locate and load the SQL in ``sql/``: numbered migrations and named queries.
+
+``sql/`` at the repository root is the single source of truth for the schema.
+A named-query file holds blocks that start with ``-- name: query_name``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+_SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_MIGRATION_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_NAME_RE = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
+
+
+def sql_dir() -> Path:
+    if not _SQL_DIR.is_dir():  # pragma: no cover - broken install
+        raise FileNotFoundError(f"SQL directory not found: {_SQL_DIR}")
+    return _SQL_DIR
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """Return ``(version, name, sql)`` for every ``NNN_name.sql``, in order."""
+    found = []
+    for path in sorted(sql_dir().iterdir()):
+        m = _MIGRATION_RE.match(path.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), path.read_text(encoding="utf-8")))
+    versions = [v for v, _, _ in found]
+    if versions != list(range(1, len(versions) + 1)):
+        raise RuntimeError(f"migrations must be numbered 001.. without gaps, got {versions}")
+    return found
+
+
+@functools.cache
+def queries(filename: str = "queries.sql") -> dict[str, str]:
+    """Parse a named-query file into ``{name: sql}``."""
+    text = (sql_dir() / filename).read_text(encoding="utf-8")
+    parts = _NAME_RE.split(text)
+    # parts = [preamble, name1, body1, name2, body2, ...]
+    out: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        out[name] = body.strip().rstrip(";")
+    return out
+
+
+def query(name: str, filename: str = "queries.sql") -> str:
+    return queries(filename)[name]

@@ -1,0 +1,1 @@
+"""The long-running relay: feed reader, WebSocket hub, webhook delivery."""
