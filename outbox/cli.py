@@ -238,6 +238,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutboxError as exc:
         print(f"outbox {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        import psycopg
+
+        if not isinstance(exc, psycopg.Error):
+            raise
+        if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
+            msg = "the outbox schema is missing: run `outbox migrate` first"
+        else:
+            msg = f"database error: {str(exc).strip().splitlines()[0]}"
+        print(f"outbox {args.command}: error: {msg}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -1,0 +1,1 @@
+"""The HTTP surface: REST API, /ws, health, metrics and the admin page."""

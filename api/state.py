@@ -1,0 +1,26 @@
+"""What every request handler can reach: ``request.app.state.outbox``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from outbox.config import Settings
+from relay.metrics import Metrics
+
+if TYPE_CHECKING:
+    from relay.delivery import DeliveryWorker
+    from relay.hub import Hub
+    from relay.runtime import Relay
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    pool: AsyncConnectionPool[Any]
+    metrics: Metrics
+    hub: Hub
+    relay: Relay
+    sender: DeliveryWorker
