@@ -8,6 +8,7 @@ Set OUTBOX_TEST_ADMIN_URL to point at another server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -108,3 +109,59 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(interval)
+
+
+class RunningServer:
+    def __init__(self, app: Any, port: int) -> None:
+        self.app = app
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/ws"
+
+
+@contextlib.asynccontextmanager
+async def serve_app(settings: Any, *, startup_timeout: float = 15.0) -> AsyncIterator[RunningServer]:
+    """Run ``create_app(settings)`` under a real uvicorn on a loopback port."""
+    import dataclasses
+
+    import uvicorn
+
+    from api.app import create_app
+
+    port = free_port()
+    settings = dataclasses.replace(settings, host="127.0.0.1", port=port)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                            ws_per_message_deflate=settings.ws_per_message_deflate)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(), name="uvicorn-test")
+    try:
+        await wait_for(lambda: server.started or task.done(), timeout=startup_timeout,
+                       what="uvicorn startup")
+        if task.done():
+            task.result()
+            raise AssertionError("uvicorn exited during startup")
+        yield RunningServer(app, port)
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(task, timeout=15)
+        except TimeoutError:
+            task.cancel()
+
+
+@pytest.fixture
+def settings(db_url: str) -> Any:
+    """Settings for a test server on this test's database (fast polls, short timeouts)."""
+    from outbox.config import Settings
+
+    return Settings(
+        database_url=db_url, api_token="test-token", poll_interval=0.5,
+        webhook_timeout=5.0, webhook_allow_networks=_loopback_nets(),
+    )
+
+
+def _loopback_nets() -> tuple[Any, ...]:
+    import ipaddress
+
+    return (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
