@@ -1,0 +1,176 @@
+"""Schema invariants: xid before id, publish, NOTIFY only after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+import outbox
+
+
+def _events(conn: psycopg.Connection[Any]) -> list[tuple[int, int, str, Any]]:
+    return [
+        (r[0], int(r[1]), r[2], r[3])
+        for r in conn.execute(
+            "SELECT id, xid::text, event_type, payload FROM outbox.events ORDER BY id"
+        )
+    ]
+
+
+def test_publish_sync_commits_with_caller(conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction():
+        eid = outbox.publish(conn, "order.placed", {"n": 1})
+    assert isinstance(eid, int)
+    with conn.transaction():
+        outbox.publish(conn, "order.placed", {"n": 2})
+        raise_rollback(conn)
+    assert [(e[2], e[3]) for e in _events(conn)] == [("order.placed", {"n": 1})]
+
+
+def raise_rollback(conn: psycopg.Connection[Any]) -> None:
+    raise psycopg.Rollback()
+
+
+async def test_publish_async(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    async with await psycopg.AsyncConnection.connect(db_url) as aconn:
+        eid = await outbox.publish(aconn, "order.placed", {"async": True})
+        await aconn.commit()
+    assert _events(conn)[0][0] == eid
+
+
+def test_publish_sqlmodel_session(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    from sqlalchemy import create_engine
+    from sqlmodel import Session
+
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(db_url))
+    try:
+        with Session(engine) as session:
+            eid = outbox.publish(session, "order.placed", {"session": True})
+            session.commit()
+        with Session(engine) as session:
+            outbox.publish(session, "order.placed", {"rolled": "back"})
+            session.rollback()
+    finally:
+        engine.dispose()
+    assert [(e[0], e[3]) for e in _events(conn)] == [(eid, {"session": True})]
+
+
+@pytest.mark.parametrize("bad", ["", "User.Created", "nodot", "a..b", "a.b-c", "a.b "])
+def test_publish_rejects_invalid_event_type(conn: psycopg.Connection[Any], bad: str) -> None:
+    from outbox.errors import InvalidEventType
+
+    with pytest.raises(InvalidEventType):
+        outbox.publish(conn, bad, {})
+    # The SQL function checks too, for callers in other languages.
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="invalid event type"):
+        conn.execute("SELECT outbox.publish(%s, '{}')", (bad,))
+
+
+def test_xid_is_taken_before_id_for_first_write(conn: psycopg.Connection[Any]) -> None:
+    """publish as a transaction's very first write: its xid is below any xid
+    assigned after its id was drawn."""
+    with psycopg.connect(conn.info.dsn) as other:
+        # A: first write of its transaction is the publish.
+        with conn.transaction():
+            conn.execute("SELECT outbox.publish('a.first', '{}')")
+            # B starts after A drew its id: B's xid must be larger than A's.
+            other.execute("SELECT outbox.publish('b.second', '{}')")
+            other.commit()
+    ev = _events(conn)
+    a = next(e for e in ev if e[2] == "a.first")
+    b = next(e for e in ev if e[2] == "b.second")
+    assert a[0] < b[0]
+    assert a[1] < b[1]
+
+
+def test_raw_insert_also_takes_xid_first(conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO outbox.events (event_type, payload) VALUES ('raw.insert', %s)",
+            (Jsonb({}),),
+        )
+        xid = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+    assert xid is not None
+    assert _events(conn)[0][1] == int(xid[0])
+
+
+def test_xid_before_id_under_concurrent_writers(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    """For every pair of events: if event e2 (from another transaction) has a
+    larger id, e1's transaction had its xid before e2's id was drawn. We check
+    the observable consequence the feed relies on: for events of distinct
+    transactions, no transaction's xid was assigned after a larger id was
+    drawn by a transaction that started later (xid order never inverts for
+    single-event first-write transactions)."""
+    n_threads, per_thread = 6, 60
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            with psycopg.connect(db_url) as c:
+                for _ in range(per_thread):
+                    with c.transaction():
+                        c.execute("SELECT outbox.publish('w.event', '{}')")
+                        if rnd.random() < 0.3:
+                            c.execute("SELECT pg_sleep(0.001)")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    ev = _events(conn)
+    assert len(ev) == n_threads * per_thread
+    # Each transaction wrote exactly one event as its first write, so its xid
+    # was assigned immediately before its id was drawn. Hence sorting by id
+    # must sort by xid as well.
+    xids_in_id_order = [e[1] for e in ev]
+    assert xids_in_id_order == sorted(xids_in_id_order)
+
+
+async def test_one_notify_per_transaction_only_after_commit(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    listener = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+    try:
+        await listener.execute("LISTEN outbox_events")
+        got: list[str] = []
+
+        async def drain(timeout: float) -> None:
+            async for n in listener.notifies(timeout=timeout):
+                got.append(n.payload)
+
+        # Rolled back: no notification at all.
+        with conn.transaction():
+            for i in range(5):
+                conn.execute("SELECT outbox.publish('x.y', %s)", (Jsonb({"i": i}),))
+            # Not yet committed: nothing may arrive.
+            await drain(0.3)
+            assert got == []
+            raise_rollback(conn)
+        await drain(0.3)
+        assert got == []
+        # Committed, 5 events: exactly one empty notification.
+        with conn.transaction():
+            for i in range(5):
+                conn.execute("SELECT outbox.publish('x.y', %s)", (Jsonb({"i": i}),))
+        await drain(1.0)
+        assert got == [""]
+    finally:
+        await listener.close()
+    await asyncio.sleep(0)
+
+
+def test_event_type_constraint_is_named(conn: psycopg.Connection[Any]) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation) as info:
+        conn.execute("INSERT INTO outbox.events (event_type, payload) VALUES ('Bad', '{}')")
+    assert info.value.diag.constraint_name == "events_event_type_format"
