@@ -32,7 +32,9 @@ def presented_token(conn: HTTPConnection, *, allow_query: bool = False) -> str |
     return None
 
 
-async def authenticate(conn: HTTPConnection, *, allow_query: bool = False) -> tuple[str | None, str]:
+async def authenticate(
+    conn: HTTPConnection, *, allow_query: bool = False
+) -> tuple[str | None, str]:
     """Return ``(token_name, "")`` when valid, else ``(None, reason)``."""
     state: AppState = conn.app.state.outbox
     token = presented_token(conn, allow_query=allow_query)

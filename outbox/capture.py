@@ -125,9 +125,11 @@ def compile_rule(
 
     row = "OLD" if rule.operation == "delete" else "NEW"
     if rule.columns is not None:
-        payload = "jsonb_build_object(" + ", ".join(
-            f"{sql.Literal(c).as_string(conn)}, {row}.{q(c)}" for c in rule.columns
-        ) + ")"
+        payload = (
+            "jsonb_build_object("
+            + ", ".join(f"{sql.Literal(c).as_string(conn)}, {row}.{q(c)}" for c in rule.columns)
+            + ")"
+        )
     elif rule.exclude:
         arr = "ARRAY[" + ", ".join(sql.Literal(c).as_string(conn) for c in rule.exclude) + "]"
         payload = f"(to_jsonb({row}) - {arr}::text[])"
@@ -135,13 +137,16 @@ def compile_rule(
         payload = f"to_jsonb({row})"
     if rule.of:
         visible = [
-            c for c in rule.of
+            c
+            for c in rule.of
             if c not in rule.exclude and (rule.columns is None or c in rule.columns)
         ]
         if visible:
-            prev = "jsonb_build_object(" + ", ".join(
-                f"{sql.Literal(c).as_string(conn)}, OLD.{q(c)}" for c in visible
-            ) + ")"
+            prev = (
+                "jsonb_build_object("
+                + ", ".join(f"{sql.Literal(c).as_string(conn)}, OLD.{q(c)}" for c in visible)
+                + ")"
+            )
             payload = f"{payload} || jsonb_build_object('previous', {prev})"
 
     conditions = []
@@ -245,24 +250,35 @@ def track(conn: psycopg.Connection, rules: Sequence[Rule]) -> list[TrackedRule]:
                             definition_hash = EXCLUDED.definition_hash
                         """,
                         (
-                            schema, table, rule.operation, rule.event_type, list(rule.of),
+                            schema,
+                            table,
+                            rule.operation,
+                            rule.event_type,
+                            list(rule.of),
                             rule.when,
                             list(rule.columns) if rule.columns is not None else None,
-                            list(rule.exclude), trig, func, digest,
+                            list(rule.exclude),
+                            trig,
+                            func,
+                            digest,
                         ),
                     )
                 out.append(
                     TrackedRule(
-                        table=f"{schema}.{table}", operation=rule.operation,
-                        event_type=rule.event_type, of=rule.of, when=rule.when,
-                        columns=rule.columns, exclude=rule.exclude, trigger_name=trig,
-                        function_name=func, changed=changed,
+                        table=f"{schema}.{table}",
+                        operation=rule.operation,
+                        event_type=rule.event_type,
+                        of=rule.of,
+                        when=rule.when,
+                        columns=rule.columns,
+                        exclude=rule.exclude,
+                        trigger_name=trig,
+                        function_name=func,
+                        changed=changed,
                     )
                 )
     except psycopg.errors.UndefinedTable as exc:
-        raise CaptureError(
-            "the outbox schema is missing: run `outbox migrate` first"
-        ) from exc
+        raise CaptureError("the outbox schema is missing: run `outbox migrate` first") from exc
     return out
 
 
@@ -296,8 +312,14 @@ def untrack(
             )
             conn.execute("DELETE FROM outbox.capture_rules WHERE id = %s", (rid,))
             removed.append(
-                TrackedRule(table=f"{schema}.{name}", operation=op, event_type=ev,
-                            trigger_name=trig, function_name=func, changed=True)
+                TrackedRule(
+                    table=f"{schema}.{name}",
+                    operation=op,
+                    event_type=ev,
+                    trigger_name=trig,
+                    function_name=func,
+                    changed=True,
+                )
             )
     return removed
 
@@ -331,9 +353,15 @@ def tracked(conn: psycopg.Connection) -> list[TrackedRule]:
         conn.commit()
     return [
         TrackedRule(
-            table=f"{r[0]}.{r[1]}", operation=r[2], event_type=r[3], of=tuple(r[4]),
-            when=r[5], columns=tuple(r[6]) if r[6] is not None else None,
-            exclude=tuple(r[7]), trigger_name=r[8], function_name=r[9],
+            table=f"{r[0]}.{r[1]}",
+            operation=r[2],
+            event_type=r[3],
+            of=tuple(r[4]),
+            when=r[5],
+            columns=tuple(r[6]) if r[6] is not None else None,
+            exclude=tuple(r[7]),
+            trigger_name=r[8],
+            function_name=r[9],
         )
         for r in rows
     ]

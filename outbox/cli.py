@@ -8,7 +8,6 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -157,9 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"outbox-relay {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("migrate", help="apply the SQL migrations in sql/ (idempotent)",
-                       description="Apply pending migrations of schema outbox in one "
-                       "transaction under an advisory lock. Safe to run concurrently.")
+    p = sub.add_parser(
+        "migrate",
+        help="apply the SQL migrations in sql/ (idempotent)",
+        description="Apply pending migrations of schema outbox in one "
+        "transaction under an advisory lock. Safe to run concurrently.",
+    )
     _add_db(p)
     p.set_defaults(func=cmd_migrate)
 
@@ -177,22 +179,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insert", metavar="EVENT", help="event type for inserted rows")
     p.add_argument("--update", metavar="EVENT", help="event type for updated rows")
     p.add_argument("--delete", metavar="EVENT", help="event type for deleted rows (old row)")
-    p.add_argument("--of", metavar="COL,...", type=_csv, default=(),
-                   help="--update fires only when one of these columns really changed "
-                   "(IS DISTINCT FROM); their old values go in payload.previous")
-    p.add_argument("--when", metavar="SQL",
-                   help="trigger WHEN condition over OLD/NEW; applies to --update if given, "
-                   "else to every rule of this command")
-    p.add_argument("--columns", metavar="COL,...", type=_csv, default=None,
-                   help="payload holds only these columns")
-    p.add_argument("--exclude", metavar="COL,...", type=_csv, default=(),
-                   help="payload leaves these columns out (e.g. password_hash)")
+    p.add_argument(
+        "--of",
+        metavar="COL,...",
+        type=_csv,
+        default=(),
+        help="--update fires only when one of these columns really changed "
+        "(IS DISTINCT FROM); their old values go in payload.previous",
+    )
+    p.add_argument(
+        "--when",
+        metavar="SQL",
+        help="trigger WHEN condition over OLD/NEW; applies to --update if given, "
+        "else to every rule of this command",
+    )
+    p.add_argument(
+        "--columns",
+        metavar="COL,...",
+        type=_csv,
+        default=None,
+        help="payload holds only these columns",
+    )
+    p.add_argument(
+        "--exclude",
+        metavar="COL,...",
+        type=_csv,
+        default=(),
+        help="payload leaves these columns out (e.g. password_hash)",
+    )
     _add_db(p)
     p.set_defaults(func=cmd_track)
 
-    p = sub.add_parser("untrack", help="remove capture rules of a table",
-                       description="Remove the table's capture rules, or only the one "
-                       "for EVENT.")
+    p = sub.add_parser(
+        "untrack",
+        help="remove capture rules of a table",
+        description="Remove the table's capture rules, or only the one for EVENT.",
+    )
     p.add_argument("table")
     p.add_argument("event", nargs="?", help="only the rule(s) producing this event type")
     _add_db(p)

@@ -24,8 +24,10 @@ def cmd_token(args: argparse.Namespace) -> int:
             for t in tokens:
                 state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "live"
                 used = f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never"
-                _say(f"{t.name:24} {state:22} created {t.created_at:%Y-%m-%d %H:%M}"
-                     f"  last used {used}")
+                _say(
+                    f"{t.name:24} {state:22} created {t.created_at:%Y-%m-%d %H:%M}"
+                    f"  last used {used}"
+                )
         else:
             revoke_token(conn, args.name)
             _say(f"revoked: {args.name}")
@@ -33,9 +35,12 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("token", help="create, list and revoke API tokens",
-                       description="API tokens for the REST API and /ws. Only a hash is "
-                       "stored; `create` prints the token once.")
+    p = sub.add_parser(
+        "token",
+        help="create, list and revoke API tokens",
+        description="API tokens for the REST API and /ws. Only a hash is "
+        "stored; `create` prints the token once.",
+    )
     tsub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     c = tsub.add_parser("create", help="create a token and print it once")
     c.add_argument("name")

@@ -48,7 +48,9 @@ def parse_networks(
         try:
             nets.append(ipaddress.ip_network(part, strict=False))
         except ValueError:
-            raise ConfigError(f"{name}: invalid network {part!r} (use CIDR, e.g. 10.0.0.0/8)")
+            raise ConfigError(
+                f"{name}: invalid network {part!r} (use CIDR, e.g. 10.0.0.0/8)"
+            ) from None
     return tuple(nets)
 
 
@@ -133,7 +135,8 @@ class Settings:
             return parse_duration(env.get(name) or default, name=name)
 
         origins = tuple(
-            o.strip().rstrip("/") for o in env.get("OUTBOX_WS_ALLOWED_ORIGINS", "").split(",")
+            o.strip().rstrip("/")
+            for o in env.get("OUTBOX_WS_ALLOWED_ORIGINS", "").split(",")
             if o.strip()
         )
         return cls(

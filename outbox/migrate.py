@@ -16,7 +16,9 @@ from outbox.errors import MigrationError
 from outbox.sqlfiles import migrations
 
 # Arbitrary, fixed: "outbox migrate" as a 64-bit key.
-MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"outbox migrate").digest()[:8], "big", signed=True)
+MIGRATION_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"outbox migrate").digest()[:8], "big", signed=True
+)
 
 _BOOTSTRAP = """
 CREATE SCHEMA IF NOT EXISTS outbox;
@@ -30,9 +32,7 @@ CREATE TABLE IF NOT EXISTS outbox.schema_migrations (
 """
 
 
-def migrate(
-    conn: psycopg.Connection, *, log: Callable[[str], None] | None = None
-) -> list[int]:
+def migrate(conn: psycopg.Connection, *, log: Callable[[str], None] | None = None) -> list[int]:
     """Apply pending migrations; return the versions applied (empty if none).
 
     ``conn`` must not be inside a transaction; it is committed on success and
@@ -67,9 +67,7 @@ def migrate(
 
 
 def current_version(conn: psycopg.Connection) -> int:
-    row = conn.execute(
-        "SELECT to_regclass('outbox.schema_migrations') IS NOT NULL"
-    ).fetchone()
+    row = conn.execute("SELECT to_regclass('outbox.schema_migrations') IS NOT NULL").fetchone()
     if not row or not row[0]:
         return 0
     r = conn.execute("SELECT coalesce(max(version), 0) FROM outbox.schema_migrations").fetchone()

@@ -80,11 +80,17 @@ class Event:
         """The WebSocket message for this event, encoded once."""
         if self._frame is None:
             self._frame = (
-                '{"type":' + json.dumps(self.type)
-                + ',"payload":' + self.payload_json
-                + ',"timestamp":"' + self.timestamp
-                + '","id":' + str(self.id)
-                + ',"cursor":"' + self.cursor + '"}'
+                '{"type":'
+                + json.dumps(self.type)
+                + ',"payload":'
+                + self.payload_json
+                + ',"timestamp":"'
+                + self.timestamp
+                + '","id":'
+                + str(self.id)
+                + ',"cursor":"'
+                + self.cursor
+                + '"}'
             )
         return self._frame
 

@@ -108,8 +108,12 @@ class Metrics:
     def render(self) -> str:
         lines: list[str] = []
         for m in (
-            self.events_read, self.deliveries_created, self.attempts, self.attempt_latency,
-            self.ws_messages, self.ws_dropped,
+            self.events_read,
+            self.deliveries_created,
+            self.attempts,
+            self.attempt_latency,
+            self.ws_messages,
+            self.ws_dropped,
         ):
             lines += m.render()
         for g in self.gauges:

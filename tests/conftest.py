@@ -20,9 +20,7 @@ import pytest
 
 from outbox.migrate import migrate
 
-ADMIN_URL = os.environ.get(
-    "OUTBOX_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+ADMIN_URL = os.environ.get("OUTBOX_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _url_for(dbname: str) -> str:
@@ -120,7 +118,9 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(settings: Any, *, startup_timeout: float = 15.0) -> AsyncIterator[RunningServer]:
+async def serve_app(
+    settings: Any, *, startup_timeout: float = 15.0
+) -> AsyncIterator[RunningServer]:
     """Run ``create_app(settings)`` under a real uvicorn on a loopback port."""
     import dataclasses
 
@@ -131,13 +131,20 @@ async def serve_app(settings: Any, *, startup_timeout: float = 15.0) -> AsyncIte
     port = free_port()
     settings = dataclasses.replace(settings, host="127.0.0.1", port=port)
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                            ws_per_message_deflate=settings.ws_per_message_deflate)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ws_per_message_deflate=settings.ws_per_message_deflate,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="uvicorn-test")
     try:
-        await wait_for(lambda: server.started or task.done(), timeout=startup_timeout,
-                       what="uvicorn startup")
+        await wait_for(
+            lambda: server.started or task.done(), timeout=startup_timeout, what="uvicorn startup"
+        )
         if task.done():
             task.result()
             raise AssertionError("uvicorn exited during startup")
@@ -156,8 +163,11 @@ def settings(db_url: str) -> Any:
     from outbox.config import Settings
 
     return Settings(
-        database_url=db_url, api_token="test-token", poll_interval=0.5,
-        webhook_timeout=5.0, webhook_allow_networks=_loopback_nets(),
+        database_url=db_url,
+        api_token="test-token",
+        poll_interval=0.5,
+        webhook_timeout=5.0,
+        webhook_allow_networks=_loopback_nets(),
     )
 
 

@@ -23,16 +23,21 @@ def tickets(conn: psycopg.Connection[Any]) -> str:
 
 
 def events(conn: psycopg.Connection[Any]) -> list[tuple[str, Any]]:
-    return [(r[0], r[1]) for r in conn.execute(
-        "SELECT event_type, payload FROM outbox.events ORDER BY id")]
+    return [
+        (r[0], r[1])
+        for r in conn.execute("SELECT event_type, payload FROM outbox.events ORDER BY id")
+    ]
 
 
 def test_insert_update_delete_rules(conn: psycopg.Connection[Any], tickets: str) -> None:
-    track(conn, [
-        Rule(tickets, "insert", "ticket.created"),
-        Rule(tickets, "update", "ticket.updated"),
-        Rule(tickets, "delete", "ticket.deleted"),
-    ])
+    track(
+        conn,
+        [
+            Rule(tickets, "insert", "ticket.created"),
+            Rule(tickets, "update", "ticket.updated"),
+            Rule(tickets, "delete", "ticket.deleted"),
+        ],
+    )
     conn.execute("INSERT INTO tickets (title, status) VALUES ('a', 'open')")
     conn.execute("UPDATE tickets SET title = 'b'")
     conn.execute("DELETE FROM tickets")
@@ -47,9 +52,9 @@ def test_insert_update_delete_rules(conn: psycopg.Connection[Any], tickets: str)
 def test_update_of_fires_only_on_real_change(conn: psycopg.Connection[Any], tickets: str) -> None:
     track(conn, [Rule(tickets, "update", "ticket.status_changed", of=("status",))])
     conn.execute("INSERT INTO tickets (title, status) VALUES ('a', 'open')")
-    conn.execute("UPDATE tickets SET title = 'x'")          # unwatched column
-    conn.execute("UPDATE tickets SET status = 'open'")      # same value
-    conn.execute("UPDATE tickets SET status = 'closed'")    # real change
+    conn.execute("UPDATE tickets SET title = 'x'")  # unwatched column
+    conn.execute("UPDATE tickets SET status = 'open'")  # same value
+    conn.execute("UPDATE tickets SET status = 'closed'")  # real change
     got = events(conn)
     assert len(got) == 1
     assert got[0][1]["status"] == "closed"
@@ -71,12 +76,20 @@ def test_when_condition(conn: psycopg.Connection[Any], tickets: str) -> None:
 
 
 def test_exclude_and_columns_project_payload(conn: psycopg.Connection[Any], tickets: str) -> None:
-    track(conn, [
-        Rule(tickets, "insert", "ticket.created", exclude=("password_hash",)),
-        Rule(tickets, "insert", "ticket.brief", columns=("id", "title")),
-        Rule(tickets, "update", "ticket.secret_changed", of=("password_hash", "status"),
-             exclude=("password_hash",)),
-    ])
+    track(
+        conn,
+        [
+            Rule(tickets, "insert", "ticket.created", exclude=("password_hash",)),
+            Rule(tickets, "insert", "ticket.brief", columns=("id", "title")),
+            Rule(
+                tickets,
+                "update",
+                "ticket.secret_changed",
+                of=("password_hash", "status"),
+                exclude=("password_hash",),
+            ),
+        ],
+    )
     conn.execute("INSERT INTO tickets (title, status, password_hash) VALUES ('a', 'o', 'h1')")
     conn.execute("UPDATE tickets SET password_hash = 'h2', status = 'c'")
     got = dict(events(conn))
@@ -175,7 +188,10 @@ def test_bad_input_is_clear_and_applies_nothing(
 def _cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "outbox.cli", *args, "--database-url", db_url],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -185,8 +201,19 @@ def test_cli_migrate_track_insert_yields_event(
     r = _cli(db_url, "migrate")
     assert r.returncode == 0, r.stderr
     assert "up to date" in r.stdout
-    r = _cli(db_url, "track", "tickets", "--insert", "ticket.created", "--update",
-             "ticket.status_changed", "--of", "status", "--exclude", "password_hash")
+    r = _cli(
+        db_url,
+        "track",
+        "tickets",
+        "--insert",
+        "ticket.created",
+        "--update",
+        "ticket.status_changed",
+        "--of",
+        "status",
+        "--exclude",
+        "password_hash",
+    )
     assert r.returncode == 0, r.stderr
     assert "tracked: public.tickets insert -> ticket.created" in r.stdout
     r = _cli(db_url, "tracked")
@@ -194,8 +221,7 @@ def test_cli_migrate_track_insert_yields_event(
     conn.execute("INSERT INTO tickets (title, status, password_hash) VALUES ('t', 'open', 'h')")
     conn.execute("UPDATE tickets SET status = 'closed'")
     got = events(conn)
-    assert got[0] == ("ticket.created", {"id": 1, "title": "t", "status": "open",
-                                         "priority": None})
+    assert got[0] == ("ticket.created", {"id": 1, "title": "t", "status": "open", "priority": None})
     assert got[1][1]["previous"] == {"status": "open"}
     r = _cli(db_url, "untrack", "tickets", "ticket.created")
     assert r.returncode == 0 and "untracked" in r.stdout

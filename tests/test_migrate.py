@@ -24,8 +24,14 @@ def test_migrate_from_empty_creates_schema(empty_db_url: str) -> None:
             )
         }
     assert {
-        "events", "webhooks", "deliveries", "delivery_attempts", "api_tokens",
-        "relay_state", "capture_rules", "schema_migrations",
+        "events",
+        "webhooks",
+        "deliveries",
+        "delivery_attempts",
+        "api_tokens",
+        "relay_state",
+        "capture_rules",
+        "schema_migrations",
     } <= tables
 
 
