@@ -1,0 +1,241 @@
+"""SQLModel table models for schema ``outbox``: a typed view of the SQL.
+
+``sql/001_schema.sql`` is the one source of truth: these classes only map
+onto it (``tests/test_models.py`` proves that columns, types, nullability,
+identities and primary keys agree with the live schema). Never call
+``SQLModel.metadata.create_all`` for them; run ``outbox migrate``.
+
+Database defaults are declared as ``server_default`` so that an INSERT
+through a session leaves them to Postgres (ids, ``created_at``, the event's
+``xid``) instead of sending a Python value.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    ForeignKey,
+    Identity,
+    Integer,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
+from sqlalchemy.types import UserDefinedType
+from sqlmodel import Field, SQLModel
+
+SCHEMA = "outbox"
+
+
+class XID8(UserDefinedType[int]):
+    """Postgres ``xid8`` (a 64-bit transaction id). psycopg has no loader for
+    it and returns text, so values are converted to ``int`` on the way out."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        def process(value: Any) -> int | None:
+            return None if value is None else int(value)
+
+        return process
+
+
+def _ts(*, nullable: bool, now: bool = False) -> Any:
+    return Column(
+        TIMESTAMP(timezone=True), nullable=nullable, server_default=func.now() if now else None
+    )
+
+
+def _text(*, nullable: bool) -> Any:
+    return Column(Text, nullable=nullable)
+
+
+def _text_array(*, nullable: bool, empty_default: bool = False) -> Any:
+    return Column(
+        ARRAY(Text), nullable=nullable, server_default=text("'{}'") if empty_default else None
+    )
+
+
+def _count(default: str = "0") -> Any:
+    return Column(BigInteger, nullable=False, server_default=text(default))
+
+
+def _int(*, nullable: bool, default: str | None = None) -> Any:
+    return Column(Integer, nullable=nullable, server_default=text(default) if default else None)
+
+
+def _owner(target: str) -> Any:
+    """A required reference to the owning row; the schema cascades deletes."""
+    return Column(BigInteger, ForeignKey(target, ondelete="CASCADE"), nullable=False)
+
+
+def _identity_pk(*, always: bool) -> Any:
+    return Column(BigInteger, Identity(always=always), primary_key=True)
+
+
+class Event(SQLModel, table=True):
+    """``outbox.events``: the log. Write it with ``outbox.publish``."""
+
+    __tablename__ = "events"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger, primary_key=True, server_default=text("outbox.next_event_id()")
+        ),
+    )
+    xid: int | None = Field(
+        default=None,
+        sa_column=Column(XID8(), nullable=False, server_default=text("pg_current_xact_id()")),
+    )
+    event_type: str = Field(sa_column=_text(nullable=False))
+    payload: Any = Field(sa_column=Column(JSONB, nullable=False))
+    created_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+
+
+class CaptureRule(SQLModel, table=True):
+    """``outbox.capture_rules``: written by ``outbox track``, one trigger per row."""
+
+    __tablename__ = "capture_rules"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: int | None = Field(default=None, sa_column=_identity_pk(always=True))
+    table_schema: str = Field(sa_column=_text(nullable=False))
+    table_name: str = Field(sa_column=_text(nullable=False))
+    operation: str = Field(sa_column=_text(nullable=False))
+    event_type: str = Field(sa_column=_text(nullable=False))
+    of_columns: list[str] = Field(
+        default_factory=list, sa_column=_text_array(nullable=False, empty_default=True)
+    )
+    when_sql: str | None = Field(default=None, sa_column=_text(nullable=True))
+    columns: list[str] | None = Field(default=None, sa_column=_text_array(nullable=True))
+    exclude_columns: list[str] = Field(
+        default_factory=list, sa_column=_text_array(nullable=False, empty_default=True)
+    )
+    trigger_name: str = Field(sa_column=_text(nullable=False))
+    function_name: str = Field(sa_column=_text(nullable=False))
+    definition_hash: str = Field(sa_column=_text(nullable=False))
+    created_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+
+
+class Webhook(SQLModel, table=True):
+    """``outbox.webhooks``: one subscription. ``secret`` never leaves via the API
+    except on create and rotate."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: int | None = Field(default=None, sa_column=_identity_pk(always=False))
+    name: str = Field(sa_column=_text(nullable=False))
+    url: str = Field(sa_column=_text(nullable=False))
+    event_types: list[str] = Field(sa_column=_text_array(nullable=False))
+    secret: str = Field(sa_column=_text(nullable=False))
+    previous_secret: str | None = Field(default=None, sa_column=_text(nullable=True))
+    previous_secret_expires_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    payload_format: str = Field(
+        default="raw", sa_column=Column(Text, nullable=False, server_default=text("'raw'"))
+    )
+    description: str | None = Field(default=None, sa_column=_text(nullable=True))
+    is_active: bool = Field(
+        default=True, sa_column=Column(Boolean, nullable=False, server_default=text("true"))
+    )
+    disabled_reason: str | None = Field(default=None, sa_column=_text(nullable=True))
+    created_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+    updated_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+    last_triggered_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    last_success_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    failing_since: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    success_count: int = Field(default=0, sa_column=_count())
+    failure_count: int = Field(default=0, sa_column=_count())
+
+
+class Delivery(SQLModel, table=True):
+    """``outbox.deliveries``: one event for one webhook. The payload is not
+    copied here; join ``outbox.events`` on ``event_id``."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: int | None = Field(default=None, sa_column=_identity_pk(always=False))
+    webhook_id: int = Field(sa_column=_owner("outbox.webhooks.id"))
+    event_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    event_type: str = Field(sa_column=_text(nullable=False))
+    status: str = Field(
+        default="pending",
+        sa_column=Column(Text, nullable=False, server_default=text("'pending'")),
+    )
+    attempt_number: int = Field(default=0, sa_column=_int(nullable=False, default="0"))
+    due_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+    next_retry_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    locked_by: str | None = Field(default=None, sa_column=_text(nullable=True))
+    response_status: int | None = Field(default=None, sa_column=_int(nullable=True))
+    response_body: str | None = Field(default=None, sa_column=_text(nullable=True))
+    error_message: str | None = Field(default=None, sa_column=_text(nullable=True))
+    created_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+    updated_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+    delivered_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    """``outbox.delivery_attempts``: one HTTP attempt of a delivery."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: int | None = Field(default=None, sa_column=_identity_pk(always=True))
+    delivery_id: int = Field(sa_column=_owner("outbox.deliveries.id"))
+    attempt_number: int = Field(sa_column=_int(nullable=False))
+    started_at: datetime = Field(sa_column=_ts(nullable=False))
+    duration_ms: float = Field(sa_column=Column(Double, nullable=False))
+    outcome: str = Field(sa_column=_text(nullable=False))
+    response_status: int | None = Field(default=None, sa_column=_int(nullable=True))
+    response_body: str | None = Field(default=None, sa_column=_text(nullable=True))
+    error_class: str | None = Field(default=None, sa_column=_text(nullable=True))
+    error_message: str | None = Field(default=None, sa_column=_text(nullable=True))
+
+
+class ApiToken(SQLModel, table=True):
+    """``outbox.api_tokens``: only the SHA-256 of a token is stored."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: int | None = Field(default=None, sa_column=_identity_pk(always=True))
+    name: str = Field(sa_column=_text(nullable=False))
+    token_hash: str = Field(sa_column=_text(nullable=False))
+    created_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+    last_used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class RelayState(SQLModel, table=True):
+    """``outbox.relay_state``: the dispatcher's cursor and the retention watermark."""
+
+    __tablename__ = "relay_state"
+    __table_args__ = {"schema": SCHEMA}
+
+    name: str = Field(sa_column=Column(Text, primary_key=True))
+    value: str = Field(sa_column=_text(nullable=False))
+    updated_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+
+
+TABLE_MODELS: tuple[type[SQLModel], ...] = (
+    Event,
+    CaptureRule,
+    Webhook,
+    Delivery,
+    DeliveryAttempt,
+    ApiToken,
+    RelayState,
+)
