@@ -1,10 +1,11 @@
 """The resume cursor: an opaque string from which any consumer resumes with
 no gap (repeats allowed, always with the same event id).
 
-A cursor is ``(after, pending)``: every committed event with ``id <= after``
-has been emitted, except those written by the transactions listed in
-``pending`` (xids that were still in progress, or deliberately held back, at
-the read that produced the cursor). See relay/feed.py for why that is enough.
+A cursor is ``(after, xmax, pending)``: every committed event with
+``id <= after`` has been emitted, except those written by transactions that
+the read producing the cursor saw as still in progress: the xids listed in
+``pending`` (its snapshot's xip, plus any deliberately held back) and any xid
+at or above its snapshot's ``xmax``. See relay/feed.py for why that is enough.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ _MAX_PENDING = 100_000
 @dataclass(frozen=True, slots=True)
 class Cursor:
     after: int
+    xmax: int = 0
     pending: tuple[int, ...] = ()
 
     def encode(self) -> str:
-        raw = f"{_VERSION}:{self.after}:{','.join(map(str, self.pending))}"
+        raw = f"{_VERSION}:{self.after}:{self.xmax}:{','.join(map(str, self.pending))}"
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
@@ -33,15 +35,21 @@ class Cursor:
         if not isinstance(text, str) or not text or len(text) > 4 * 1024 * 1024:
             raise CursorError("invalid cursor")
         try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
-            version, after, pending = raw.split(":")
+            padded = (text + "=" * (-len(text) % 4)).encode("ascii")
+            raw = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
+            version, after, xmax, pending = raw.split(":")
             if version != _VERSION:
                 raise ValueError(version)
             xids = tuple(int(x) for x in pending.split(",") if x)
-            value = cls(int(after), xids)
+            value = cls(int(after), int(xmax), xids)
         except (ValueError, binascii.Error, UnicodeDecodeError):
             raise CursorError("invalid cursor") from None
-        if value.after < 0 or any(x <= 0 for x in value.pending) or len(xids) > _MAX_PENDING:
+        if (
+            value.after < 0
+            or value.xmax < 0
+            or any(x <= 0 for x in value.pending)
+            or len(xids) > _MAX_PENDING
+        ):
             raise CursorError("invalid cursor")
         return value
 

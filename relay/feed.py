@@ -11,15 +11,19 @@ CACHE 1 so ids are drawn in one global order):
 
     If an event with id M is visible in snapshot S, then every id <= M was
     drawn before S was taken, by a transaction that already had its xid. So
-    that transaction is visible in S, rolled back, or listed in S's xip.
+    that transaction is visible in S, rolled back, or still in progress as
+    far as S is concerned: listed in S's xip, or at/above S's xmax (xmax is
+    latestCompletedXid + 1, not the next xid to be assigned, so a running
+    transaction may hold an xid >= xmax; tests/test_schema.py caught this).
 
 A read in snapshot S therefore emits the visible rows above the cursor's
-``after`` plus the rows of the cursor's ``pending`` transactions that have
-committed since, and the next cursor is ``(M', xip(S))`` where M' is the
+``after`` plus the rows at or below it of the transactions the cursor
+recorded as in progress (``pending`` xids, or xid >= its ``xmax``) that have
+committed since; the next cursor is ``(M', xmax(S), xip(S))`` where M' is the
 largest id emitted (or the old ``after``). Nothing below M' can appear later
-except rows of transactions in xip(S) — which the next read looks up by xid.
-An idle transaction that wrote nothing costs one xid in the cursor, never
-latency.
+except rows of transactions S saw as in progress — which the next read looks
+up by xid. An idle transaction that wrote nothing costs one xid in the
+cursor, never latency.
 
 Order: within a batch, transactions are ordered by their largest event id
 and each transaction's events by id, so one transaction's events come out
@@ -147,13 +151,14 @@ async def read_batch(
         cur = await conn.execute(query("feed_snapshot"))
         snap_row = await cur.fetchone()
         assert snap_row is not None
-        _, _, xip = parse_snapshot(snap_row[0])
+        _, xmax, xip = parse_snapshot(snap_row[0])
         cur = await conn.execute(query("feed_page"), {"after": cursor.after, "limit": limit})
         page: list[Row] = await cur.fetchall()
         late: list[Row] = []
-        if pending:
+        if cursor.after > 0:
             cur = await conn.execute(
-                query("feed_late"), {"pending": pending, "after": cursor.after}
+                query("feed_late"),
+                {"pending": pending, "xmax": str(cursor.xmax), "after": cursor.after},
             )
             late = await cur.fetchall()
         new_after = page[-1][0] if page else cursor.after
@@ -176,7 +181,7 @@ async def read_batch(
         late = [r for r in late if r[1] not in held]
     new_pending = set(xip)
     new_pending.update(int(x) for x in held)
-    end = Cursor(new_after, tuple(sorted(new_pending)))
+    end = Cursor(new_after, xmax, tuple(sorted(new_pending)))
     return Batch(_order(late + page, cursor, end), cursor, end)
 
 
@@ -200,5 +205,5 @@ async def head(conn: psycopg.AsyncConnection[Any]) -> Cursor:
         cur = await conn.execute(query("feed_head"))
         row = await cur.fetchone()
     assert row is not None
-    _, _, xip = parse_snapshot(row[0])
-    return Cursor(int(row[1]), xip)
+    _, xmax, xip = parse_snapshot(row[0])
+    return Cursor(int(row[1]), xmax, xip)
