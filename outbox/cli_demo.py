@@ -1,0 +1,522 @@
+"""``outbox demo``: the seed's domain, live traffic, webhooks and the admin page.
+
+Steps, each announced as it happens: find a database (the configured one,
+the local server, else the embedded cluster), migrate, create schema
+``demo`` with its capture rules, start the loopback webhook receiver and
+point two demo webhooks at it, start the full app (as ``outbox serve``
+does), print the page URL and the token, then write traffic until Ctrl-C
+or ``--duration``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from outbox.cli import _say
+from outbox.errors import ConfigError, DatabaseUnavailable, OutboxError
+
+if TYPE_CHECKING:
+    from outbox.config import Settings
+
+log = logging.getLogger("outbox.demo")
+
+DEFAULT_RATE = 5.0
+MAX_RATE = 10_000.0
+# Short, so a failed delivery and the retry button show up within a minute.
+DEMO_RETRY_SCHEDULE = "2s,10s"
+DRAIN_TIMEOUT = 20.0
+STATUS_EVERY = 10.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    rate: float
+    duration: float | None
+    traffic: bool
+    host: str
+    port: int
+    database_url: str
+    embedded: bool
+    data_dir: Path | None
+
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _source(
+    flag_value: str | None, env: Mapping[str, str], env_name: str, flag: str
+) -> tuple[Mapping[str, str], str]:
+    """Where a setting comes from: the flag if given, else the variable (named in errors)."""
+    if flag_value is not None:
+        return {flag: flag_value}, flag
+    return env, env_name
+
+
+def options(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> DemoOptions:
+    """Flags override environment variables; a bad value names the flag or the variable."""
+    from outbox.config import _float, _int, database_url, parse_duration
+
+    env = os.environ if env is None else env
+    rate = _float(
+        *_source(args.rate, env, "OUTBOX_DEMO_RATE", "--rate"), DEFAULT_RATE, 0.01, MAX_RATE
+    )
+    port = _int(*_source(args.port, env, "OUTBOX_PORT", "--port"), 8080, 0, 65535)
+    duration = None
+    src, culprit = _source(args.duration, env, "OUTBOX_DEMO_DURATION", "--duration")
+    raw = src.get(culprit) or None
+    if raw is not None:
+        duration = parse_duration(raw, name=culprit).total_seconds()
+        if duration <= 0:
+            raise ConfigError(f"{culprit}: must be above zero, got {raw!r}")
+    data_dir = args.data_dir or env.get("OUTBOX_EMBEDDED_DIR") or None
+    return DemoOptions(
+        rate=rate,
+        duration=duration,
+        traffic=not (args.no_traffic or env.get("OUTBOX_DEMO_NO_TRAFFIC", "").lower() in _TRUE),
+        host=args.host or env.get("OUTBOX_HOST") or "127.0.0.1",
+        port=port,
+        database_url=args.database_url or database_url(env),
+        embedded=args.embedded or env.get("OUTBOX_DEMO_EMBEDDED", "").lower() in _TRUE,
+        data_dir=Path(data_dir).expanduser() if data_dir else None,
+    )
+
+
+# --- the database ----------------------------------------------------------------------
+
+
+def _reachable(url: str) -> str | None:
+    """None when a connection works, else the reason in one line."""
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _libpq_configured(env: Mapping[str, str]) -> bool:
+    return any(env.get(k) for k in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"))
+
+
+def resolve_database(opts: DemoOptions, env: Mapping[str, str] | None = None) -> tuple[str, Any]:
+    """Return ``(url, embedded cluster or None)``.
+
+    A database the user named (flag, env, PG* variables) must answer: a
+    typo should not silently start a private cluster. With nothing named,
+    the local server is tried, then the embedded cluster.
+    """
+    from outbox.embedded import NOTHING_TO_RUN, locate
+
+    env = os.environ if env is None else env
+    if not opts.embedded:
+        named = bool(opts.database_url) or _libpq_configured(env)
+        why = _reachable(opts.database_url)
+        if why is None:
+            from outbox.db import _describe
+
+            _say(f"database: {_describe(opts.database_url)}")
+            return opts.database_url, None
+        if named:
+            raise DatabaseUnavailable(
+                f"cannot connect to the configured database: {why} "
+                "(check --database-url / OUTBOX_DATABASE_URL)"
+            )
+        _say(f"no database at the local server ({why})")
+    cluster = locate(env, opts.data_dir, log=_say)
+    if cluster is None:
+        raise OutboxError(NOTHING_TO_RUN)
+    url = cluster.start()
+    _say(f"database: embedded PostgreSQL in {cluster.data} (connect: {cluster.psql_hint()})")
+    return url, cluster
+
+
+# --- serving ---------------------------------------------------------------------------
+
+
+def _uvicorn_server(app: Any, sock: socket.socket, **config: Any) -> Any:
+    """A uvicorn server that leaves signal handling to the demo.
+
+    uvicorn installs its own SIGINT handler per server; the demo runs two
+    servers and a traffic task and stops them in its own order.
+    """
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            yield
+
+    host, port = sock.getsockname()[:2]
+    cfg = uvicorn.Config(
+        app, host=host, port=port, lifespan="on", access_log=False, log_level="warning", **config
+    )
+    return _Server(cfg)
+
+
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"{what}: cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _start(server: Any, sock: socket.socket, name: str) -> asyncio.Task[None]:
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=name)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while not server.started:
+        if task.done():
+            exc = task.exception()
+            raise OutboxError(
+                f"{name} did not start" + (f": {exc}" if exc else " (see the log above)")
+            )
+        if loop.time() > deadline:
+            server.should_exit = True
+            raise OutboxError(f"{name} did not start within 60 s")
+        await asyncio.sleep(0.05)
+    return task
+
+
+def _link_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
+    from api.app import create_app
+    from outbox.db import connect
+    from outbox.demo import (
+        FLAKY_WEBHOOK,
+        MAIN_WEBHOOK,
+        Receiver,
+        Traffic,
+        register_webhook,
+        summary,
+    )
+    from outbox.tokens import new_token
+
+    env = os.environ
+    token = settings.api_token or new_token()
+    recv_sock = _bind("127.0.0.1", 0, "webhook receiver")
+    recv_port = recv_sock.getsockname()[1]
+    base = f"http://127.0.0.1:{recv_port}/hooks"
+    with connect(url) as conn:
+        main_id, main_secret = register_webhook(
+            conn,
+            MAIN_WEBHOOK,
+            f"{base}/main",
+            ["*"],
+            "outbox demo: in-process receiver that verifies both signatures",
+        )
+        _, flaky_secret = register_webhook(
+            conn,
+            FLAKY_WEBHOOK,
+            f"{base}/flaky",
+            ["ticket.*"],
+            "outbox demo: refuses 30% of requests, to show retries and failures",
+        )
+        row = conn.execute("SELECT coalesce(max(id), 0) FROM outbox.events").fetchone()
+        start_id = int(row[0]) if row else 0
+        conn.commit()
+    receiver = Receiver({"main": main_secret, "flaky": flaky_secret})
+    _say(f"webhook receiver: {base}/main (all events) and {base}/flaky (ticket.*)")
+
+    # The demo must be allowed to deliver to its own loopback receiver.
+    loopback = ipaddress.ip_network("127.0.0.1/32")
+    nets = settings.webhook_allow_networks
+    settings = dataclasses.replace(
+        settings,
+        database_url=url,
+        host=opts.host,
+        port=opts.port,
+        api_token=token,
+        webhook_allow_networks=nets if loopback in nets else (*nets, loopback),
+    )
+    if not env.get("OUTBOX_RETRY_SCHEDULE"):
+        from outbox.config import parse_schedule
+
+        settings = dataclasses.replace(settings, retry_schedule=parse_schedule(DEMO_RETRY_SCHEDULE))
+    app_sock = _bind(opts.host, opts.port, "--port (env OUTBOX_PORT)")
+    port = app_sock.getsockname()[1]
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    recv_server = _uvicorn_server(receiver.app, recv_sock)
+    app_server = _uvicorn_server(
+        create_app(settings), app_sock, ws_per_message_deflate=settings.ws_per_message_deflate
+    )
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: do not wait for anything
+            app_server.force_exit = recv_server.force_exit = True
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    recv_task = await _start(recv_server, recv_sock, "the webhook receiver")
+    app_task: asyncio.Task[None] | None = None
+    traffic: Traffic | None = None
+    try:
+        _say("starting the server (REST API, /ws, relay, webhook delivery) ...")
+        app_task = await _start(app_server, app_sock, "the server")
+        page = f"http://{_link_host(opts.host)}:{port}/"
+        _say("")
+        _say(f"  admin live feed:  {page}#token={token}")
+        _say(
+            f"  API token:        {token}"
+            + (
+                "  (from OUTBOX_API_TOKEN)"
+                if env.get("OUTBOX_API_TOKEN")
+                else "  (made for this run only; set OUTBOX_API_TOKEN to keep one)"
+            )
+        )
+        _say(f"  try:              curl -H 'Authorization: Bearer {token}' {page}webhooks")
+        _say("")
+        if opts.traffic:
+            traffic = Traffic(url, opts.rate)
+            until = f"for {opts.duration:g} s" if opts.duration else "until Ctrl-C"
+            _say(f"traffic: about {opts.rate:g} events/s {until}")
+            traffic_task: asyncio.Task[Any] = asyncio.create_task(
+                traffic.run(stop, opts.duration), name="traffic"
+            )
+        else:
+            _say(
+                "traffic: off (--no-traffic); write to the demo.* tables yourself"
+                + ("" if opts.duration else ", Ctrl-C to stop")
+            )
+            traffic_task = asyncio.create_task(_idle(stop, opts.duration), name="traffic")
+        await _report_until(traffic_task, app_task, traffic, receiver, stop)
+        if opts.duration and not stop.is_set() and not app_task.done():
+            await _drain(url, main_id, start_id, stop)
+    finally:
+        stop.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        app_server.should_exit = True
+        if app_task is not None:
+            await _finish(app_task, 30)
+        recv_server.should_exit = True
+        await _finish(recv_task, 10)
+    events = traffic.stats.events if traffic else 0
+    _say(f"done: {events} events written; webhook receiver: {summary(receiver.stats)}")
+    if (
+        app_task is not None
+        and app_task.done()
+        and not app_task.cancelled()
+        and app_task.exception() is not None
+    ):
+        raise OutboxError(f"the server stopped: {app_task.exception()}")
+    return 0
+
+
+async def _idle(stop: asyncio.Event, duration: float | None) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=duration)
+
+
+async def _report_until(
+    traffic_task: asyncio.Task[Any],
+    app_task: asyncio.Task[None],
+    traffic: Any,
+    receiver: Any,
+    stop: asyncio.Event,
+) -> None:
+    """Print a status line every few seconds until traffic ends, Ctrl-C, or the server dies."""
+    from outbox.demo import summary
+
+    started = time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait(
+                {traffic_task, app_task}, timeout=STATUS_EVERY, return_when=asyncio.FIRST_COMPLETED
+            )
+            if app_task in done:
+                stop.set()
+                _say("the server stopped; shutting down")
+                break
+            if traffic_task in done:
+                break
+            if traffic is not None:
+                s = traffic.stats
+                rate = s.events / max(time.monotonic() - started, 1e-9)
+                errors = f", {s.errors} errors" if s.errors else ""
+                _say(
+                    f"traffic: {s.events} events ({rate:.1f}/s{errors}); "
+                    f"receiver {summary(receiver.stats)}"
+                )
+    finally:
+        if not traffic_task.done():
+            stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await traffic_task
+
+
+async def _drain(url: str, webhook_id: int, start_id: int, stop: asyncio.Event) -> None:
+    """After a bounded run, wait (bounded) until the receiver has every event of this run."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_TIMEOUT
+    missing = -1
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while not stop.is_set():
+            cur = await conn.execute(
+                "SELECT count(*) FROM outbox.events e WHERE e.id > %s AND NOT EXISTS ("
+                " SELECT 1 FROM outbox.deliveries d WHERE d.webhook_id = %s"
+                " AND d.event_id = e.id AND d.status = 'success')",
+                (start_id, webhook_id),
+            )
+            row = await cur.fetchone()
+            missing = int(row[0]) if row else 0
+            if missing == 0:
+                _say("every event of this run was delivered to the demo receiver")
+                return
+            if loop.time() > deadline:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.2)
+    if missing > 0:
+        _say(
+            f"{missing} events of this run not yet delivered to the demo receiver "
+            "(they stay queued and are delivered on the next run)"
+        )
+
+
+async def _finish(task: asyncio.Task[None], grace: float) -> None:
+    """Wait for a server task to end by itself; cancel it after ``grace`` seconds."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout=grace)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    except Exception:  # noqa: S110 - reported by the caller from task.exception()
+        pass
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from outbox.config import Settings
+    from outbox.db import connect
+    from outbox.demo import EVENT_TYPES, setup
+    from outbox.migrate import current_version, migrate
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    opts = options(args)
+    settings = Settings.from_env()  # a bad OUTBOX_* value fails here, before anything starts
+    url, cluster = resolve_database(opts)
+    try:
+        with connect(url) as conn:
+            applied = migrate(conn)
+            _say(
+                f"schema outbox at version {current_version(conn)}"
+                + (f" (applied {len(applied)})" if applied else "")
+            )
+            rules = setup(conn)
+        _say(
+            f"schema demo ready: users, transactions, tickets, ticket_messages; "
+            f"{len(rules)} capture rules -> {', '.join(EVENT_TYPES)}"
+        )
+        return asyncio.run(run_demo(opts, url, settings))
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+_EPILOG = """environment (flags override them):
+  OUTBOX_DATABASE_URL     database; when none is set and the local server does not
+                          answer, a private cluster is started (the embedded default)
+  OUTBOX_API_TOKEN        token for the page and the API (else one is made for this run)
+  OUTBOX_DEMO_RATE        --rate            OUTBOX_DEMO_DURATION  --duration
+  OUTBOX_DEMO_NO_TRAFFIC  --no-traffic      OUTBOX_DEMO_EMBEDDED  --embedded
+  OUTBOX_HOST / OUTBOX_PORT  --host / --port
+  OUTBOX_EMBEDDED_DIR     --data-dir        OUTBOX_PG_BINDIR      where initdb/pg_ctl are
+  OUTBOX_RETRY_SCHEDULE   webhook retries (the demo defaults to 2s,10s)
+  and every other OUTBOX_* variable of `outbox serve`
+
+example:
+  outbox demo --rate 50 --port 8080"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the seed's bot domain with live traffic, webhooks and the admin live feed page",
+        description="Create schema demo (users, transactions, tickets, ticket messages), track "
+        "it into the six seed events, register two webhooks to a built-in receiver, start the "
+        "server and the admin page, and write realistic traffic. Prints the page URL and a "
+        "token.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--rate",
+        metavar="N",
+        help=f"events per second to generate (env OUTBOX_DEMO_RATE; default {DEFAULT_RATE:g})",
+    )
+    p.add_argument(
+        "--duration",
+        metavar="TIME",
+        help="stop after this long, e.g. 30s or 5m (env OUTBOX_DEMO_DURATION; "
+        "default: until Ctrl-C)",
+    )
+    p.add_argument(
+        "--no-traffic",
+        action="store_true",
+        default=False,
+        help="write no traffic; only serve (env OUTBOX_DEMO_NO_TRAFFIC)",
+    )
+    p.add_argument(
+        "--host", metavar="HOST", help="listen address (env OUTBOX_HOST; default 127.0.0.1)"
+    )
+    p.add_argument(
+        "--port",
+        metavar="PORT",
+        help="listen port, 0 = any free one (env OUTBOX_PORT; default 8080)",
+    )
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="libpq URL or conninfo (env OUTBOX_DATABASE_URL, then DATABASE_URL, "
+        "then libpq PG* variables, then the embedded cluster)",
+    )
+    p.add_argument(
+        "--embedded",
+        action="store_true",
+        default=False,
+        help="always use the private embedded cluster (env OUTBOX_DEMO_EMBEDDED)",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where the embedded cluster lives (env OUTBOX_EMBEDDED_DIR; default "
+        "$XDG_DATA_HOME/outbox-relay/pg, as root /var/lib/outbox-relay/pg)",
+    )
+    p.set_defaults(func=cmd_demo)
