@@ -1,9 +1,11 @@
 """Capture rules: compile ``outbox track`` into triggers.
 
 One rule = (table, operation, event type) with options. Each rule owns one
-AFTER ... FOR EACH ROW trigger and one version-suffixed trigger function
+AFTER trigger and one version-suffixed trigger function
 (``outbox.capture_..._v1``) whose body is a single INSERT into
-``outbox.events`` plus the no-data NOTIFY doorbell; nothing else runs per row.
+``outbox.events`` plus the no-data NOTIFY doorbell; nothing else runs per row. Insert and delete
+rules fire once per statement over its transition table; update rules fire
+per row (with ``UPDATE OF`` and a ``WHEN`` that skips unchanged columns).
 
 Every change is one transaction under an advisory lock: a bad ``--when`` or
 an unknown column leaves nothing behind.
@@ -23,6 +25,7 @@ from outbox.events import EVENT_TYPE_RE
 
 FUNCTION_VERSION = "v1"
 NOTIFY_CHANNEL = "outbox_events"
+RING = f"PERFORM pg_notify('{NOTIFY_CHANNEL}', '');"
 OPERATIONS = ("insert", "update", "delete")
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"outbox capture").digest()[:8], "big", signed=True)
 
@@ -38,6 +41,7 @@ class Rule:
     when: str | None = None
     columns: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    level: str | None = None  # "row" | "statement"; None: statement for insert/delete
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,39 @@ def compile_rule(
     function_name = _ident(f"capture_{table}_{rule.operation}_{key}_{FUNCTION_VERSION}")
     qualified = f"outbox.{q(function_name)}"
     event_lit = sql.Literal(rule.event_type).as_string(conn)
+    target = f"{q(schema)}.{q(table)}"
+    if _level(rule) == "statement":
+        # One INSERT ... SELECT over the transition table per statement: a
+        # 100-row INSERT costs one trigger call, not a hundred. The rows come
+        # out in the statement's order, with the same payloads as the row
+        # form. The alias is the row variable's name, and use_column makes
+        # NEW.col / OLD.col in --when and the payload refer to the alias.
+        alias = row.lower()
+        where = f"\n    WHERE ({' AND '.join(conditions)})" if conditions else ""
+        select = f"SELECT {event_lit}, {payload}\n    FROM outbox_rows AS {alias}{where}"
+        _check_select(conn, select.replace("outbox_rows", target), rule)
+        transition = "OLD" if rule.operation == "delete" else "NEW"
+        ddl = f"""
+CREATE OR REPLACE FUNCTION {qualified}() RETURNS trigger
+LANGUAGE plpgsql AS $outbox$
+#variable_conflict use_column
+BEGIN
+    INSERT INTO outbox.events (event_type, payload)
+    {select};
+    IF FOUND THEN
+        {RING}
+    END IF;
+    RETURN NULL;
+END
+$outbox$;
+CREATE TRIGGER {q(trigger_name)}
+    AFTER {rule.operation.upper()} ON {target}
+    REFERENCING {transition} TABLE AS outbox_rows
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION {qualified}();
+"""
+        return trigger_name, function_name, ddl
+
     of_clause = (" OF " + ", ".join(q(c) for c in rule.of)) if rule.of else ""
     when_clause = f"\n    WHEN ({' AND '.join(conditions)})" if conditions else ""
     ddl = f"""
@@ -169,16 +206,42 @@ CREATE OR REPLACE FUNCTION {qualified}() RETURNS trigger
 LANGUAGE plpgsql AS $outbox$
 BEGIN
     INSERT INTO outbox.events (event_type, payload) VALUES ({event_lit}, {payload});
-    PERFORM pg_notify('{NOTIFY_CHANNEL}', '');
+    {RING}
     RETURN NULL;
 END
 $outbox$;
 CREATE TRIGGER {q(trigger_name)}
-    AFTER {rule.operation.upper()}{of_clause} ON {q(schema)}.{q(table)}
+    AFTER {rule.operation.upper()}{of_clause} ON {target}
     FOR EACH ROW{when_clause}
     EXECUTE FUNCTION {qualified}();
 """
     return trigger_name, function_name, ddl
+
+
+def _level(rule: Rule) -> str:
+    """Insert and delete rules fire per statement (transition table); update
+    rules per row, since Postgres cannot pair old and new rows of a
+    transition table without a key, nor combine transition tables with
+    UPDATE OF column lists."""
+    if rule.level is not None:
+        if rule.level == "statement" and rule.operation == "update":
+            raise CaptureError("statement-level capture is for insert and delete rules")
+        return rule.level
+    return "row" if rule.operation == "update" else "statement"
+
+
+def _check_select(conn: psycopg.Connection, select: str, rule: Rule) -> None:
+    """A statement trigger's body is only planned at its first firing: plan
+    the same query over the table now, so a bad --when fails at track time
+    instead of breaking the application's writes."""
+    try:
+        with conn.transaction():
+            conn.execute(f"EXPLAIN {select}".encode())
+    except psycopg.Error as exc:
+        msg = (exc.diag.message_primary or str(exc)).strip()
+        if rule.when:
+            raise CaptureError(f"--when does not compile: {msg}") from exc
+        raise CaptureError(f"cannot compile capture rule: {msg}") from exc
 
 
 def _drop_sql(conn: psycopg.Connection, schema: str, table: str, trig: str, func: str) -> str:

@@ -261,3 +261,46 @@ def test_cli_missing_schema(empty_db_url: str) -> None:
     r = _cli(empty_db_url, "tracked")
     assert r.returncode == 1
     assert "run `outbox migrate`" in r.stderr
+
+
+def test_statement_and_row_level_capture_agree(conn: psycopg.Connection[Any]) -> None:
+    """Multi-row statements: the statement-level trigger (transition table)
+    yields the same events, payloads and order as a row trigger would."""
+    for t in ("a_row", "a_stmt"):
+        conn.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, v text, secret text)")
+    for t, level in (("a_row", "row"), ("a_stmt", "statement")):
+        track(
+            conn,
+            [
+                Rule(
+                    t,
+                    "insert",
+                    f"{t}.created",
+                    exclude=("secret",),
+                    when="NEW.id % 3 <> 0",
+                    level=level,
+                ),
+                Rule(t, "delete", f"{t}.deleted", columns=("id",), level=level),
+            ],
+        )
+    for t in ("a_row", "a_stmt"):
+        conn.execute(f"INSERT INTO {t} SELECT g, 'v' || g, 's' FROM generate_series(20, 1, -1) g")
+        conn.execute(f"DELETE FROM {t} WHERE id > 15")
+    rows = conn.execute("SELECT event_type, payload FROM outbox.events ORDER BY id").fetchall()
+    by_table: dict[str, list[tuple[str, Any]]] = {"a_row": [], "a_stmt": []}
+    for etype, payload in rows:
+        table, _, kind = etype.partition(".")
+        by_table[table].append((kind, payload))
+    assert by_table["a_row"] == by_table["a_stmt"]
+    assert [p["id"] for k, p in by_table["a_row"] if k == "created"][:3] == [20, 19, 17]
+
+
+def test_statement_level_update_is_refused(conn: psycopg.Connection[Any], tickets: str) -> None:
+    with pytest.raises(CaptureError, match="statement-level capture is for insert and delete"):
+        track(conn, [Rule(tickets, "update", "t.u", level="statement")])
+
+
+def test_empty_statement_writes_nothing(conn: psycopg.Connection[Any], tickets: str) -> None:
+    track(conn, [Rule(tickets, "delete", "ticket.deleted")])
+    conn.execute("DELETE FROM tickets WHERE false")
+    assert events(conn) == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 from typing import Any
@@ -199,7 +198,6 @@ async def test_one_notify_per_transaction_only_after_commit(
         assert got == [""]
     finally:
         await listener.close()
-    await asyncio.sleep(0)
 
 
 def test_event_type_constraint_is_named(conn: psycopg.Connection[Any]) -> None:
