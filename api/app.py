@@ -22,7 +22,7 @@ from relay.metrics import Metrics
 
 
 def create_app(settings: Settings) -> Starlette:
-    from api import events, health, pages, webhooks, ws
+    from api import errors, events, health, openapi, pages, webhooks, ws
     from relay.delivery import DeliveryWorker
     from relay.hub import Hub
     from relay.runtime import Relay
@@ -61,5 +61,9 @@ def create_app(settings: Settings) -> Starlette:
         *events.routes,
         *ws.routes,
         *pages.routes,
+        *openapi.routes,
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(
+        routes=routes, lifespan=lifespan,
+        middleware=errors.middleware(settings), exception_handlers=errors.exception_handlers,
+    )

@@ -1,5 +1,429 @@
-"""Placeholder: routes of api/webhooks.py are added by its issue."""
+"""``/webhooks...``: subscriptions, their deliveries, and the operator's verbs.
 
-from starlette.routing import BaseRoute
+The seed's routes keep the seed's shapes and status codes (create 201,
+delete 204, ``{items, total, limit, offset}`` lists, 404 "Webhook not
+found"). Changes take effect at the next dispatch: the dispatcher and the
+sender read ``is_active`` and ``event_types`` from the table on every batch.
+The secret leaves the server only in the responses of create and
+rotate-secret.
+"""
 
-routes: list[BaseRoute] = []
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from api.endpoint import (
+    Doc,
+    endpoint,
+    json_response,
+    parse_body,
+    parse_query,
+    path_id,
+    sql,
+    state_of,
+)
+from api.errors import NOT_FOUND, ApiError, ValidationFailed
+from api.schemas import (
+    AttemptList,
+    AttemptOut,
+    DeliveryOut,
+    DeliveryPage,
+    DeliveryQuery,
+    RecoverRequest,
+    RecoverResult,
+    RotateRequest,
+    WebhookCreate,
+    WebhookOut,
+    WebhookPage,
+    WebhookQuery,
+    WebhookStats,
+    WebhookUpdate,
+    WebhookWithSecret,
+    merge_patterns,
+)
+from outbox.config import Settings
+from relay import ops
+from relay.signing import generate_secret
+from relay.ssrf import UnsafeURL, check_url
+
+AsyncConn = psycopg.AsyncConnection[Any]
+DELIVERY_NOT_FOUND = "Delivery not found"
+WEBHOOK_NOT_FOUND = {404: NOT_FOUND}
+BOTH_NOT_FOUND = {404: f"{NOT_FOUND} / {DELIVERY_NOT_FOUND}"}
+# A name server that does not answer must not hold the request: the sender
+# checks every address it connects to anyway.
+URL_CHECK_TIMEOUT = 5.0
+
+_COLUMNS = sql("webhook_columns")
+
+
+async def _check_url(url: str, settings: Settings) -> None:
+    try:
+        async with asyncio.timeout(URL_CHECK_TIMEOUT):
+            await check_url(url, settings.webhook_allow_networks)
+    except UnsafeURL as exc:
+        raise ValidationFailed.one("url", exc.reason) from None
+    except TimeoutError:
+        return
+
+
+async def _fetch_webhook(db: AsyncConn, webhook_id: int, *, secret: bool = False) -> dict[str, Any]:
+    cols = _COLUMNS + (", secret" if secret else "")
+    async with db.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {cols} FROM outbox.webhooks WHERE id = %(id)s", {"id": webhook_id}
+        )
+        row = await cur.fetchone()
+    if row is None:
+        raise ApiError(404, NOT_FOUND)
+    return row
+
+
+async def _require_webhook(db: AsyncConn, webhook_id: int) -> None:
+    cur = await db.execute(sql("webhook_exists"), {"id": webhook_id})
+    if await cur.fetchone() is None:
+        raise ApiError(404, NOT_FOUND)
+
+
+async def _fetch_delivery(db: AsyncConn, webhook_id: int, delivery_id: int) -> DeliveryOut:
+    async with db.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            sql("delivery_select") + "\n" + sql("delivery_one_where"),
+            {"webhook_id": webhook_id, "id": delivery_id},
+        )
+        row = await cur.fetchone()
+    if row is None:
+        raise ApiError(404, DELIVERY_NOT_FOUND)
+    return DeliveryOut.model_validate(row)
+
+
+# -- the seed's routes --------------------------------------------------------
+
+
+@endpoint(
+    Doc(
+        "Create a webhook",
+        {201: WebhookWithSecret},
+        body=WebhookCreate,
+        description="The response is the only place the secret is ever shown "
+        "(a secret is generated when none is given).",
+    )
+)
+async def create_webhook(request: Request) -> Response:
+    st = state_of(request)
+    body = await parse_body(request, WebhookCreate)
+    assert body is not None
+    patterns = merge_patterns(body.event_type, body.event_types)
+    if patterns is None:
+        raise ValidationFailed.one("event_type", "give event_type or event_types")
+    await _check_url(body.url, st.settings)
+    params = {
+        "name": body.name,
+        "url": body.url,
+        "event_types": patterns,
+        "secret": body.secret or generate_secret(),
+        "payload_format": body.payload_format,
+        "description": body.description,
+        "is_active": body.is_active,
+    }
+    async with st.pool.connection() as db, db.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "INSERT INTO outbox.webhooks"
+            " (name, url, event_types, secret, payload_format, description, is_active)"
+            " VALUES (%(name)s, %(url)s, %(event_types)s, %(secret)s, %(payload_format)s,"
+            f" %(description)s, %(is_active)s) RETURNING {_COLUMNS}, secret",
+            params,
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    out = WebhookWithSecret.from_row(row)
+    return json_response(out, 201)
+
+
+@endpoint(
+    Doc(
+        "List webhooks",
+        {200: WebhookPage},
+        query=WebhookQuery,
+        description="Ordered by id. event_type=NAME finds the webhooks that receive "
+        "NAME (through exact, prefix.* or * subscriptions); a pattern finds itself.",
+    )
+)
+async def list_webhooks(request: Request) -> Response:
+    q = parse_query(request, WebhookQuery)
+    params = {
+        "is_active": q.is_active,
+        "event_type": q.event_type,
+        "exact": q.event_type is not None and not q.event_type.endswith("*"),
+        "limit": q.limit,
+        "offset": q.offset,
+    }
+    where = sql("webhook_where")
+    async with state_of(request).pool.connection() as db:
+        async with db.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM outbox.webhooks WHERE {where}"
+                " ORDER BY id LIMIT %(limit)s OFFSET %(offset)s",
+                params,
+            )
+            rows = await cur.fetchall()
+        cur2 = await db.execute(sql("webhook_count") + "\n" + where, params)
+        total_row = await cur2.fetchone()
+    assert total_row is not None
+    page = WebhookPage(
+        items=[WebhookOut.from_row(r) for r in rows],
+        total=total_row[0],
+        limit=q.limit,
+        offset=q.offset,
+    )
+    return json_response(page)
+
+
+@endpoint(Doc("Webhook and delivery totals", {200: WebhookStats}))
+async def webhook_stats(request: Request) -> Response:
+    async with (
+        state_of(request).pool.connection() as db,
+        db.cursor(row_factory=dict_row) as cur,
+    ):
+        await cur.execute(sql("webhook_stats"))
+        row = await cur.fetchone()
+    assert row is not None
+    finished = row["successful_deliveries"] + row["failed_deliveries"]
+    rate = round(100.0 * row["successful_deliveries"] / finished, 2) if finished else 0.0
+    return json_response(WebhookStats(**row, success_rate=rate))
+
+
+@endpoint(Doc("Get a webhook (never its secret)", {200: WebhookOut}, errors=WEBHOOK_NOT_FOUND))
+async def get_webhook(request: Request) -> Response:
+    webhook_id = path_id(request, "webhook_id")
+    async with state_of(request).pool.connection() as db:
+        row = await _fetch_webhook(db, webhook_id)
+    return json_response(WebhookOut.from_row(row))
+
+
+@endpoint(
+    Doc(
+        "Update a webhook",
+        {200: WebhookOut},
+        body=WebhookUpdate,
+        errors=WEBHOOK_NOT_FOUND,
+        description="Only the fields given change; the change applies from the "
+        "next dispatch. A new secret replaces the old one at once (use "
+        "rotate-secret for an overlap).",
+    )
+)
+async def update_webhook(request: Request) -> Response:
+    st = state_of(request)
+    webhook_id = path_id(request, "webhook_id")
+    body = await parse_body(request, WebhookUpdate)
+    assert body is not None
+    given = body.model_fields_set
+    if "event_type" in given and "event_types" not in given:
+        patterns: list[str] | None = [body.event_type] if body.event_type else None
+    else:
+        patterns = merge_patterns(body.event_type, body.event_types)
+    if body.url is not None:
+        await _check_url(body.url, st.settings)
+    params = {
+        "id": webhook_id,
+        "name": body.name,
+        "url": body.url,
+        "event_types": patterns,
+        "secret": body.secret,
+        "set_description": "description" in given,
+        "description": body.description,
+        "payload_format": body.payload_format,
+        "is_active": body.is_active,
+    }
+    async with st.pool.connection() as db, db.transaction():
+        cur = await db.execute(sql("webhook_update"), params)
+        if cur.rowcount == 0:
+            raise ApiError(404, NOT_FOUND)
+        row = await _fetch_webhook(db, webhook_id)
+    return json_response(WebhookOut.from_row(row))
+
+
+@endpoint(
+    Doc(
+        "Delete a webhook with its delivery history",
+        {204: None},
+        errors=WEBHOOK_NOT_FOUND,
+        description="Deliveries and attempts of the webhook are deleted with it "
+        "(the schema cascades). Deactivate it instead to keep the history.",
+    )
+)
+async def delete_webhook(request: Request) -> Response:
+    webhook_id = path_id(request, "webhook_id")
+    async with state_of(request).pool.connection() as db:
+        cur = await db.execute(sql("webhook_delete"), {"id": webhook_id})
+    if cur.rowcount == 0:
+        raise ApiError(404, NOT_FOUND)
+    return Response(status_code=204)
+
+
+@endpoint(
+    Doc(
+        "List a webhook's deliveries",
+        {200: DeliveryPage},
+        query=DeliveryQuery,
+        errors=WEBHOOK_NOT_FOUND,
+        description="Ordered by id (oldest first), so pages stay put while new "
+        "deliveries arrive; payload comes from the event.",
+    )
+)
+async def list_deliveries(request: Request) -> Response:
+    webhook_id = path_id(request, "webhook_id")
+    q = parse_query(request, DeliveryQuery)
+    params = {"webhook_id": webhook_id, "status": q.status, "limit": q.limit, "offset": q.offset}
+    async with state_of(request).pool.connection() as db:
+        await _require_webhook(db, webhook_id)
+        async with db.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql("delivery_select") + "\n" + sql("delivery_page_where"), params)
+            rows = await cur.fetchall()
+        cur2 = await db.execute(sql("delivery_count"), params)
+        total_row = await cur2.fetchone()
+    assert total_row is not None
+    page = DeliveryPage(
+        items=[DeliveryOut.model_validate(r) for r in rows],
+        total=total_row[0],
+        limit=q.limit,
+        offset=q.offset,
+    )
+    return json_response(page)
+
+
+# -- beyond the seed ----------------------------------------------------------
+
+
+@endpoint(
+    Doc(
+        "Send a webhook.test event to this webhook now",
+        {202: DeliveryOut},
+        errors={404: NOT_FOUND, 409: "the webhook is inactive"},
+    )
+)
+async def send_test(request: Request) -> Response:
+    webhook_id = path_id(request, "webhook_id")
+    async with state_of(request).pool.connection() as db:
+        cur = await db.execute(sql("webhook_is_active"), {"id": webhook_id})
+        row = await cur.fetchone()
+        if row is None:
+            raise ApiError(404, NOT_FOUND)
+        if not row[0]:
+            raise ApiError(409, "Webhook is inactive: activate it before sending a test")
+        delivery_id = await ops.send_test(db, webhook_id)
+        if delivery_id is None:
+            raise ApiError(404, NOT_FOUND)
+        out = await _fetch_delivery(db, webhook_id, delivery_id)
+    return json_response(out, 202)
+
+
+@endpoint(
+    Doc(
+        "Retry one delivery now",
+        {202: DeliveryOut},
+        errors=BOTH_NOT_FOUND,
+        description="The delivery becomes pending and due now, even if it failed "
+        "or succeeded; its attempt count continues.",
+    )
+)
+async def retry_delivery(request: Request) -> Response:
+    webhook_id = path_id(request, "webhook_id")
+    delivery_id = path_id(request, "delivery_id")
+    async with state_of(request).pool.connection() as db:
+        await _require_webhook(db, webhook_id)
+        if await ops.retry_delivery(db, webhook_id, delivery_id) is None:
+            raise ApiError(404, DELIVERY_NOT_FOUND)
+        out = await _fetch_delivery(db, webhook_id, delivery_id)
+    return json_response(out, 202)
+
+
+@endpoint(
+    Doc(
+        "List a delivery's attempts",
+        {200: AttemptList},
+        errors=BOTH_NOT_FOUND,
+    )
+)
+async def list_attempts(request: Request) -> Response:
+    webhook_id = path_id(request, "webhook_id")
+    delivery_id = path_id(request, "delivery_id")
+    async with state_of(request).pool.connection() as db:
+        await _require_webhook(db, webhook_id)
+        await _fetch_delivery(db, webhook_id, delivery_id)
+        async with db.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql("attempt_list"), {"delivery_id": delivery_id})
+            rows = await cur.fetchall()
+    return json_response(AttemptList(items=[AttemptOut.model_validate(r) for r in rows]))
+
+
+@endpoint(
+    Doc(
+        "Re-send the failed deliveries created since a time",
+        {200: RecoverResult},
+        body=RecoverRequest,
+        errors=WEBHOOK_NOT_FOUND,
+    )
+)
+async def recover(request: Request) -> Response:
+    webhook_id = path_id(request, "webhook_id")
+    body = await parse_body(request, RecoverRequest)
+    assert body is not None
+    async with state_of(request).pool.connection() as db:
+        await _require_webhook(db, webhook_id)
+        count = await ops.recover_failed(db, webhook_id, body.since)
+    return json_response(RecoverResult(recovered=count))
+
+
+@endpoint(
+    Doc(
+        "Rotate the signing secret",
+        {200: WebhookWithSecret},
+        body=RotateRequest,
+        body_required=False,
+        errors=WEBHOOK_NOT_FOUND,
+        description="Returns the new secret, shown this once. During the overlap "
+        "(default OUTBOX_ROTATION_OVERLAP) requests are signed with both secrets.",
+    )
+)
+async def rotate_secret(request: Request) -> Response:
+    st = state_of(request)
+    webhook_id = path_id(request, "webhook_id")
+    body = await parse_body(request, RotateRequest, required=False)
+    overlap = st.settings.rotation_overlap
+    if body is not None and body.overlap_seconds is not None:
+        overlap = timedelta(seconds=body.overlap_seconds)
+    async with st.pool.connection() as db:
+        if await ops.rotate_secret(db, webhook_id, overlap) is None:
+            raise ApiError(404, NOT_FOUND)
+        row = await _fetch_webhook(db, webhook_id, secret=True)
+    out = WebhookWithSecret.from_row(row)
+    return json_response(out)
+
+
+routes: list[BaseRoute] = [
+    Route("/webhooks", create_webhook, methods=["POST"]),
+    Route("/webhooks", list_webhooks, methods=["GET"]),
+    Route("/webhooks/stats", webhook_stats, methods=["GET"]),
+    Route("/webhooks/{webhook_id}", get_webhook, methods=["GET"]),
+    Route("/webhooks/{webhook_id}", update_webhook, methods=["PATCH"]),
+    Route("/webhooks/{webhook_id}", delete_webhook, methods=["DELETE"]),
+    Route("/webhooks/{webhook_id}/deliveries", list_deliveries, methods=["GET"]),
+    Route("/webhooks/{webhook_id}/test", send_test, methods=["POST"]),
+    Route(
+        "/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"]
+    ),
+    Route(
+        "/webhooks/{webhook_id}/deliveries/{delivery_id}/attempts", list_attempts, methods=["GET"]
+    ),
+    Route("/webhooks/{webhook_id}/recover", recover, methods=["POST"]),
+    Route("/webhooks/{webhook_id}/rotate-secret", rotate_secret, methods=["POST"]),
+]

@@ -1,0 +1,352 @@
+"""Request and response models of the REST API (SQLModel, i.e. pydantic).
+
+Requests forbid unknown fields, so a typo is a 422 naming it rather than a
+silently ignored setting. Query models ignore unknown parameters (caches and
+proxies add their own). Responses list exactly what a client sees: webhook
+responses never carry the secret except :class:`WebhookWithSecret`, which
+only create and rotate-secret return. ``api/openapi.py`` publishes the JSON
+schemas of these classes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import AfterValidator, Field, field_validator
+from sqlmodel import SQLModel
+
+from outbox.events import PATTERN_RE, is_pattern
+from relay.signing import check_secret
+from relay.ssrf import UnsafeURL, split_url
+
+MAX_BIGINT = 2**63 - 1
+MAX_OFFSET = 1_000_000_000
+MAX_OVERLAP_SECONDS = 30 * 86400
+
+
+def _pattern(value: str) -> str:
+    if not is_pattern(value):
+        raise ValueError(
+            f"invalid event type pattern {value!r}: use a lowercase dotted name "
+            "(user.created), a prefix (user.*) or *"
+        )
+    return value
+
+
+def _url(value: str) -> str:
+    try:
+        split_url(value)
+    except UnsafeURL as exc:
+        raise ValueError(exc.reason) from None
+    return value
+
+
+def _secret(value: str) -> str:
+    check_secret(value)
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value.strip()
+
+
+EventPattern = Annotated[
+    str,
+    Field(max_length=255, json_schema_extra={"pattern": PATTERN_RE.pattern}),
+    AfterValidator(_pattern),
+]
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_not_blank)]
+Url = Annotated[
+    str,
+    Field(
+        max_length=2048, json_schema_extra={"format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}
+    ),
+    AfterValidator(_url),
+]
+Secret = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_secret)]
+Description = Annotated[str, Field(max_length=2000)]
+PayloadFormat = Literal["raw", "envelope"]
+DeliveryStatus = Literal["pending", "success", "failed"]
+Limit = Annotated[int, Field(ge=1, le=200)]
+Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
+
+
+def merge_patterns(one: str | None, many: list[str] | None) -> list[str] | None:
+    """The seed's ``event_type`` first, then ``event_types``, without repeats."""
+    merged: list[str] = []
+    for p in ([one] if one else []) + (many or []):
+        if p not in merged:
+            merged.append(p)
+    return merged or None
+
+
+class RequestModel(SQLModel):
+    model_config = SQLModel.model_config | {"extra": "forbid"}
+
+
+class QueryModel(SQLModel):
+    model_config = SQLModel.model_config | {"extra": "ignore"}
+
+
+def _drop_null(schema: dict[str, Any], cls: type) -> None:
+    """In the JSON schema, fields listed in ``__not_null__`` accept no null:
+    they are optional (omit to keep the value) but null is refused."""
+    for name in getattr(cls, "__not_null__", ()):
+        prop = schema["properties"][name]
+        options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
+        if len(options) == 1:
+            prop.update(options[0])
+        elif options:
+            prop["anyOf"] = options
+        prop.pop("default", None)
+
+
+# -- requests ---------------------------------------------------------------
+
+
+class WebhookCreate(RequestModel):
+    """``POST /webhooks``: the seed's fields, plus ``event_types`` and ``payload_format``.
+
+    Give ``event_type`` (one type or pattern, as the seed did), ``event_types``
+    (a list), or both; ``secret`` is generated when omitted.
+    """
+
+    name: Name
+    url: Url
+    event_type: EventPattern | None = None
+    event_types: list[EventPattern] | None = Field(default=None, min_length=1, max_length=100)
+    secret: Secret | None = None
+    description: Description | None = None
+    payload_format: PayloadFormat = "raw"
+    is_active: bool = True
+
+
+class WebhookUpdate(RequestModel):
+    """``PATCH /webhooks/{id}``: only the fields given change. ``event_type``
+    alone replaces the subscription with that one type. ``description`` may
+    be null to clear it; the other fields may be omitted but not null."""
+
+    model_config = RequestModel.model_config | {"json_schema_extra": _drop_null}
+    __not_null__: ClassVar[tuple[str, ...]] = (
+        "name",
+        "url",
+        "event_type",
+        "event_types",
+        "secret",
+        "payload_format",
+        "is_active",
+    )
+
+    name: Name | None = None
+    url: Url | None = None
+    event_type: EventPattern | None = None
+    event_types: list[EventPattern] | None = Field(default=None, min_length=1, max_length=100)
+    secret: Secret | None = None
+    description: Description | None = None
+    payload_format: PayloadFormat | None = None
+    is_active: bool | None = None
+
+    @field_validator(*__not_null__, mode="before")
+    @classmethod
+    def _refuse_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null (omit the field to keep its value)")
+        return value
+
+
+class RecoverRequest(RequestModel):
+    """``POST /webhooks/{id}/recover``: re-send failed deliveries created at or after ``since``
+    (a timestamp without a zone is read as UTC)."""
+
+    since: datetime
+
+    @field_validator("since")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class RotateRequest(RequestModel):
+    """``POST /webhooks/{id}/rotate-secret``: how long the old secret keeps signing too."""
+
+    overlap_seconds: int | None = Field(default=None, ge=0, le=MAX_OVERLAP_SECONDS)
+
+
+# -- queries ----------------------------------------------------------------
+
+
+class WebhookQuery(QueryModel):
+    event_type: EventPattern | None = None
+    is_active: bool | None = None
+    limit: Limit = 50
+    offset: Offset = 0
+
+
+class DeliveryQuery(QueryModel):
+    status: DeliveryStatus | None = None
+    limit: Limit = 50
+    offset: Offset = 0
+
+
+class EventQuery(QueryModel):
+    since: str | None = Field(default=None, max_length=1_000_000)
+    event_type: str | None = Field(default=None, max_length=10_000)
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+    @field_validator("event_type")
+    @classmethod
+    def _patterns(cls, value: str | None) -> str | None:
+        if value is not None:
+            for p in value.split(","):
+                _pattern(p.strip())
+        return value
+
+    def patterns(self) -> list[str] | None:
+        if not self.event_type:
+            return None
+        return [p.strip() for p in self.event_type.split(",")]
+
+
+# -- responses --------------------------------------------------------------
+
+
+class WebhookOut(SQLModel):
+    """A webhook as every read returns it: never the secret."""
+
+    id: int
+    name: str
+    url: str
+    event_type: str = Field(description="the first of event_types (the seed's single type)")
+    event_types: list[str]
+    payload_format: PayloadFormat
+    is_active: bool
+    description: str | None
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_triggered_at: datetime | None
+    last_success_at: datetime | None
+    failing_since: datetime | None
+    success_count: int
+    failure_count: int
+    previous_secret_expires_at: datetime | None = Field(
+        description="while set and in the future, the previous secret signs too"
+    )
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Self:
+        return cls.model_validate({**row, "event_type": row["event_types"][0]})
+
+
+class WebhookWithSecret(WebhookOut):
+    """Returned only by create and rotate-secret: the signing secret, shown this once."""
+
+    secret: str
+
+
+class WebhookPage(SQLModel):
+    items: list[WebhookOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class WebhookStats(SQLModel):
+    total_webhooks: int
+    active_webhooks: int
+    total_deliveries: int
+    successful_deliveries: int
+    failed_deliveries: int
+    pending_deliveries: int
+    success_rate: float = Field(description="percent of finished deliveries that succeeded")
+
+
+class DeliveryOut(SQLModel):
+    id: int
+    webhook_id: int
+    event_id: int
+    event_type: str
+    payload: Any = Field(description="the event's payload; null once retention removed it")
+    response_status: int | None
+    response_body: str | None
+    status: DeliveryStatus
+    error_message: str | None
+    attempt_number: int
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+    next_retry_at: datetime | None
+
+
+class DeliveryPage(SQLModel):
+    items: list[DeliveryOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class AttemptOut(SQLModel):
+    id: int
+    delivery_id: int
+    attempt_number: int
+    started_at: datetime
+    duration_ms: float
+    outcome: Literal["success", "retry", "failed"]
+    response_status: int | None
+    response_body: str | None
+    error_class: str | None
+    error_message: str | None
+
+
+class AttemptList(SQLModel):
+    items: list[AttemptOut]
+
+
+class RecoverResult(SQLModel):
+    recovered: int = Field(description="failed deliveries queued again")
+
+
+class EventOut(SQLModel):
+    """The WebSocket's event message, minus nothing."""
+
+    id: int
+    type: str
+    payload: Any
+    timestamp: str
+    cursor: str
+
+
+class EventPage(SQLModel):
+    items: list[EventOut]
+    next_cursor: str = Field(description="pass as since= to continue; same cursor as /ws")
+    has_more: bool = Field(description="false once the page reached the end of the log")
+
+
+class TrackedRule(SQLModel):
+    table: str
+    operation: Literal["insert", "update", "delete"]
+
+
+class EventTypeOut(SQLModel):
+    event_type: str
+    seen: bool = Field(description="among the most recent events")
+    last_seen_at: datetime | None
+    tracked: list[TrackedRule]
+
+
+class EventTypeList(SQLModel):
+    items: list[EventTypeOut]
+    window: int = Field(description="how many of the most recent events were looked at")
+
+
+class FieldError(SQLModel):
+    field: str
+    message: str
+
+
+class ErrorOut(SQLModel):
+    detail: str
+    errors: list[FieldError] | None = None
