@@ -1,26 +1,259 @@
-"""Placeholder WebSocket hub (replaced by the WebSocket issue)."""
+"""The WebSocket hub: fan every batch out to every connected client.
+
+No client can stall the others. ``publish`` is synchronous and only appends
+the already-encoded frames (``Event.frame``, shared by every client) to each
+client's bounded queue and wakes that client's sender; the awaiting of a
+socket happens in the client's own sender coroutine (:meth:`Client.drain`).
+A client whose queue grows past ``ws_max_queue`` frames or
+``ws_max_queue_bytes`` is dropped at once: its queue is freed, it leaves the
+registry, and its connection handler closes it with 1013 so it can resume
+from its last cursor.
+
+Clients with the same filter share the work of filtering a batch: the
+matching ``(id, frame)`` list is built once per distinct filter per batch and
+appended to each of those clients' queues.
+
+The hub knows nothing of ASGI: a client's handler (api/ws.py) gives
+``drain`` a ``send(text)`` coroutine and waits on ``Client.closed``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
 from outbox.config import Settings
+from outbox.events import Matcher
+from outbox.tokens import is_live
 from relay.feed import Batch
 from relay.metrics import Metrics
 
+log = logging.getLogger("outbox.hub")
+
+# Close codes (RFC 6455 and the IANA registry).
+GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+
+# A sender hands this many frames to the socket in a row before it yields,
+# so one client with a long backlog cannot hold the event loop for long.
+_SEND_BURST = 256
+
+Item = tuple[int, str]  # (event id or 0 for a control reply, the text frame)
+
+
+class Client:
+    """One connected socket: its filter, its bounded queue and its close state."""
+
+    __slots__ = (
+        "_hub",
+        "close_code",
+        "close_reason",
+        "closed",
+        "matcher",
+        "nbytes",
+        "queue",
+        "skip",
+        "token",
+        "wake",
+    )
+
+    def __init__(self, hub: Hub, token: str, matcher: Matcher) -> None:
+        self._hub = hub
+        self.token = token
+        self.matcher = matcher
+        self.queue: deque[Item] = deque()
+        self.nbytes = 0
+        # Ids a resume's catch-up already sent that the relay has yet to
+        # publish: dropped from the live stream when they come by.
+        self.skip: set[int] = set()
+        self.wake = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.close_code = 1000
+        self.close_reason = ""
+
+    def send_control(self, text: str) -> None:
+        """Queue a reply (pong, subscribed, error) behind the events already queued."""
+        if self.closed.is_set():
+            return
+        self.queue.append((0, text))
+        self.nbytes += len(text)
+        self.wake.set()
+
+    def go_live(self, already_sent: set[int]) -> None:
+        """End of a resume's catch-up: drop the events it already sent.
+
+        Those buffered now leave the queue; the others the relay has not
+        read yet (it may lag behind the catch-up's reads), so they are
+        skipped when published.
+        """
+        if not already_sent:
+            return
+        kept = []
+        for item in self.queue:
+            if item[0] in already_sent:
+                already_sent.discard(item[0])
+            else:
+                kept.append(item)
+        self.queue.clear()
+        self.queue.extend(kept)
+        self.nbytes = sum(len(f) for _, f in kept)
+        self.skip = already_sent
+
+    def close(self, code: int, reason: str) -> None:
+        """Leave the hub now; the connection handler sends the close frame."""
+        if self.closed.is_set():
+            return
+        self.close_code, self.close_reason = code, reason
+        self.queue.clear()
+        self.nbytes = 0
+        self._hub._clients.pop(self, None)
+        self.closed.set()
+
+    async def drain(self, send: Callable[[str], Awaitable[None]]) -> None:
+        """Send queued frames in order until cancelled (or ``send`` raises)."""
+        queue = self.queue
+        self._hub._senders += 1
+        try:
+            while True:
+                while not queue:
+                    self.wake.clear()
+                    await self.wake.wait()
+                burst = 0
+                while queue:
+                    _, frame = queue.popleft()
+                    self.nbytes -= len(frame)
+                    await send(frame)
+                    burst += 1
+                    if burst >= _SEND_BURST:
+                        burst = 0
+                        await asyncio.sleep(0)
+        finally:
+            self._hub._senders -= 1
+
 
 class Hub:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    """Registry of connected clients and the fan-out of each batch to them."""
+
+    def __init__(
+        self, settings: Settings, metrics: Metrics, *, revoke_check_interval: float = 2.0
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.batches = 0
+        self.revoke_check_interval = revoke_check_interval
+        # A dict keeps registration order and gives O(1) removal.
+        self._clients: dict[Client, None] = {}
+        self._senders = 0
+        self._stopping = asyncio.Event()
+        metrics.gauge(
+            "outbox_ws_clients", "Connected WebSocket clients", lambda: float(len(self._clients))
+        )
+
+    @property
+    def client_count(self) -> int:
+        """Registered clients (buffering or live)."""
+        return len(self._clients)
+
+    @property
+    def sender_count(self) -> int:
+        """Running sender coroutines; 0 once every socket is gone."""
+        return self._senders
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting in all clients' queues."""
+        return sum(len(c.queue) for c in self._clients)
+
+    def register(self, token: str, matcher: Matcher) -> Client:
+        """Start buffering every later batch for a new client."""
+        client = Client(self, token, matcher)
+        if self._stopping.is_set():
+            client.close(GOING_AWAY, "server shutting down")
+        else:
+            self._clients[client] = None
+        return client
+
+    def unregister(self, client: Client) -> None:
+        """The connection is gone: free its queue and registration."""
+        client.close(client.close_code, client.close_reason)
 
     def publish(self, batch: Batch) -> None:
-        """Called by the relay's feed loop for every batch; must never block."""
-        self.batches += 1
+        """Queue ``batch`` for every client whose filter matches; never blocks."""
+        events = batch.events
+        if not events or not self._clients:
+            return
+        max_frames = self.settings.ws_max_queue
+        max_bytes = self.settings.ws_max_queue_bytes
+        groups: dict[tuple[str, ...], tuple[list[Item], int]] = {}
+        queued = 0
+        laggards: list[Client] = []
+        for client in self._clients:
+            matcher = client.matcher
+            group = groups.get(matcher.patterns)
+            if group is None:
+                items = [(e.id, e.frame) for e in events if matcher(e.type)]
+                group = groups[matcher.patterns] = (items, sum(len(f) for _, f in items))
+            items, size = group
+            if client.skip:
+                items = [item for item in items if item[0] not in client.skip]
+                size = sum(len(f) for _, f in items)
+                # The relay publishes each event once: no need to look for it again.
+                client.skip.difference_update(e.id for e in events)
+            if not items:
+                continue
+            client.queue.extend(items)
+            client.nbytes += size
+            if len(client.queue) > max_frames or client.nbytes > max_bytes:
+                laggards.append(client)
+                continue
+            queued += len(items)
+            client.wake.set()
+        for client in laggards:
+            log.info("dropping a WebSocket client %d frames behind", len(client.queue))
+            client.close(
+                TRY_AGAIN_LATER,
+                f"too far behind (more than {max_frames} events or {max_bytes} bytes queued);"
+                " resume with your last cursor",
+            )
+            self.metrics.ws_dropped.inc()
+        if queued:
+            self.metrics.ws_messages.inc(queued)
 
-    async def run(self, pool: Any) -> None:
-        return None
+    async def run(self, pool: AsyncConnectionPool[Any]) -> None:
+        """Background duty: close the sockets of revoked tokens within seconds."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.revoke_check_interval)
+            if self._stopping.is_set():
+                break
+            try:
+                await self.close_revoked(pool)
+            except (psycopg.Error, PoolTimeout) as exc:
+                # The database being away must not take the live feed down
+                # with it; the next round tries again.
+                log.warning("token revocation check failed: %s", exc)
+
+    async def close_revoked(self, pool: AsyncConnectionPool[Any]) -> int:
+        """Close every socket whose token is no longer live; returns how many."""
+        names = {c.token for c in self._clients if c.token != "bootstrap"}
+        if not names:
+            return 0
+        async with pool.connection() as conn:
+            revoked = {name for name in names if not await is_live(conn, name)}
+        doomed = [c for c in self._clients if c.token in revoked]
+        for client in doomed:
+            client.close(POLICY_VIOLATION, "Token revoked")
+        return len(doomed)
 
     async def stop(self) -> None:
-        return None
+        """Close every client (1001) and end :meth:`run`."""
+        self._stopping.set()
+        for client in list(self._clients):
+            client.close(GOING_AWAY, "server shutting down")
