@@ -1,5 +1,360 @@
-"""Placeholder: routes of api/ws.py are added by its issue."""
+"""``/ws``: the live event feed (the seed's protocol, plus filters and resume).
 
-from starlette.routing import BaseRoute
+One connection, in order:
 
-routes: list[BaseRoute] = []
+1. Before accepting: the Origin must be allowed (cross-site WebSocket
+   hijacking) and the token valid; otherwise the handshake is refused with
+   HTTP 403 and ``{"detail": ...}`` — no socket is ever accepted.
+2. Accept, then check the query (``events=``, ``since=``); a bad one gets an
+   ``error`` message and close 1008.
+3. Register with the hub (live events start buffering), then send the
+   ``connection`` message. With ``since``, read the outbox from that cursor
+   until a read comes back empty, sending what matches, then drop from the
+   buffer the events the catch-up already sent: no gap at the seam.
+4. Three coroutines until the first ends: the sender (drains the client's
+   queue into the socket), the reader (ping, subscribe, errors) and a wait
+   for the hub to close the client (too far behind, token revoked, shutdown).
+
+Replies to the client go through its queue, so a single coroutine writes to
+the socket and replies stay in order with events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg_pool import PoolTimeout
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from api.auth import authenticate
+from api.state import AppState
+from outbox.config import Settings
+from outbox.cursor import Cursor
+from outbox.errors import CursorError
+from outbox.events import Matcher, is_pattern
+from relay.feed import read_batch
+from relay.hub import POLICY_VIOLATION, TRY_AGAIN_LATER, Client
+
+log = logging.getLogger("outbox.ws")
+
+MESSAGE_TOO_BIG = 1009
+_CLOSE_TIMEOUT = 5.0  # a dropped client that reads nothing for this long gets no close frame
+_RELAY_WAIT = 10.0  # how long a connection waits for a relay that is still starting
+_MAX_PATTERNS = 256
+
+PONG = '{"type":"pong"}'
+
+
+class _Refused(Exception):
+    """The query cannot be served: an ``error`` message, then this close code."""
+
+    def __init__(self, code: str, message: str, close_code: int = POLICY_VIOLATION) -> None:
+        super().__init__(message)
+        self.code, self.message, self.close_code = code, message, close_code
+
+
+def uvicorn_ws_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options that enforce the WebSocket settings at the protocol level.
+
+    Protocol pings and the inbound size limit live in the server, not in the
+    app; ``outbox serve`` (and the test server) pass these to ``uvicorn.Config``.
+    """
+    return {
+        "ws_max_size": settings.ws_max_message,
+        "ws_ping_interval": settings.ws_ping_interval,
+        "ws_ping_timeout": settings.ws_ping_interval,
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
+    }
+
+
+def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
+    """No Origin (not a browser), the request's own host, or a listed origin."""
+    origin = ws.headers.get("origin")
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    if "*" in allowed or origin in (a.lower() for a in allowed):
+        return True
+    host = ws.headers.get("host", "").strip().lower()
+    return bool(host) and urlsplit(origin).netloc == host
+
+
+def _error(code: str, message: str) -> str:
+    return json.dumps({"type": "error", "code": code, "message": message})
+
+
+def parse_patterns(values: list[str], field: str) -> list[str]:
+    """Validate a filter; raises ``ValueError`` naming the field and the pattern."""
+    if len(values) > _MAX_PATTERNS:
+        raise ValueError(f"{field}: at most {_MAX_PATTERNS} patterns")
+    for value in values:
+        if not is_pattern(value):
+            raise ValueError(
+                f"{field}: invalid pattern {value[:100]!r}"
+                " (use exact names such as user.created, prefix.* or *)"
+            )
+    return list(dict.fromkeys(values))
+
+
+def handle_message(client: Client, text: str) -> str:
+    """Apply one client message; return the reply to queue."""
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        return _error("invalid_json", "message is not valid JSON")
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        return _error("invalid_message", 'expected a JSON object with a string "type"')
+    kind = msg["type"]
+    if kind == "ping":
+        return PONG
+    if kind == "subscribe":
+        events = msg.get("events")
+        if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+            return _error("invalid_subscribe", "events: expected a list of event type patterns")
+        try:
+            patterns = parse_patterns(events, "events")
+        except ValueError as exc:
+            return _error("invalid_subscribe", str(exc))
+        client.matcher = Matcher(patterns)
+        return json.dumps({"type": "subscribed", "events": patterns})
+    return _error("unknown_type", f"unknown message type {kind[:100]!r}; use ping or subscribe")
+
+
+async def ws_endpoint(websocket: WebSocket) -> None:
+    state: AppState = websocket.app.state.outbox
+    if not origin_allowed(websocket, state.settings.ws_allowed_origins):
+        await _deny(websocket, 403, "Origin not allowed")
+        return
+    try:
+        token, reason = await authenticate(websocket, allow_query=True)
+    except (psycopg.Error, PoolTimeout) as exc:
+        log.warning("/ws refused: database unavailable: %s", exc)
+        await _deny(websocket, 503, "Database unavailable")
+        return
+    if token is None:
+        await _deny(websocket, 403, reason)
+        return
+    await websocket.accept()
+    with contextlib.suppress(WebSocketDisconnect):
+        await _session(websocket, state, token)
+
+
+async def _session(websocket: WebSocket, state: AppState, token: str) -> None:
+    try:
+        matcher, since = _parse_query(websocket)
+        if since is not None:
+            await _check_not_expired(state, since)
+        if state.relay.cursor is None:
+            await _wait_for_relay(state)
+    except _Refused as exc:
+        await websocket.send_text(_error(exc.code, exc.message))
+        await _close(websocket, exc.close_code, exc.message)
+        return
+    # No await between these two lines: the relay's cursor is exactly the
+    # end of the last batch published before this client started buffering.
+    client = state.hub.register(token, matcher)
+    seam = state.relay.cursor
+    assert seam is not None
+    try:
+        await websocket.send_text(_connection_message(since or seam))
+        await _serve(websocket, client, state, since, seam)
+    finally:
+        state.hub.unregister(client)
+
+
+async def _deny(websocket: WebSocket, status: int, detail: str) -> None:
+    await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=status))
+
+
+def _parse_query(websocket: WebSocket) -> tuple[Matcher, Cursor | None]:
+    params = websocket.query_params
+    matcher = Matcher(None)
+    raw_events = params.get("events")
+    if raw_events:
+        try:
+            patterns = parse_patterns(
+                [p.strip() for p in raw_events.split(",") if p.strip()], "events"
+            )
+        except ValueError as exc:
+            raise _Refused("invalid_filter", str(exc)) from None
+        matcher = Matcher(patterns or None)
+    since = None
+    raw_since = params.get("since")
+    if raw_since is not None:
+        try:
+            since = Cursor.decode(raw_since)
+        except CursorError:
+            raise _Refused(
+                "invalid_cursor",
+                "since: malformed cursor (use the cursor of a message you received)",
+            ) from None
+    return matcher, since
+
+
+def _connection_message(cursor: Cursor) -> str:
+    return json.dumps(
+        {
+            "type": "connection",
+            "status": "connected",
+            "message": "WebSocket connection established",
+            "cursor": cursor.encode(),
+        }
+    )
+
+
+async def _wait_for_relay(state: AppState) -> None:
+    # Only right after start: the relay sets its cursor on its first read.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _RELAY_WAIT
+    while state.relay.cursor is None:
+        if loop.time() > deadline:
+            raise _Refused("unavailable", "the relay is starting; try again", TRY_AGAIN_LATER)
+        await asyncio.sleep(0.05)
+
+
+async def _check_not_expired(state: AppState, since: Cursor) -> None:
+    try:
+        async with state.pool.connection() as conn:
+            expired = await _cursor_expired()(conn, since)
+    except (psycopg.Error, PoolTimeout):
+        raise _Refused("unavailable", "database unavailable; try again", TRY_AGAIN_LATER) from None
+    if expired:
+        raise _Refused(
+            "cursor_expired",
+            "since: the cursor is older than the retention window; events after it were"
+            " deleted. Reconnect without since and reload your state.",
+        )
+
+
+CursorCheck = Callable[[psycopg.AsyncConnection[Any], Cursor], Awaitable[bool]]
+
+
+def _cursor_expired() -> CursorCheck:
+    """The retention module's check when it exists, else :func:`_pruned_past`.
+
+    Looked up at run time so this module does not depend on the retention
+    module being present (it is written in parallel).
+    """
+    try:
+        module = importlib.import_module("relay.retention")
+    except ImportError:
+        return _pruned_past
+    return cast(CursorCheck, getattr(module, "cursor_expired", _pruned_past))
+
+
+async def _pruned_past(conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> bool:
+    """Fallback: every event up to the cursor is gone, and so is at least the next id."""
+    if cursor.after <= 0:
+        return False
+    cur = await conn.execute("SELECT min(id) FROM outbox.events")
+    row = await cur.fetchone()
+    oldest = row[0] if row else None
+    return oldest is not None and int(oldest) > cursor.after + 1
+
+
+async def _serve(
+    websocket: WebSocket, client: Client, state: AppState, since: Cursor | None, seam: Cursor
+) -> None:
+    """Run sender, reader and close-watch until the first one ends; then close."""
+
+    async def feed() -> None:
+        if since is not None:
+            client.go_live(await _catch_up(websocket, client, state, since, seam))
+        await client.drain(websocket.send_text)
+
+    tasks = [
+        asyncio.create_task(feed(), name="ws-send"),
+        asyncio.create_task(
+            _read(websocket, client, state.settings.ws_max_message), name="ws-read"
+        ),
+        asyncio.create_task(client.closed.wait(), name="ws-closed"),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, WebSocketDisconnect):
+            raise exc
+    if client.closed.is_set():
+        await _close(websocket, client.close_code, client.close_reason)
+
+
+async def _catch_up(
+    websocket: WebSocket, client: Client, state: AppState, since: Cursor, seam: Cursor
+) -> set[int]:
+    """Send the outbox from ``since`` until a read is empty; return ids to de-duplicate.
+
+    Only events the relay may publish after ``seam`` can also sit in the
+    live buffer, so only their ids are remembered.
+    """
+    sent: set[int] = set()
+    pending = set(seam.pending)
+    cursor = since
+    while True:
+        try:
+            async with state.pool.connection() as conn:
+                batch = await read_batch(conn, cursor, state.settings.batch_size)
+        except (psycopg.Error, PoolTimeout):
+            client.close(TRY_AGAIN_LATER, "database unavailable; resume with your last cursor")
+            return sent
+        if not batch.events:
+            return sent
+        cursor = batch.end
+        for event in batch.events:
+            if client.matcher(event.type):
+                await websocket.send_text(event.frame)
+                # Could the relay still publish it after the seam? (see relay/feed.py)
+                if event.id > seam.after or event.xid in pending or event.xid >= seam.xmax:
+                    sent.add(event.id)
+
+
+async def _read(websocket: WebSocket, client: Client, limit: int) -> None:
+    """Answer client messages until the client disconnects or is closed."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            data = message.get("bytes") or b""
+            if len(data) > limit:
+                client.close(MESSAGE_TOO_BIG, f"message larger than {limit} bytes")
+                return
+            client.send_control(_error("invalid_message", "binary messages are not supported"))
+            continue
+        if len(text) > limit or len(text.encode()) > limit:
+            client.close(MESSAGE_TOO_BIG, f"message larger than {limit} bytes")
+            return
+        client.send_control(handle_message(client, text))
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    if (
+        websocket.application_state != WebSocketState.CONNECTED
+        or websocket.client_state == WebSocketState.DISCONNECTED
+    ):
+        return
+    # A close frame carries at most 123 bytes of reason.
+    reason = reason.encode()[:123].decode(errors="ignore")
+    # A stalled client's socket buffers are full, so the close frame waits
+    # behind its backlog; give up after a while (uvicorn then drops the TCP
+    # connection once the client reads or goes away).
+    with contextlib.suppress(WebSocketDisconnect, TimeoutError, OSError):
+        await asyncio.wait_for(websocket.close(code, reason), _CLOSE_TIMEOUT)
+
+
+routes: list[BaseRoute] = [WebSocketRoute("/ws", ws_endpoint, name="ws")]
