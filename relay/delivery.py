@@ -1,26 +1,439 @@
-"""Placeholder webhook sender (replaced by the webhook delivery issue)."""
+"""The webhook delivery worker: claim due deliveries, send them, record the outcome.
+
+Three kinds of tasks in one TaskGroup:
+
+* the claimer takes due deliveries (``FOR UPDATE SKIP LOCKED``, with a
+  lease) whenever it has room, is woken by :meth:`DeliveryWorker.wake`, and
+  otherwise polls, and wakes early for retries it scheduled itself;
+* one task per claimed delivery sends it: per-endpoint slot first, then a
+  global slot (so deliveries queued for one slow endpoint hold no global
+  slot), and tenacity for the short retries that fit in the lease;
+* the recorder writes outcomes in batches: whatever accumulated while the
+  previous flush ran goes in the next one, so at load many attempts share
+  one transaction and at rest each is written at once.
+
+No HTTP request runs inside a transaction. A crash loses nothing: a claimed
+delivery is only finished when its outcome is recorded, and until then its
+lease runs out and another worker sends it again (same ``webhook-id``).
+
+Deliveries of an inactive webhook are not claimed: they stay pending, and
+are sent when the webhook is active again.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import logging
+import os
+import secrets
+import socket
+import time
+
+import httpx
+import psycopg
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result
 
 from outbox.config import Settings
+from outbox.db import aconnect
+from outbox.errors import DatabaseUnavailable
+from relay import delivery_db
+from relay.attempt import make_client, post
+from relay.delivery_db import AsyncConn, Job, Outcome, Release
 from relay.metrics import Metrics
+from relay.retry import AttemptResult, RetryPolicy
+from relay.signing import sign_headers
+from relay.ssrf import Resolver
+
+log = logging.getLogger("outbox.delivery")
+
+_DB_ERRORS = (psycopg.Error, DatabaseUnavailable)
+_PENDING_REFRESH = 5.0  # seconds between refreshes of the pending gauge
+_MAX_TIMERS = 10_000
+
+
+class _Interrupted(Exception):
+    """The worker is stopping during an in-memory wait between attempts."""
+
+
+class _Endpoint:
+    __slots__ = ("in_hand", "slots")
+
+    def __init__(self, limit: int) -> None:
+        self.slots = asyncio.Semaphore(limit)
+        self.in_hand = 0
+
+
+class _Backoff:
+    """0.1 s doubling to 10 s between reconnect attempts."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+
+    def next(self) -> float:
+        self.delay = min(max(self.delay * 2, 0.1), 10.0)
+        return self.delay
+
+    def reset(self) -> None:
+        self.delay = 0.0
 
 
 class DeliveryWorker:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        resolver: Resolver | None = None,
+        worker_id: str | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.policy = RetryPolicy(settings.retry_schedule)
+        self.worker_id = worker_id or (
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        )
+        self._resolver = resolver
+        self._lease = settings.lease.total_seconds()
+        self._lease_margin = min(1.0, self._lease / 10)
+        self._max_in_hand = 2 * settings.delivery_concurrency
+        self._endpoint_max_in_hand = 2 * settings.endpoint_concurrency
+        self._slots = asyncio.Semaphore(settings.delivery_concurrency)
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._webhook_endpoint: dict[int, str] = {}
+        self._in_hand: dict[int, asyncio.Task[None]] = {}
+        self._in_flight = 0
+        self._outcomes: list[Outcome] = []
+        self._releases: list[Release] = []
+        self._timers: list[float] = []  # loop times when retries we stored fall due
+        self._pending = 0
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._writes = asyncio.Event()
+        self._writes_closed = False
         self._stopping = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._running = False
+        metrics.gauge(
+            "outbox_deliveries_in_flight",
+            "Webhook requests in flight in this process",
+            lambda: float(self._in_flight),
+        )
+        metrics.gauge(
+            "outbox_deliveries_claimed",
+            "Deliveries claimed by this process, not yet recorded",
+            lambda: float(len(self._in_hand)),
+        )
+        metrics.gauge(
+            "outbox_deliveries_pending",
+            "Pending deliveries in the database (all processes)",
+            lambda: float(self._pending),
+        )
+
+    # --- public interface --------------------------------------------------------
 
     def wake(self) -> None:
         """New deliveries exist (called by the dispatcher or on NOTIFY)."""
         self._wake.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     async def run(self) -> None:
-        await self._stopping.wait()
+        if self._running:
+            raise RuntimeError("DeliveryWorker.run() is already running")
+        self._running = True
+        client = make_client(
+            timeout=self.settings.webhook_timeout,
+            max_connections=self.settings.delivery_concurrency,
+            allow=self.settings.webhook_allow_networks,
+            resolver=self._resolver,
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                recorder = tg.create_task(self._record_loop(), name="delivery-recorder")
+                await self._claim_loop(tg, client)
+                await self._drain()
+                self._writes_closed = True
+                self._writes.set()
+                await recorder
+        finally:
+            await client.aclose()
+            self._finished.set()
 
     async def stop(self) -> None:
+        """Stop claiming; let in-flight attempts finish (grace period), record them."""
         self._stopping.set()
+        self._wake.set()
+        self._room.set()
+        if self._running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), self._grace() + 10.0)
+
+    # --- claiming ----------------------------------------------------------------
+
+    def _grace(self) -> float:
+        return self.settings.webhook_timeout + 1.0
+
+    def _saturated(self) -> list[int]:
+        """Webhooks whose endpoint already has all the deliveries this worker takes."""
+        full = {
+            key for key, ep in self._endpoints.items() if ep.in_hand >= self._endpoint_max_in_hand
+        }
+        return sorted(w for w, key in self._webhook_endpoint.items() if key in full)
+
+    def _idle_timeout(self, now: float) -> float:
+        while self._timers and self._timers[0] <= now:
+            heapq.heappop(self._timers)
+        poll = self.settings.poll_interval
+        return min(poll, self._timers[0] - now) if self._timers else poll
+
+    async def _wait(self, event: asyncio.Event, seconds: float | None) -> None:
+        """Until ``event`` is set (stop sets every event) or ``seconds`` pass."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await event.wait()
+
+    async def _claim_loop(self, tg: asyncio.TaskGroup, client: httpx.AsyncClient) -> None:
+        loop = asyncio.get_running_loop()
+        conn: AsyncConn | None = None
+        backoff = _Backoff()
+        counted_at = float("-inf")
+        try:
+            while not self._stopping.is_set():
+                room = self._max_in_hand - len(self._in_hand)
+                if room <= 0:
+                    self._room.clear()
+                    await self._wait(self._room, None)
+                    continue
+                self._wake.clear()
+                started = loop.time()
+                try:
+                    if conn is None or conn.closed:
+                        conn = await aconnect(self.settings.database_url, autocommit=True)
+                    jobs = await delivery_db.claim(
+                        conn,
+                        worker=self.worker_id,
+                        limit=room,
+                        lease=self.settings.lease,
+                        skip=self._saturated(),
+                    )
+                    if started - counted_at >= _PENDING_REFRESH:
+                        self._pending = await delivery_db.pending_count(conn)
+                        counted_at = started
+                    backoff.reset()
+                except _DB_ERRORS as exc:
+                    delay = backoff.next()
+                    log.warning("delivery claim failed (%s); retrying in %.1fs", exc, delay)
+                    if conn is not None:
+                        await conn.close()
+                    conn = None
+                    await self._wait(self._wake, delay)
+                    continue
+                lease_end = started + self._lease - self._lease_margin
+                for job in jobs:
+                    self._admit(tg, client, job, lease_end)
+                if len(jobs) < room:
+                    await self._wait(self._wake, self._idle_timeout(loop.time()))
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    def _admit(
+        self, tg: asyncio.TaskGroup, client: httpx.AsyncClient, job: Job, lease_end: float
+    ) -> None:
+        key = job.endpoint
+        self._webhook_endpoint[job.webhook_id] = key
+        ep = self._endpoints.get(key)
+        if ep is None:
+            ep = self._endpoints[key] = _Endpoint(self.settings.endpoint_concurrency)
+        if ep.in_hand >= self._endpoint_max_in_hand:
+            # More than this worker takes for one endpoint: back to the queue
+            # (the next claims skip this endpoint until it has room again).
+            self._release(Release(job))
+            return
+        ep.in_hand += 1
+        self._in_hand[job.id] = tg.create_task(
+            self._deliver(client, job, key, ep, lease_end), name=f"delivery-{job.id}"
+        )
+
+    async def _drain(self) -> None:
+        """Give in-hand deliveries the grace period, then cancel (and release) the rest."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._grace()
+        while self._in_hand and loop.time() < deadline:
+            self._room.clear()
+            await self._wait(self._room, deadline - loop.time())
+        tasks = list(self._in_hand.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- sending -----------------------------------------------------------------
+
+    async def _deliver(
+        self, client: httpx.AsyncClient, job: Job, key: str, ep: _Endpoint, lease_end: float
+    ) -> None:
+        try:
+            await self._attempts(client, job, ep, lease_end)
+        except asyncio.CancelledError:
+            self._release(Release(job))
+            raise
+        except _Interrupted:
+            pass
+        except Exception:  # a bug here must not stop every other delivery
+            log.exception("delivery %s: unexpected error; it will be retried", job.id)
+            self._release(Release(job, delay=self.policy.delays[0]))
+        finally:
+            ep.in_hand -= 1
+            if ep.in_hand == 0:
+                self._endpoints.pop(key, None)
+            self._in_hand.pop(job.id, None)
+            self._room.set()
+
+    async def _attempts(
+        self, client: httpx.AsyncClient, job: Job, ep: _Endpoint, lease_end: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if job.created_at is None:
+            missing = AttemptResult(
+                attempt=job.attempt,
+                started_at=time.time(),
+                duration=0.0,
+                error_class="EventMissing",
+                error_message=f"event {job.event_id} no longer exists (removed by retention)",
+            )
+            self._submit(Outcome(job, missing, "failed"))
+            return
+
+        async def once() -> AttemptResult:
+            async with ep.slots, self._slots:
+                deadline = min(loop.time() + self.settings.webhook_timeout, lease_end)
+                headers = sign_headers(
+                    body=job.body,
+                    event_id=job.event_id,
+                    event_type=job.event_type,
+                    webhook_id=job.webhook_id,
+                    secret=job.secret,
+                    previous_secret=job.previous_secret,
+                    timestamp=int(time.time()),
+                )
+                self._in_flight += 1
+                try:
+                    result = await post(
+                        client,
+                        job.url,
+                        job.body,
+                        headers,
+                        attempt=job.attempt,
+                        deadline=deadline,
+                        body_cap=self.settings.response_body_cap,
+                    )
+                finally:
+                    self._in_flight -= 1
+            job.attempt += 1
+            return result
+
+        def fits(wait: float) -> bool:
+            end = loop.time() + wait + self.settings.webhook_timeout
+            return end <= lease_end and not self._stopping.is_set()
+
+        async def hold(state: RetryCallState) -> None:
+            assert state.outcome is not None
+            self._submit(Outcome(job, state.outcome.result(), "hold", state.upcoming_sleep))
+
+        async def sleep(seconds: float) -> None:
+            await self._wait(self._stopping, seconds)
+            if self._stopping.is_set():
+                self._release(Release(job, delay=seconds))
+                raise _Interrupted
+
+        retrying = AsyncRetrying(
+            retry=retry_if_result(self.policy.should_retry),
+            wait=self.policy.wait(),
+            stop=self.policy.stop(fits),
+            before_sleep=hold,
+            sleep=sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        )
+        result: AttemptResult = await retrying(once)
+        if result.ok:
+            self._submit(Outcome(job, result, "success"))
+            return
+        delay = self.policy.delay(result)
+        self._submit(Outcome(job, result, "failed" if delay is None else "retry", delay))
+
+    # --- recording ---------------------------------------------------------------
+
+    def _submit(self, outcome: Outcome) -> None:
+        state = outcome.state
+        self.metrics.attempts.inc(outcome="retry" if state == "hold" else state)
+        self.metrics.attempt_latency.observe(outcome.result.duration)
+        self._outcomes.append(outcome)
+        self._writes.set()
+
+    def _release(self, release: Release) -> None:
+        self._releases.append(release)
+        self._writes.set()
+
+    async def _record_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        conn: AsyncConn | None = None
+        backoff = _Backoff()
+        give_up_at: float | None = None
+        try:
+            while True:
+                if not self._outcomes and not self._releases:
+                    if self._writes_closed:
+                        return
+                    self._writes.clear()
+                    await self._writes.wait()
+                    continue
+                outcomes, releases = self._outcomes, self._releases
+                self._outcomes, self._releases = [], []
+                try:
+                    if conn is None or conn.closed:
+                        conn = await aconnect(self.settings.database_url, autocommit=True)
+                    done = await delivery_db.flush(
+                        conn, outcomes, releases, disable_after=self.settings.disable_after
+                    )
+                except _DB_ERRORS as exc:
+                    # Keep the batch and try again; only at shutdown, after the
+                    # grace period, is it dropped: its leases run out and the
+                    # deliveries are sent again (at least once, never lost).
+                    self._outcomes[:0], self._releases[:0] = outcomes, releases
+                    if self._writes_closed:
+                        give_up_at = give_up_at or loop.time() + self._grace()
+                        if loop.time() >= give_up_at:
+                            log.error(
+                                "dropping %d unrecorded outcomes at shutdown: %s",
+                                len(self._outcomes),
+                                exc,
+                            )
+                            return
+                    delay = backoff.next()
+                    log.warning("recording deliveries failed (%s); retrying in %.1fs", exc, delay)
+                    if conn is not None and isinstance(exc, psycopg.OperationalError):
+                        await conn.close()
+                    await asyncio.sleep(delay)
+                    continue
+                backoff.reset()
+                self._schedule(outcomes, loop.time())
+                if done.recorded < len({o.job.id for o in outcomes}):
+                    log.info(
+                        "some deliveries were re-claimed after their lease ran out; "
+                        "their outcome was kept as attempt history only"
+                    )
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    def _schedule(self, outcomes: list[Outcome], now: float) -> None:
+        """Wake the claimer when retries this worker stored fall due."""
+        for o in outcomes:
+            if o.state == "retry" and o.delay is not None and len(self._timers) < _MAX_TIMERS:
+                heapq.heappush(self._timers, now + o.delay + 0.01)
+        if self._timers:
+            self._wake.set()

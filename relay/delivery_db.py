@@ -1,0 +1,252 @@
+"""The delivery worker's SQL: claim due deliveries, record what happened.
+
+A claim is one statement (``delivery_claim``); a flush records a whole
+batch of attempts in one transaction of a few statements, whatever the
+batch size: attempt rows, delivery rows (fenced by the claim's lease),
+webhook counters, disabling, and the ``webhook.disabled`` /
+``webhook.delivery_failed`` events, which commit or roll back with them.
+No HTTP request ever runs while this module holds a transaction open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import psycopg
+
+from outbox.sqlfiles import query
+from relay.retry import AttemptResult
+from relay.signing import render_body
+
+AsyncConn = psycopg.AsyncConnection[Any]
+State = Literal["success", "retry", "failed", "hold"]
+
+
+@dataclass(slots=True)
+class Job:
+    """One claimed delivery and everything needed to send it."""
+
+    id: int
+    webhook_id: int
+    event_id: int
+    event_type: str
+    attempt: int  # the number of the next attempt
+    lease: datetime  # due_at set by the claim: the fencing token
+    payload: Any
+    created_at: datetime | None  # None: the event no longer exists
+    url: str
+    secret: str
+    previous_secret: str | None
+    payload_format: str
+    _body: bytes | None = field(default=None, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        """Per-endpoint limits apply per scheme://host:port, across webhooks."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            assert self.created_at is not None
+            self._body = render_body(
+                self.payload,
+                payload_format=self.payload_format,
+                event_id=self.event_id,
+                event_type=self.event_type,
+                created_at=self.created_at,
+            )
+        return self._body
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A delivery after one attempt: the attempt row and the delivery's new state."""
+
+    job: Job
+    result: AttemptResult
+    state: State
+    delay: float | None = None  # until the next attempt (retry, hold)
+
+
+@dataclass(slots=True)
+class Release:
+    job: Job
+    delay: float = 0.0
+
+
+@dataclass(slots=True)
+class Flushed:
+    recorded: int = 0  # delivery rows written (fenced-out ones are not)
+    failed: list[int] = field(default_factory=list)  # moved to failed now
+    disabled: int = 0  # webhooks disabled now
+
+
+async def claim(
+    conn: AsyncConn, *, worker: str, limit: int, lease: timedelta, skip: list[int]
+) -> list[Job]:
+    cur = await conn.execute(
+        query("delivery_claim"),
+        {"worker": worker, "limit": limit, "lease": lease, "skip": skip},
+    )
+    return [Job(*row) for row in await cur.fetchall()]
+
+
+def _columns(rows: list[tuple[Any, ...]], names: tuple[str, ...]) -> dict[str, list[Any]]:
+    cols: dict[str, list[Any]] = {n: [] for n in names}
+    for row in rows:
+        for n, v in zip(names, row, strict=True):
+            cols[n].append(v)
+    return cols
+
+
+_ATTEMPT_COLS = (
+    "delivery_id",
+    "attempt_number",
+    "started_at",
+    "duration_ms",
+    "outcome",
+    "response_status",
+    "response_body",
+    "error_class",
+    "error_message",
+)
+_RECORD_COLS = (
+    "id",
+    "lease",
+    "status",
+    "attempt_number",
+    "delay",
+    "hold",
+    "response_status",
+    "response_body",
+    "error_message",
+)
+_RELEASE_COLS = ("id", "lease", "delay")
+_STATS_COLS = (
+    "webhook_id",
+    "ok",
+    "failed",
+    "last_at",
+    "last_ok_at",
+    "first_fail_at",
+    "fail_after_ok",
+)
+_ROW_STATUS = {"success": "success", "failed": "failed", "retry": "pending", "hold": "pending"}
+_ATTEMPT_OUTCOME = {"success": "success", "failed": "failed", "retry": "retry", "hold": "retry"}
+
+
+def _webhook_stats(outcomes: list[Outcome]) -> list[tuple[Any, ...]]:
+    per: dict[int, list[AttemptResult]] = {}
+    for o in outcomes:
+        per.setdefault(o.job.webhook_id, []).append(o.result)
+    rows = []
+    for webhook_id, results in sorted(per.items()):
+        results.sort(key=lambda r: r.started_at)
+        oks = [r.started_at for r in results if r.ok]
+        fails = [r.started_at for r in results if not r.ok]
+        last_ok = oks[-1] if oks else None
+        after_ok = [t for t in fails if last_ok is not None and t > last_ok]
+        rows.append(
+            (
+                webhook_id,
+                len(oks),
+                len(fails),
+                results[-1].started_at,
+                last_ok,
+                fails[0] if fails else None,
+                after_ok[0] if after_ok else None,
+            )
+        )
+    return rows
+
+
+async def flush(
+    conn: AsyncConn,
+    outcomes: list[Outcome],
+    releases: list[Release],
+    *,
+    disable_after: timedelta,
+) -> Flushed:
+    """Record ``outcomes`` and ``releases`` in one transaction."""
+    done = Flushed()
+    latest: dict[int, Outcome] = {}
+    for o in outcomes:
+        # Several attempts of one delivery may share a flush: the row keeps the last.
+        latest[o.job.id] = o
+    async with conn.transaction():
+        if outcomes:
+            await conn.execute(
+                query("delivery_insert_attempts"),
+                _columns(
+                    [
+                        (
+                            o.job.id,
+                            o.result.attempt,
+                            o.result.started_at,
+                            o.result.duration * 1000.0,
+                            _ATTEMPT_OUTCOME[o.state],
+                            o.result.status,
+                            o.result.body,
+                            o.result.error_class,
+                            o.result.error_message,
+                        )
+                        for o in outcomes
+                    ],
+                    _ATTEMPT_COLS,
+                ),
+            )
+            cur = await conn.execute(
+                query("delivery_record"),
+                _columns(
+                    [
+                        (
+                            o.job.id,
+                            o.job.lease,
+                            _ROW_STATUS[o.state],
+                            o.result.attempt,
+                            o.delay,
+                            o.state == "hold",
+                            o.result.status,
+                            o.result.body,
+                            o.result.error_message,
+                        )
+                        for o in latest.values()
+                    ],
+                    _RECORD_COLS,
+                ),
+            )
+            rows = await cur.fetchall()
+            done.recorded = len(rows)
+            done.failed = sorted(i for i, status in rows if status == "failed")
+            await conn.execute(
+                query("delivery_webhook_stats"), _columns(_webhook_stats(outcomes), _STATS_COLS)
+            )
+            gone = sorted({o.job.webhook_id for o in outcomes if o.result.gone})
+            cur = await conn.execute(
+                query("delivery_disable_webhooks"),
+                {
+                    "ids": sorted({o.job.webhook_id for o in outcomes}),
+                    "gone": gone,
+                    "disable_after": disable_after,
+                },
+            )
+            done.disabled = len(await cur.fetchall())
+            if done.failed:
+                await conn.execute(query("delivery_publish_failed"), {"ids": done.failed})
+        if releases:
+            await conn.execute(
+                query("delivery_release"),
+                _columns([(r.job.id, r.job.lease, r.delay) for r in releases], _RELEASE_COLS),
+            )
+    return done
+
+
+async def pending_count(conn: AsyncConn) -> int:
+    cur = await conn.execute(query("delivery_pending_count"))
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0

@@ -1,0 +1,130 @@
+"""When a failed webhook attempt is tried again, and where the wait happens.
+
+The policy is pure (attempt numbers and results in, delays out) and is
+handed to tenacity, which runs the short in-memory retries of one claim:
+
+* a failed attempt is retried unless it was the last one of
+  ``OUTBOX_RETRY_SCHEDULE`` or the endpoint answered 410 Gone;
+* attempt *n* (1-based) is followed by ``schedule[n-1]``, or by the
+  receiver's ``Retry-After`` on 429/503 when that is longer (capped at
+  :data:`MAX_RETRY_AFTER`);
+* a wait of at most ``memory_max`` seconds that still fits in the claim's
+  lease is slept in memory; any other wait ends the claim and is stored in
+  the delivery row (``due_at``/``next_retry_at``), so a restart loses no retry.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from tenacity import RetryCallState
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
+
+#: A Retry-After longer than this is taken as this.
+MAX_RETRY_AFTER = 24 * 3600.0
+#: Waits up to this long may be slept in memory between attempts of one claim.
+MEMORY_MAX = 5.0
+_RETRY_AFTER_STATUSES = (429, 503)
+
+
+@dataclass(slots=True)
+class AttemptResult:
+    """What one HTTP attempt produced (an error, or a status and a body)."""
+
+    attempt: int
+    started_at: float  # unix time
+    duration: float  # seconds
+    status: int | None = None
+    body: str | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class RetryPolicy:
+    """The retry schedule as a pure function of the attempt number and result."""
+
+    def __init__(self, schedule: Sequence[timedelta], memory_max: float = MEMORY_MAX) -> None:
+        self.delays = tuple(d.total_seconds() for d in schedule)
+        self.max_attempts = len(self.delays) + 1
+        self.memory_max = memory_max
+
+    def delay(self, result: AttemptResult) -> float | None:
+        """Seconds until the next attempt after ``result``, or ``None``: no more attempts.
+
+        ``delay = max(schedule[n-1], retry_after)`` for attempt ``n < max_attempts``
+        (``retry_after`` only counts on 429 and 503).
+        """
+        if result.ok or result.gone or result.attempt >= self.max_attempts:
+            return None
+        wait = self.delays[max(result.attempt, 1) - 1]
+        if result.status in _RETRY_AFTER_STATUSES and result.retry_after is not None:
+            wait = max(wait, result.retry_after)
+        return wait
+
+    # --- tenacity adapters -------------------------------------------------------
+
+    def should_retry(self, result: AttemptResult) -> bool:
+        return self.delay(result) is not None
+
+    def wait(self) -> wait_base:
+        return _PolicyWait(self)
+
+    def stop(self, fits: Callable[[float], bool]) -> stop_base:
+        """Stop retrying in memory when the next wait is long or does not ``fits``."""
+        return _PolicyStop(self, fits)
+
+
+def _last(retry_state: RetryCallState) -> AttemptResult:
+    assert retry_state.outcome is not None
+    result = retry_state.outcome.result()
+    assert isinstance(result, AttemptResult)
+    return result
+
+
+class _PolicyWait(wait_base):
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        return self.policy.delay(_last(retry_state)) or 0.0
+
+
+class _PolicyStop(stop_base):
+    def __init__(self, policy: RetryPolicy, fits: Callable[[float], bool]) -> None:
+        self.policy = policy
+        self.fits = fits
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        wait = retry_state.upcoming_sleep
+        return wait > self.policy.memory_max or not self.fits(wait)
