@@ -429,6 +429,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # One line per webhook request is noise at demo rates; the receiver counts them.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     opts = options(args)
     settings = Settings.from_env()  # a bad OUTBOX_* value fails here, before anything starts
     url, cluster = resolve_database(opts)
