@@ -121,11 +121,14 @@ class Batch:
     ``start`` is the cursor before the batch, ``end`` after it. Each event's
     own ``cursor`` is ``start`` (resuming from it may repeat earlier events of
     the batch, never skip), except the last event, which carries ``end``.
+    ``more`` is true when the page was full: read again at once instead of
+    waiting for the next wake-up.
     """
 
     events: list[Event]
     start: Cursor
     end: Cursor
+    more: bool = False
 
 
 def parse_snapshot(text: str) -> tuple[int, int, tuple[int, ...]]:
@@ -134,67 +137,97 @@ def parse_snapshot(text: str) -> tuple[int, int, tuple[int, ...]]:
     return int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x)
 
 
-Row = tuple[int, str, str, str, datetime]
+# A feed_read row: (kind, id, xid, event_type, payload, created_at).
+Row = tuple[str, int, int, str, str, datetime]
 
 
 async def read_batch(
     conn: psycopg.AsyncConnection[Any], cursor: Cursor, limit: int = 1000
 ) -> Batch:
-    """Read the next batch after ``cursor`` (at most about ``limit`` page rows).
+    """Read the next batch after ``cursor`` (at most ``limit`` page rows).
 
-    ``conn`` must be idle (autocommit or not in a transaction); the read runs
-    in its own REPEATABLE READ READ ONLY transaction.
+    One statement, so one snapshot and one round trip (``feed_read`` in
+    sql/queries.sql). ``conn`` must be idle; on an autocommit connection the
+    statement is its own transaction, otherwise it is wrapped in one.
     """
-    pending = [str(x) for x in cursor.pending]
-    async with conn.transaction():
-        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        cur = await conn.execute(query("feed_snapshot"))
-        snap_row = await cur.fetchone()
-        assert snap_row is not None
-        _, xmax, xip = parse_snapshot(snap_row[0])
-        cur = await conn.execute(query("feed_page"), {"after": cursor.after, "limit": limit})
-        page: list[Row] = await cur.fetchall()
-        late: list[Row] = []
-        if cursor.after > 0:
-            cur = await conn.execute(
-                query("feed_late"),
-                {"pending": pending, "xmax": str(cursor.xmax), "after": cursor.after},
-            )
-            late = await cur.fetchall()
-        new_after = page[-1][0] if page else cursor.after
-        held: set[str] = set()
-        if page and len(page) >= limit:
-            xids = list({r[1] for r in page})
-            cur = await conn.execute(
-                query("feed_continuing"), {"xids": xids, "page_max": new_after}
-            )
-            continuing = {r[0] for r in await cur.fetchall()}
-            if continuing:
-                first = next(i for i, r in enumerate(page) if r[1] in continuing)
-                if first > 0:
-                    new_after = page[first - 1][0]
-                    page = page[:first]
-                    # A late transaction whose rows continue past the cut is
-                    # held back whole and stays pending.
-                    held = {r[1] for r in late if r[1] in continuing}
-    if held:
-        late = [r for r in late if r[1] not in held]
-    new_pending = set(xip)
-    new_pending.update(int(x) for x in held)
-    end = Cursor(new_after, xmax, tuple(sorted(new_pending)))
-    return Batch(_order(late + page, cursor, end), cursor, end)
+    params = {
+        "after": cursor.after,
+        "limit": limit,
+        "pending": [str(x) for x in cursor.pending],
+        "xmax": str(cursor.xmax),
+    }
+    rows: list[Row]
+    if conn.autocommit:
+        cur = await conn.execute(query("feed_read"), params)
+        rows = await cur.fetchall()
+    else:
+        async with conn.transaction():
+            cur = await conn.execute(query("feed_read"), params)
+            rows = await cur.fetchall()
+    page = [r for r in rows if r[0] == "p"]
+    late = [r for r in rows if r[0] == "l"]
+    beyond = {r[2] for r in rows if r[0] == "c"}
+    snapshot = next(r[3] for r in rows if r[0] == "s")
+    _, xmax, xip = parse_snapshot(snapshot)
+    page.sort(key=_row_id)
+    full = len(page) >= limit
+    held: set[int] = set()
+    if beyond:
+        keep = _cut(page, beyond)
+        paged = {r[2] for r in page}
+        page = page[:keep]
+        kept = {r[2] for r in page}
+        # A late transaction none of whose rows are kept but that continues
+        # past the cut stays pending, held back whole: the read that reaches
+        # its last row emits all of it.
+        held = {r[2] for r in late if r[2] not in kept and (r[2] in beyond or r[2] in paged)}
+        if held:
+            late = [r for r in late if r[2] not in held]
+    new_after = page[-1][1] if page else cursor.after
+    end = Cursor(new_after, xmax, tuple(sorted(held.union(xip))))
+    return Batch(_order(late + page, cursor, end), cursor, end, full)
+
+
+def _row_id(row: Row) -> int:
+    return row[1]
+
+
+def _cut(page: list[Row], beyond: set[int]) -> int:
+    """How many rows of a full, id-ordered page to keep.
+
+    The largest ``k`` such that no transaction with a row in ``page[:k]`` has
+    a row after it (in ``page[k:]`` or past the page: ``beyond``), so every
+    kept transaction comes out whole. When even the first transaction goes on
+    past the page there is no such ``k``: the whole page is kept and that
+    transaction is emitted across batches, in id order.
+    """
+    if not page or page[0][2] in beyond:
+        return len(page)
+    last: dict[int, int] = {}
+    for i, r in enumerate(page):
+        last[r[2]] = i
+    past = len(page)
+    reach = -1
+    keep = 0
+    for i, r in enumerate(page):
+        xid = r[2]
+        reach = max(reach, past if xid in beyond else last[xid])
+        if reach == i:
+            keep = i + 1
+    return keep or len(page)
 
 
 def _order(rows: list[Row], start: Cursor, end: Cursor) -> list[Event]:
+    """Transactions by their largest id, each transaction's events by id."""
     if not rows:
         return []
-    top: dict[str, int] = {}
+    top: dict[int, int] = {}
     for r in rows:
-        if r[0] > top.get(r[1], -1):
-            top[r[1]] = r[0]
-    rows.sort(key=lambda r: (top[r[1]], r[0]))
+        if r[1] > top.get(r[2], -1):
+            top[r[2]] = r[1]
+    rows.sort(key=lambda r: (top[r[2]], r[1]))
     start_s = start.encode()
-    events = [Event(r[0], int(r[1]), r[2], r[3], r[4], start_s) for r in rows]
+    events = [Event(r[1], r[2], r[3], r[4], r[5], start_s) for r in rows]
     events[-1].cursor = end.encode()
     return events
 
@@ -207,3 +240,38 @@ async def head(conn: psycopg.AsyncConnection[Any]) -> Cursor:
     assert row is not None
     _, xmax, xip = parse_snapshot(row[0])
     return Cursor(int(row[1]), xmax, xip)
+
+
+# Counting unread events stops here: a huge backlog costs a bounded scan.
+LAG_CAP = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """Events committed and not yet read after a cursor, and the oldest one's age."""
+
+    events: int
+    oldest_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "oldest_seconds": round(self.oldest_seconds, 3),
+            "capped": self.events >= LAG_CAP,
+        }
+
+
+async def measure_lag(conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> Lag:
+    """How far ``cursor`` is behind (``feed_lag``: a bounded count, one round trip)."""
+    cur = await conn.execute(
+        query("feed_lag"),
+        {
+            "after": cursor.after,
+            "pending": [str(x) for x in cursor.pending],
+            "xmax": str(cursor.xmax),
+            "cap": LAG_CAP,
+        },
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return Lag(int(row[0]), float(row[1]) if row[0] else 0.0)
