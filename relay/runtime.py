@@ -1,65 +1,275 @@
-"""Placeholder relay runtime: LISTEN + poll, feed batches to the hub.
+"""The relay runtime: the long-running part of ``outbox serve``.
 
-Replaced by the relay issue (listener with reconnect, dispatcher, leader
-election, retention, health).
+    NOTIFY outbox_events ─► Listener ─┬─► feed loop ──► hub.publish(batch)   (every process)
+              (or the poll timer)     └─► Dispatcher ─► delivery rows ──► sender.wake()
+                                             ▲              (leader only, see relay/leader.py)
+    NOTIFY outbox_deliveries ─► sender.wake()│
+                                        Retention (leader only)
+
+Every process reads the feed for its own WebSocket clients, starting at the
+head of the feed (``relay.cursor`` is known before the app serves). Exactly
+one process, the leader, also runs the dispatcher (from its stored cursor)
+and retention.
+
+Each loop runs on its own dedicated connection and survives a lost server by
+itself: reconnect with backoff, then catch up from where it was. A failure
+that is not a lost connection (a bug, a missing schema) ends the relay, and
+the composition root stops the process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from typing import Any
+import logging
+import os
+import time
+import uuid
+from typing import Any, Protocol
 
 import psycopg
 
 from outbox.config import Settings
 from outbox.cursor import Cursor
-from relay.delivery import DeliveryWorker
-from relay.feed import head, read_batch
-from relay.hub import Hub
+from relay.dispatcher import Dispatcher, Waker
+from relay.feed import Batch, Lag, head, measure_lag, read_batch
+from relay.leader import Leadership
+from relay.listener import DELIVERIES_CHANNEL, EVENTS_CHANNEL, Listener
 from relay.metrics import Metrics
+from relay.reconnect import (
+    CONNECTION_ERRORS,
+    backoff,
+    close_quietly,
+    connect,
+    describe,
+    nap,
+)
+from relay.retention import RETENTION_INTERVAL, retention_round
+
+log = logging.getLogger("outbox.relay")
+
+# How often the feed loop measures its lag (events committed and not read).
+LAG_INTERVAL = 5.0
+
+
+class BatchSink(Protocol):
+    """The WebSocket hub as the relay sees it (relay/hub.py)."""
+
+    def publish(self, batch: Batch) -> None: ...
 
 
 class Relay:
+    """Feed loop + listener + leader (dispatcher, retention); see the module docstring."""
+
     def __init__(
-        self, settings: Settings, metrics: Metrics, *, hub: Hub, sender: DeliveryWorker
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        hub: BatchSink,
+        sender: Waker,
+        leader_retry_interval: float = 1.0,
+        retention_interval: float = RETENTION_INTERVAL,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.hub = hub
         self.sender = sender
+        self.retention_interval = retention_interval
+        # The end of the last batch handed to the hub; None until start().
         self.cursor: Cursor | None = None
+        self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.feed_state = "starting"
+        self.feed_error: str | None = None
+        self.last_read_at: float | None = None
+        self.lag: Lag | None = None
+        self._feed_conn: psycopg.AsyncConnection[Any] | None = None
+        self._feed_wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.dispatcher = Dispatcher(
+            metrics, sender, poll_interval=settings.poll_interval, batch_size=settings.batch_size
+        )
+        self.leadership = Leadership(
+            settings.database_url,
+            self.dispatcher.run,
+            application_name=f"outbox leader {self.instance}",
+            retry_interval=leader_retry_interval,
+        )
+        channels = [EVENTS_CHANNEL, DELIVERIES_CHANNEL] if settings.notify else []
+        self.listener: Listener | None = (
+            Listener(
+                settings.database_url,
+                channels,
+                on_notify=self._on_notify,
+                on_connect=self._on_listen,
+                application_name=f"outbox listener {self.instance}",
+            )
+            if channels
+            else None
+        )
+        metrics.gauge(
+            "outbox_feed_lag_events",
+            "Events committed and not yet read by this relay's feed",
+            lambda: float(self.lag.events if self.lag else 0),
+        )
+        metrics.gauge(
+            "outbox_feed_lag_seconds",
+            "Age of the oldest event not yet read by this relay's feed",
+            lambda: self.lag.oldest_seconds if self.lag else 0.0,
+        )
+        metrics.gauge(
+            "outbox_relay_leader",
+            "1 if this relay is the leader (dispatches deliveries, applies retention)",
+            lambda: float(self.leadership.is_leader),
+        )
+        metrics.gauge(
+            "outbox_listener_connected",
+            "1 while the LISTEN connection is up",
+            lambda: float(self.listener is not None and self.listener.connected),
+        )
+
+    # --- wake-ups ------------------------------------------------------------
+
+    def _on_notify(self, channel: str) -> None:
+        if channel == EVENTS_CHANNEL:
+            self._feed_wake.set()
+            self.dispatcher.wake()
+        elif channel == DELIVERIES_CHANNEL:
+            self.sender.wake()
+
+    def _on_listen(self) -> None:
+        # (Re)LISTENing: whatever committed while nobody listened is found by
+        # an immediate read.
+        self._feed_wake.set()
+        self.dispatcher.wake()
+        self.sender.wake()
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the feed and read the head of the feed, so that ``cursor`` is set.
+
+        Called before the app serves; raises if the database is unreachable.
+        """
+        if self.cursor is not None:
+            return
+        self._feed_conn = await connect(self.settings.database_url, f"outbox feed {self.instance}")
+        self.cursor = await head(self._feed_conn)
+        self.feed_state = "ok"
+        log.info(
+            "relay %s starts at the head of the feed (after id %s)",
+            self.instance,
+            self.cursor.after,
+        )
 
     async def run(self) -> None:
-        conn: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
-            self.settings.database_url, autocommit=True
-        )
-        listen: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
-            self.settings.database_url, autocommit=True
-        )
+        await self.start()
         try:
-            await listen.execute("LISTEN outbox_events")
-            self.cursor = await head(conn)
-            gen = listen.notifies(timeout=self.settings.poll_interval)
-            while not self._stopping.is_set():
-                while True:
-                    batch = await read_batch(conn, self.cursor, self.settings.batch_size)
-                    self.cursor = batch.end
-                    if not batch.events:
-                        break
-                    self.metrics.events_read.inc(len(batch.events))
-                    self.hub.publish(batch)
-                with contextlib.suppress(StopAsyncIteration):
-                    async for _ in gen:
-                        break
-                gen = listen.notifies(timeout=self.settings.poll_interval)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._feed_loop(), name="relay-feed")
+                tg.create_task(self.leadership.run(), name="relay-leader")
+                tg.create_task(self._retention_loop(), name="relay-retention")
+                if self.listener is not None:
+                    tg.create_task(self.listener.run(), name="relay-listener")
         finally:
-            await conn.close()
-            await listen.close()
+            await close_quietly(self._feed_conn)
+            self._feed_conn = None
+            log.info("relay %s stopped", self.instance)
 
     async def stop(self) -> None:
+        """Finish the current batches, then close every connection.
+
+        The dispatcher's cursor is stored with each batch it dispatches, so
+        there is nothing else to save. run() returns once everything is closed.
+        """
         self._stopping.set()
+        self._feed_wake.set()
+        await self.dispatcher.stop()
+        await self.leadership.stop()
+        if self.listener is not None:
+            await self.listener.stop()
+
+    # --- the feed loop -------------------------------------------------------
+
+    async def _feed_loop(self) -> None:
+        attempt = 0
+        lag_due = 0.0
+        while not self._stopping.is_set():
+            try:
+                if self._feed_conn is None or self._feed_conn.closed:
+                    self._feed_conn = await connect(
+                        self.settings.database_url, f"outbox feed {self.instance}"
+                    )
+                conn = self._feed_conn
+                self._feed_wake.clear()
+                assert self.cursor is not None
+                batch = await read_batch(conn, self.cursor, self.settings.batch_size)
+                # No await between these two lines: /ws takes relay.cursor as
+                # the seam between a client's catch-up read and the hub.
+                self.cursor = batch.end
+                if batch.events:
+                    self.hub.publish(batch)
+                    self.metrics.events_read.inc(len(batch.events))
+                self.last_read_at = time.time()
+                self.feed_state, self.feed_error, attempt = "ok", None, 0
+                if batch.more:
+                    continue
+                if time.monotonic() >= lag_due:
+                    self.lag = await measure_lag(conn, self.cursor)
+                    lag_due = time.monotonic() + LAG_INTERVAL
+                await nap(self._feed_wake, self.settings.poll_interval)
+            except CONNECTION_ERRORS as exc:
+                await close_quietly(self._feed_conn)
+                self._feed_conn = None
+                if self._stopping.is_set():
+                    return
+                self.feed_state = "reconnecting"
+                self.feed_error = describe(exc)
+                delay = backoff(attempt)
+                attempt += 1
+                log.warning("feed read failed (%s); retrying in %.2fs", self.feed_error, delay)
+                await nap(self._stopping, delay)
+
+    # --- retention -------------------------------------------------------------
+
+    async def _retention_loop(self) -> None:
+        while not self._stopping.is_set():
+            await nap(self._stopping, self.retention_interval)
+            if self._stopping.is_set() or not self.leadership.is_leader:
+                continue
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await connect(
+                    self.settings.database_url, f"outbox retention {self.instance}"
+                )
+                await retention_round(
+                    conn,
+                    self.settings.retention,
+                    keep_going=lambda: self.leadership.is_leader and not self._stopping.is_set(),
+                )
+            except CONNECTION_ERRORS as exc:
+                log.warning("retention round failed: %s", exc)
+            finally:
+                await close_quietly(conn)
+
+    # --- status ----------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok"}
+        listener = self.listener
+        return {
+            "instance": self.instance,
+            "role": self.leadership.role,
+            "listener": "disabled" if listener is None else listener.state,
+            "feed": {
+                "state": self.feed_state,
+                "error": self.feed_error,
+                "cursor": self.cursor.encode() if self.cursor else None,
+                "last_read_at": self.last_read_at,
+                "lag": self.lag.as_dict() if self.lag else None,
+            },
+            "dispatcher": {
+                "cursor": self.dispatcher.cursor.encode()
+                if self.leadership.is_leader and self.dispatcher.cursor
+                else None,
+                "last_dispatch_at": self.dispatcher.last_dispatch_at,
+            },
+        }

@@ -130,6 +130,102 @@ WITH unread AS (
 SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
 FROM unread;
 
+-- name: relay_state_get
+SELECT value FROM outbox.relay_state WHERE name = %(name)s;
+
+-- name: leader_try_lock
+-- Session-level: held until this session ends (relay/leader.py).
+SELECT pg_try_advisory_lock(%(key)s);
+
+-- name: dispatch_batch
+-- One statement, hence one transaction on the dispatcher's autocommit
+-- session: the cursor move, the delivery rows and the doorbell commit
+-- together or not at all (relay/dispatcher.py).
+--   moved    compare-and-set of the stored cursor: inserted when absent and
+--            %(old)s is NULL, updated only when it still holds %(old)s. A
+--            second leader racing us blocks on the row, then sees the new
+--            value and moves nothing.
+--   created  one row per (active matching webhook, event), in feed order,
+--            only if the cursor moved. Patterns: exact, 'prefix.*', '*'.
+--            webhook.test is never routed by subscription.
+--   rang     NOTIFY outbox_deliveries (fires at commit) when rows were created.
+WITH moved AS (
+    INSERT INTO outbox.relay_state AS s (name, value)
+    VALUES (%(name)s, %(new)s)
+    ON CONFLICT (name) DO UPDATE
+        SET value = EXCLUDED.value, updated_at = now()
+        WHERE s.value = %(old)s
+    RETURNING 1
+), batch AS (
+    SELECT e.id, e.event_type, e.ord
+    FROM unnest(%(ids)s::bigint[], %(types)s::text[]) WITH ORDINALITY AS e (id, event_type, ord)
+    WHERE e.event_type <> 'webhook.test'
+), created AS (
+    INSERT INTO outbox.deliveries (webhook_id, event_id, event_type)
+    SELECT w.id, b.id, b.event_type
+    FROM batch b
+    JOIN outbox.webhooks w
+      ON w.is_active
+     AND (b.event_type = ANY (w.event_types)
+          OR '*' = ANY (w.event_types)
+          OR EXISTS (SELECT 1 FROM unnest(w.event_types) AS p (pattern)
+                     WHERE right(p.pattern, 2) = '.*'
+                       AND starts_with(b.event_type, left(p.pattern, -1))))
+    WHERE EXISTS (SELECT 1 FROM moved)
+    ORDER BY b.ord, w.id
+    ON CONFLICT ON CONSTRAINT deliveries_webhook_event_key DO NOTHING
+    RETURNING 1
+), rang AS (
+    SELECT pg_notify('outbox_deliveries', '') FROM (SELECT 1 FROM created LIMIT 1) AS any_created
+)
+SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM created), (SELECT count(*) FROM rang);
+
+-- name: retention_deliveries
+-- Finished deliveries older than the retention, oldest first, one bounded
+-- batch (deliveries_finished_created_idx); attempts go by ON DELETE CASCADE.
+WITH doomed AS (
+    SELECT id FROM outbox.deliveries
+    WHERE status <> 'pending' AND created_at < now() - %(keep)s::interval
+    ORDER BY created_at
+    LIMIT %(limit)s
+)
+DELETE FROM outbox.deliveries d USING doomed WHERE d.id = doomed.id;
+
+-- name: retention_events
+-- One bounded batch of old events (relay/retention.py): walk the next
+-- %(limit)s ids after %(from)s, up to the dispatcher's stored cursor, and
+-- delete those older than the retention that the dispatcher has handled
+-- (not written by a transaction its cursor still waits for) and that no
+-- pending delivery needs (deliveries_pending_event_idx). The largest id
+-- deleted raises the retention watermark in the same transaction. Returns
+-- rows scanned, last id scanned, rows deleted, the new watermark (NULL when
+-- unchanged) and whether the walk reached an event too young to delete.
+WITH scan AS MATERIALIZED (
+    SELECT id, xid, created_at
+    FROM outbox.events
+    WHERE id > %(from)s AND id <= %(max_id)s
+    ORDER BY id
+    LIMIT %(limit)s
+), doomed AS (
+    SELECT s.id FROM scan s
+    WHERE s.created_at < now() - %(keep)s::interval
+      AND NOT (s.xid = ANY (%(pending)s::text[]::xid8[]) OR s.xid >= %(xmax)s::text::xid8)
+      AND NOT EXISTS (SELECT 1 FROM outbox.deliveries d
+                      WHERE d.event_id = s.id AND d.status = 'pending')
+), gone AS (
+    DELETE FROM outbox.events e USING doomed WHERE e.id = doomed.id
+    RETURNING e.id
+), mark AS (
+    INSERT INTO outbox.relay_state AS s (name, value)
+    SELECT 'retention_watermark', max(id)::text FROM gone HAVING count(*) > 0
+    ON CONFLICT (name) DO UPDATE
+        SET value = greatest(s.value::bigint, EXCLUDED.value::bigint)::text, updated_at = now()
+    RETURNING value
+)
+SELECT (SELECT count(*) FROM scan), (SELECT max(id) FROM scan), (SELECT count(*) FROM gone),
+       (SELECT value FROM mark),
+       coalesce((SELECT bool_or(created_at >= now() - %(keep)s::interval) FROM scan), false);
+
 -- name: delivery_claim
 -- Claim due deliveries of active webhooks: FOR UPDATE OF d SKIP LOCKED lets
 -- any number of workers claim at once without waiting for or doubling each

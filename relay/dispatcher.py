@@ -1,0 +1,142 @@
+"""The dispatcher (leader only): feed batches -> delivery rows.
+
+It reads the feed from its own cursor, persisted in ``outbox.relay_state``
+(name ``dispatcher``), and for each batch runs ONE statement, hence one
+transaction, that
+
+* moves the stored cursor from the value it read to the batch's end
+  (compare-and-set: if another relay moved it meanwhile, nothing happens and
+  this relay steps down),
+* inserts one ``outbox.deliveries`` row per (active webhook whose
+  ``event_types`` match, event), ``ON CONFLICT DO NOTHING`` on the
+  (webhook, event) key,
+* and NOTIFYs ``outbox_deliveries`` when it created any, waking the senders
+  of every process.
+
+So a crash at any moment either keeps the whole batch (cursor and rows) or
+none of it: the batch is dispatched again and the unique key absorbs the
+repeat. Nothing is lost, nothing doubled.
+
+The first leader ever starts from ``Cursor(0)``, so events committed before
+any relay ran are dispatched too. ``webhook.test`` events are never routed
+by subscription (the API inserts those deliveries itself). Inactive webhooks
+get nothing, which also keeps ``webhook.disabled`` and
+``webhook.delivery_failed`` away from the disabled webhook they are about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Protocol
+
+import psycopg
+
+from outbox.cursor import Cursor
+from outbox.sqlfiles import query
+from relay.feed import Batch, read_batch
+from relay.leader import LostLeadership
+from relay.metrics import Metrics
+from relay.reconnect import nap
+
+log = logging.getLogger("outbox.relay.dispatcher")
+
+STATE_NAME = "dispatcher"
+
+
+class Waker(Protocol):
+    def wake(self) -> None: ...
+
+
+async def load_cursor(conn: psycopg.AsyncConnection[Any]) -> tuple[Cursor, str | None]:
+    """The stored dispatcher cursor and its raw value (``Cursor(0)``, None if absent)."""
+    cur = await conn.execute(query("relay_state_get"), {"name": STATE_NAME})
+    row = await cur.fetchone()
+    if row is None:
+        return Cursor(0), None
+    return Cursor.decode(row[0]), str(row[0])
+
+
+async def dispatch(conn: psycopg.AsyncConnection[Any], batch: Batch, stored: str | None) -> int:
+    """Create the batch's delivery rows and store its end cursor, atomically.
+
+    ``conn`` must be in autocommit mode (the statement is its own
+    transaction). Returns the number of delivery rows created. Raises
+    :class:`LostLeadership` when the stored cursor is no longer ``stored``.
+    """
+    events = batch.events
+    cur = await conn.execute(
+        query("dispatch_batch"),
+        {
+            "name": STATE_NAME,
+            "old": stored,
+            "new": batch.end.encode(),
+            "ids": [e.id for e in events],
+            "types": [e.type for e in events],
+        },
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    moved, created = int(row[0]), int(row[1])
+    if not moved:
+        raise LostLeadership("the dispatcher cursor was moved by another relay")
+    return created
+
+
+class Dispatcher:
+    """The leader's dispatch loop; see the module docstring."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        sender: Waker,
+        *,
+        poll_interval: float = 1.0,
+        batch_size: int = 1000,
+    ) -> None:
+        self.metrics = metrics
+        self.sender = sender
+        self.poll_interval = poll_interval
+        self.batch_size = batch_size
+        self.cursor: Cursor | None = None
+        self.last_dispatch_at: float | None = None
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Dispatch on ``conn`` (the leader's session) until stopped.
+
+        Connection errors propagate: the leader steps down and campaigns again.
+        """
+        # Safe without synchronous commit: the cursor and its delivery rows
+        # commit together, so a server crash that loses the last commits
+        # rolls both back to an earlier consistent state and the batch is
+        # dispatched again. Anything that acts on a delivery row (the sender)
+        # commits synchronously, which flushes this WAL first.
+        await conn.execute("SET synchronous_commit = off")
+        cursor, stored = await load_cursor(conn)
+        self.cursor = cursor
+        log.info("dispatching from cursor after id %s", cursor.after)
+        while not self._stopping.is_set():
+            self._wake.clear()
+            batch = await read_batch(conn, cursor, self.batch_size)
+            if batch.events:
+                created = await dispatch(conn, batch, stored)
+                stored = batch.end.encode()
+                self.last_dispatch_at = time.time()
+                if created:
+                    self.metrics.deliveries_created.inc(created)
+                    self.sender.wake()
+            cursor = self.cursor = batch.end
+            if batch.more:
+                continue
+            await nap(self._wake, self.poll_interval)
+
+    async def stop(self) -> None:
+        """Finish the current batch (its transaction), then return from run()."""
+        self._stopping.set()
+        self._wake.set()

@@ -1,0 +1,93 @@
+"""Staying connected: the relay's dedicated connections and their backoff.
+
+The listener, the feed reader and the leader each own one connection outside
+the API pool: LISTEN and session advisory locks are per session, and a
+pooled connection may be handed to someone else or reset. Each reconnects on
+its own with :func:`backoff`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from typing import Any
+
+import psycopg
+
+# Detect a silently dead peer (a network blip, a frozen host) in about
+# KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT seconds instead of the
+# operating system's default of two hours. The client side covers our reads;
+# the same values are SET on the server side so that the server drops a lost
+# leader's session, and with it the advisory lock, just as quickly.
+KEEPALIVE_IDLE = 5
+KEEPALIVE_INTERVAL = 2
+KEEPALIVE_COUNT = 3
+
+
+def backoff(attempt: int, *, base: float = 0.05, cap: float = 5.0) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0-based).
+
+    ``min(cap, base * 2**attempt)`` with "full jitter" (uniform in
+    [delay/2, delay]) so that several relays that lost the server together do
+    not knock on it in lockstep. The first retry comes after 25-50 ms: a
+    terminated backend costs milliseconds, a restart a few seconds.
+    """
+    delay = min(cap, base * 2.0 ** min(attempt, 32))
+    return delay / 2 + random.random() * delay / 2
+
+
+async def nap(event: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``event`` is set (a wake-up or a stop)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        pass
+
+
+def describe(exc: BaseException) -> str:
+    """The first line of an error, for logs and /health."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def connect(url: str, application_name: str) -> psycopg.AsyncConnection[Any]:
+    """Open a dedicated autocommit connection with keepalives on both ends."""
+    conn: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
+        url,
+        autocommit=True,
+        connect_timeout=5,
+        application_name=application_name[:63],
+        keepalives=1,
+        keepalives_idle=KEEPALIVE_IDLE,
+        keepalives_interval=KEEPALIVE_INTERVAL,
+        keepalives_count=KEEPALIVE_COUNT,
+    )
+    # Server-side keepalives (ignored on Unix-domain sockets, where there is no
+    # network to lose).
+    await conn.execute(
+        f"SET tcp_keepalives_idle = {KEEPALIVE_IDLE}; "
+        f"SET tcp_keepalives_interval = {KEEPALIVE_INTERVAL}; "
+        f"SET tcp_keepalives_count = {KEEPALIVE_COUNT}"
+    )
+    return conn
+
+
+async def close_quietly(conn: psycopg.AsyncConnection[Any] | None) -> None:
+    """Close a connection that may already be broken."""
+    if conn is None or conn.closed:
+        return
+    with contextlib.suppress(psycopg.Error):
+        await conn.close()
+
+
+# What a lost or unreachable server looks like to psycopg: the connection
+# failed (OperationalError covers "server closed the connection", admin
+# shutdown, "the database system is starting up") or was already closed
+# (InterfaceError).
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    OSError,
+)
