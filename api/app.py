@@ -1,16 +1,23 @@
 """The composition root: one Starlette app = REST API + /ws + relay + sender.
 
 ``outbox serve`` runs this app under uvicorn. The lifespan opens the pool,
+starts the relay (so its feed cursor is known before the first request),
 then runs the relay (feed reader, dispatcher when leader, retention), the
-WebSocket hub and the webhook sender as named tasks in one TaskGroup: if one
-dies, all stop, and the process exits non-zero.
+WebSocket hub and the webhook sender as named tasks in one TaskGroup.
+
+Shutdown asks each component to stop, waits up to :data:`GRACE` seconds for
+them to finish what they are doing (the current batch, an attempt in flight),
+then cancels what is left. If one component dies, the others are cancelled,
+``on_fatal`` is called (``outbox serve`` then stops uvicorn and exits
+non-zero) and the error is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -20,8 +27,15 @@ from api.state import AppState
 from outbox.config import Settings
 from relay.metrics import Metrics
 
+log = logging.getLogger("outbox.app")
 
-def create_app(settings: Settings) -> Starlette:
+# Seconds the components get to finish their work at shutdown.
+GRACE = 10.0
+
+
+def create_app(
+    settings: Settings, *, on_fatal: Callable[[BaseException], None] | None = None
+) -> Starlette:
     from api import errors, events, health, openapi, pages, webhooks, ws
     from relay.delivery import DeliveryWorker
     from relay.hub import Hub
@@ -31,8 +45,15 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         metrics = Metrics()
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            settings.database_url, min_size=2, max_size=10, open=False,
-            kwargs={"autocommit": True}, name="outbox-api",
+            settings.database_url,
+            min_size=2,
+            max_size=10,
+            open=False,
+            kwargs={"autocommit": True, "application_name": "outbox api"},
+            name="outbox-api",
+            # After a server restart the pooled connections are dead; checking
+            # on checkout turns that into a fresh connection, not a failed request.
+            check=AsyncConnectionPool.check_connection,
         )
         await pool.open(wait=False)
         hub = Hub(settings, metrics)
@@ -40,6 +61,7 @@ def create_app(settings: Settings) -> Starlette:
         relay = Relay(settings, metrics, hub=hub, sender=sender)
         app.state.outbox = AppState(settings, pool, metrics, hub, relay, sender)
         try:
+            await relay.start()
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(relay.run(), name="relay"),
@@ -50,8 +72,16 @@ def create_app(settings: Settings) -> Starlette:
                 await relay.stop()
                 await sender.stop()
                 await hub.stop()
-                for t in tasks:
+                _, late = await asyncio.wait(tasks, timeout=GRACE)
+                for t in late:
+                    log.warning("%s did not stop within %ss; cancelling it", t.get_name(), GRACE)
                     t.cancel()
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                log.error("outbox serve: a component failed; stopping", exc_info=exc)
+                if on_fatal is not None:
+                    on_fatal(exc)
+            raise
         finally:
             await pool.close()
 
@@ -64,6 +94,8 @@ def create_app(settings: Settings) -> Starlette:
         *openapi.routes,
     ]
     return Starlette(
-        routes=routes, lifespan=lifespan,
-        middleware=errors.middleware(settings), exception_handlers=errors.exception_handlers,
+        routes=routes,
+        lifespan=lifespan,
+        middleware=errors.middleware(settings),
+        exception_handlers=errors.exception_handlers,
     )

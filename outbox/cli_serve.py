@@ -1,0 +1,291 @@
+"""``outbox serve``: the REST API, ``/ws``, the relay and webhook delivery in
+one process under uvicorn.
+
+Flags mirror ``OUTBOX_*`` environment variables (a flag wins) and name them
+in ``--help``. A bad flag is a usage error naming the flag; a bad variable
+fails at start naming the variable. Before serving, the database must be
+reachable and migrated, so the common mistakes end with one line, not a
+traceback from inside the server.
+
+SIGTERM or SIGINT stops gracefully: uvicorn stops accepting, closes
+connections, then the app's lifespan stops the relay (it finishes its batch;
+the dispatcher's cursor is stored with every batch) and the sender, and
+closes every connection. The exit status is then 0. If a component dies, the
+server stops and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import logging
+import os
+import re
+import signal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from outbox.cli import _add_db, _say
+from outbox.errors import ConfigError, OutboxError
+
+if TYPE_CHECKING:
+    from outbox.config import Settings
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|api_key)=)[^&\s\"']*")
+
+
+def redact(text: str) -> str:
+    """Hide the values of ``token=`` and ``api_key=`` query parameters."""
+    return _SECRET_QUERY.sub(r"\1***", text)
+
+
+class RedactSecrets(logging.Filter):
+    """Keeps ``/ws?token=...`` and ``?api_key=...`` values out of the logs.
+
+    uvicorn logs the path with its query string (access lines, and WebSocket
+    handshakes on ``uvicorn.error``); the arguments are redacted one by one
+    so the access formatter still gets its five fields.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging setup, plus the redaction filter and our own loggers."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"redact": {"()": RedactSecrets}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["redact"]
+    config["loggers"]["outbox"] = {
+        "handlers": ["default"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
+
+
+# --- flags ---------------------------------------------------------------------
+
+
+def _int_flag(lo: int, hi: int) -> Callable[[str], str]:
+    """An argparse type: an integer in ``lo..hi``, kept as text for the environment."""
+
+    def parse(raw: str) -> str:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer {raw!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is out of range {lo}..{hi}")
+        return raw
+
+    return parse
+
+
+def _duration_flag(raw: str) -> str:
+    """An argparse type: a positive duration (500ms, 5s, 5m, 2h, 7d), kept as text."""
+    from outbox.config import parse_duration
+
+    try:
+        value = parse_duration(raw)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {raw!r} (use e.g. 500ms, 5s, 5m, 2h, 7d)"
+        ) from None
+    if value.total_seconds() <= 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} must be more than zero")
+    return raw
+
+
+# flag dest -> the environment variable it overrides
+_FLAG_ENV = {
+    "host": "OUTBOX_HOST",
+    "port": "OUTBOX_PORT",
+    "database_url": "OUTBOX_DATABASE_URL",
+    "poll_interval": "OUTBOX_POLL_INTERVAL",
+    "batch_size": "OUTBOX_BATCH_SIZE",
+    "retention": "OUTBOX_RETENTION",
+    "log_level": "OUTBOX_LOG_LEVEL",
+}
+
+_EPILOG = """environment (a flag overrides its variable):
+  OUTBOX_DATABASE_URL         database (then DATABASE_URL, then libpq PG* variables)
+  OUTBOX_API_TOKEN            bootstrap API token (more: `outbox token create`)
+  OUTBOX_HOST, OUTBOX_PORT    where to listen (127.0.0.1, 8080)
+  OUTBOX_POLL_INTERVAL        poll timer behind LISTEN/NOTIFY (1s)
+  OUTBOX_BATCH_SIZE           feed rows per read (1000)
+  OUTBOX_NOTIFY               false: poll only, no LISTEN (true)
+  OUTBOX_RETENTION            keep events and finished deliveries this long (7d)
+  OUTBOX_RETRY_SCHEDULE       delays between webhook attempts (5s,5m,30m,2h,5h,10h,10h)
+  OUTBOX_WEBHOOK_TIMEOUT      seconds per webhook attempt (15)
+  OUTBOX_DISABLE_AFTER        disable an endpoint failing this long (5d)
+  OUTBOX_WEBHOOK_ALLOW_NETWORKS  CIDRs webhook URLs may resolve to although private
+  OUTBOX_WS_ALLOWED_ORIGINS   browser Origins allowed on /ws (same host)
+  OUTBOX_LOG_LEVEL            critical, error, warning, info, debug (info)
+
+Several copies may run against one database: each serves its own clients,
+one of them (the leader, elected by an advisory lock) creates deliveries.
+SIGTERM/SIGINT stop gracefully."""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the REST API, /ws, the relay and webhook delivery",
+        description="Serve the REST API and /ws, stream the outbox to WebSocket clients "
+        "and deliver webhooks, in one process.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", metavar="HOST", help="address to listen on (env OUTBOX_HOST)")
+    p.add_argument(
+        "--port",
+        metavar="PORT",
+        type=_int_flag(0, 65535),
+        help="port to listen on (env OUTBOX_PORT)",
+    )
+    _add_db(p)
+    p.add_argument(
+        "--poll-interval",
+        metavar="DURATION",
+        type=_duration_flag,
+        help="poll for new events this often even without a NOTIFY, "
+        "e.g. 500ms, 1s (env OUTBOX_POLL_INTERVAL)",
+    )
+    p.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=_int_flag(1, 100_000),
+        help="feed rows per read (env OUTBOX_BATCH_SIZE)",
+    )
+    p.add_argument(
+        "--retention",
+        metavar="DURATION",
+        type=_duration_flag,
+        help="keep events and finished deliveries this long, e.g. 7d (env OUTBOX_RETENTION)",
+    )
+    p.add_argument(
+        "--no-notify",
+        action="store_true",
+        help="do not LISTEN; find new events by polling only (env OUTBOX_NOTIFY=false)",
+    )
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="(env OUTBOX_LOG_LEVEL, default info)")
+    p.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    p.add_argument(
+        "--migrate",
+        action="store_true",
+        help="apply pending migrations before serving (as `outbox migrate`)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def environment(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
+    """The process environment with the flags given on the command line applied."""
+    merged = dict(env)
+    for dest, name in _FLAG_ENV.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            merged[name] = str(value)
+    if args.no_notify:
+        merged["OUTBOX_NOTIFY"] = "false"
+    return merged
+
+
+def _check(settings: Settings) -> None:
+    """What Settings accepts but serving cannot: a zero poll timer spins, a zero
+    retention would delete every event at once."""
+    if settings.poll_interval <= 0:
+        raise ConfigError("OUTBOX_POLL_INTERVAL: must be more than zero")
+    if settings.retention.total_seconds() <= 0:
+        raise ConfigError("OUTBOX_RETENTION: must be more than zero")
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = (env.get("OUTBOX_LOG_LEVEL") or "info").strip().lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(
+            f"OUTBOX_LOG_LEVEL: invalid level {env.get('OUTBOX_LOG_LEVEL')!r} "
+            f"(use one of {', '.join(LOG_LEVELS)})"
+        )
+    return level
+
+
+def _preflight(url: str, migrate_first: bool) -> None:
+    """Fail with one clear line when the database is unreachable or not migrated."""
+    from outbox.db import connect
+    from outbox.migrate import current_version, migrate
+    from outbox.sqlfiles import migrations
+
+    with connect(url) as conn:
+        if migrate_first:
+            migrate(conn, log=_say)
+        have, need = current_version(conn), migrations()[-1][0]
+    if have == 0:
+        raise OutboxError(
+            "the outbox schema is missing: run `outbox migrate` first (or `outbox serve --migrate`)"
+        )
+    if have < need:
+        raise OutboxError(
+            f"the outbox schema is at version {have}, this release needs "
+            f"{need}: run `outbox migrate` first (or `outbox serve --migrate`)"
+        )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import GRACE, create_app
+    from outbox.config import Settings
+
+    env = environment(args, os.environ)
+    settings = Settings.from_env(env)
+    _check(settings)
+    level = _log_level(env)
+    _preflight(settings.database_url, args.migrate)
+
+    failures: list[BaseException] = []
+    servers: list[uvicorn.Server] = []
+
+    def on_fatal(exc: BaseException) -> None:
+        failures.append(exc)
+        for server in servers:
+            server.should_exit = True
+
+    config = uvicorn.Config(
+        create_app(settings, on_fatal=on_fatal),
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        log_config=log_config(level),
+        log_level=level,
+        access_log=not args.no_access_log,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
+        ws_max_size=settings.ws_max_message,
+        timeout_graceful_shutdown=int(GRACE),
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    servers.append(server)
+    # uvicorn re-raises a caught SIGTERM/SIGINT once it has shut down, to get
+    # the default "killed by signal" exit. The shutdown was graceful, so make
+    # that re-raise a no-op and exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    asyncio.run(server.serve())
+    if failures:
+        raise OutboxError(f"stopped because a component failed: {failures[0]!r}")
+    if not server.started:
+        raise OutboxError(
+            f"could not start serving on {settings.host}:{settings.port} (see the log above)"
+        )
+    return 0
