@@ -1,0 +1,239 @@
+"""B1 write cost: what capture adds to the writer's INSERTs.
+
+Three identical tables, written by ``pgbench`` (a C client, so the load
+generator does not eat the CPU being measured):
+
+- ``bare``: no trigger;
+- ``tracked``: ``outbox track`` as users run it (the trigger writes the
+  outbox row and rings the NOTIFY wake-up);
+- ``quiet``: the same capture trigger with the ``pg_notify`` call removed
+  (built here from the tracked trigger's own source), i.e. the cost of the
+  outbox row alone, with the wake-up off.
+
+Shapes: single-row INSERT transactions and 100-row ``INSERT ... SELECT``
+statements, at 1, 4 and 16 concurrent writers. Variants are interleaved
+(their order rotates each repetition) and the tables and the outbox are
+truncated and checkpointed before every run, so no run inherits another's
+bloat or a checkpoint. A LISTEN connection drains the notifications during
+every run, as a relay would: notifications nobody reads pile up in the
+queue and cost more than read ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from bench.context import Context, interleaved
+from bench.pg import bench_database
+from bench.report import Metric, ScenarioResult, Target, ratio_metric
+from bench.stats import Spread
+
+VARIANTS = ("bare", "tracked", "quiet")
+SHAPES = {"1-row": 1, "100-row": 100}
+EVENT_TYPE = "bench.row_created"
+PGBENCH = "pgbench"
+
+TABLE_DDL = """
+CREATE TABLE {t} (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account    integer       NOT NULL,
+    amount     numeric(12,2) NOT NULL,
+    note       text          NOT NULL,
+    created_at timestamptz   NOT NULL DEFAULT now()
+)
+"""
+SCRIPTS = {
+    1: "\\set a random(1, 100000)\n"
+    "INSERT INTO {t} (account, amount, note) VALUES (:a, :a * 0.01, 'bench write cost row');\n",
+    100: "INSERT INTO {t} (account, amount, note)\n"
+    "  SELECT g, g * 0.01, 'bench write cost row' FROM generate_series(1, 100) AS g;\n",
+}
+_NOTIFY_RE = re.compile(r"PERFORM\s+pg_notify\s*\([^;]*\)\s*;", re.IGNORECASE)
+_TPS_RE = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+_FAILED_RE = re.compile(r"number of failed transactions: (\d+)")
+
+TARGETS = {("1-row", 16): Target(">=", 0.65), ("100-row", 16): Target(">=", 0.6)}
+
+
+@dataclass(frozen=True)
+class Params:
+    writers: tuple[int, ...]
+    seconds: int  # per pgbench run (0: use ``transactions`` instead)
+    transactions: int  # per client, smoke mode only
+    repeats: int
+
+
+def params(ctx: Context) -> Params:
+    if ctx.smoke:
+        return Params(writers=(2,), seconds=0, transactions=10, repeats=1)
+    return Params(writers=(1, 4, 16), seconds=4, transactions=0, repeats=ctx.reps(3))
+
+
+def table_name(variant: str) -> str:
+    return f"b1_{variant}"
+
+
+def setup(url: str) -> None:
+    """Create the three tables; track two; take the wake-up out of one."""
+    from outbox.capture import Rule, track
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for v in VARIANTS:
+            conn.execute(sql.SQL(TABLE_DDL).format(t=sql.Identifier(table_name(v))))
+        for v in ("tracked", "quiet"):
+            track(conn, [Rule(table=table_name(v), operation="insert", event_type=EVENT_TYPE)])
+        silence_wakeup(conn, table_name("quiet"))
+
+
+def silence_wakeup(conn: psycopg.Connection[Any], table: str) -> None:
+    """Rewrite the capture functions of ``table`` without their ``pg_notify``.
+
+    Built from the installed trigger's own source, so the comparison follows
+    whatever ``outbox track`` generates; if capture stops calling pg_notify
+    directly this fails loudly rather than measure a wrong variant.
+    """
+    rows = conn.execute(
+        "SELECT DISTINCT p.oid, pg_get_functiondef(p.oid) FROM pg_trigger t"
+        " JOIN pg_proc p ON p.oid = t.tgfoid"
+        " WHERE t.tgrelid = to_regclass(%s) AND NOT t.tgisinternal",
+        (table,),
+    ).fetchall()
+    from outbox import capture
+
+    ring = getattr(capture, "RING", None)
+    changed = 0
+    for _, src in rows:
+        if ring and ring in src:
+            new, n = src.replace(ring, "NULL; -- bench: wake-up off"), 1
+        else:
+            new, n = _NOTIFY_RE.subn("NULL; -- bench: wake-up off", src)
+        if n:
+            conn.execute(new.encode())
+            changed += 1
+    if not changed:
+        raise RuntimeError(
+            f"no pg_notify call found in the capture triggers of {table}: "
+            "bench/b1_write.py cannot build the wake-up-off variant"
+        )
+
+
+def reset(url: str, checkpoint: bool) -> None:
+    """Empty tables and outbox, then checkpoint: every run starts equal."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        names = [sql.Identifier(table_name(v)) for v in VARIANTS]
+        conn.execute(
+            sql.SQL("TRUNCATE {}, outbox.events RESTART IDENTITY").format(sql.SQL(", ").join(names))
+        )
+        if checkpoint:
+            conn.execute("CHECKPOINT")
+
+
+class Listener:
+    """A LISTEN connection draining the wake-ups in a thread, as a relay would."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.count = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="b1-listen", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute("LISTEN outbox_events")
+                self._ready.set()
+                while not self._stop.is_set():
+                    for _ in conn.notifies(timeout=0.2):
+                        self.count += 1
+        except BaseException as exc:  # reported by stop()
+            self._error = exc
+            self._ready.set()
+
+    def __enter__(self) -> Listener:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("LISTEN connection did not start within 10 s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        if self._error:
+            raise RuntimeError(f"listener failed: {self._error}") from self._error
+
+
+async def pgbench(url: str, script: str, clients: int, p: Params) -> dict[str, float]:
+    """One pgbench run; returns tps and the failed-transaction count."""
+    cmd = [PGBENCH, "-n", "-M", "prepared", "-f", script, "-c", str(clients)]
+    cmd += ["-j", str(min(clients, 2))]
+    cmd += ["-T", str(p.seconds)] if p.seconds else ["-t", str(p.transactions)]
+    cmd.append(url)
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=p.seconds + 60)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"pgbench did not finish: {' '.join(cmd[:-1])}") from None
+    text = out.decode() + err.decode()
+    m = _TPS_RE.search(text)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError(f"pgbench failed ({proc.returncode}): {text.strip()[-500:]}")
+    failed = _FAILED_RE.search(text)
+    return {"tps": float(m.group(1)), "failed": float(failed.group(1)) if failed else 0.0}
+
+
+async def run(ctx: Context) -> ScenarioResult:
+    p = params(ctx)
+    result = ScenarioResult("b1", "write cost: bare vs tracked vs tracked with wake-up off")
+    result.params = asdict(p) | {"variants": VARIANTS, "client": "pgbench -M prepared"}
+    scripts: dict[tuple[str, str], str] = {}
+    for shape, rows in SHAPES.items():
+        for v in VARIANTS:
+            path = ctx.workdir / f"b1_{shape}_{v}.sql"
+            path.write_text(SCRIPTS[rows].format(t=table_name(v)))
+            scripts[(shape, v)] = str(path)
+    # tps[(shape, writers, variant)] = one value per repetition
+    tps: dict[tuple[str, int, str], list[float]] = {}
+    with bench_database(ctx.admin_url, "b1") as url:
+        await asyncio.to_thread(setup, url)
+        for rep in range(p.repeats):
+            for shape in SHAPES:
+                for writers in p.writers:
+                    for v in interleaved(VARIANTS, rep):
+                        await asyncio.to_thread(reset, url, not ctx.smoke)
+                        with Listener(url):
+                            r = await pgbench(url, scripts[(shape, v)], writers, p)
+                        if r["failed"]:
+                            raise RuntimeError(f"pgbench: {r['failed']:.0f} failed transactions")
+                        tps.setdefault((shape, writers, v), []).append(r["tps"])
+                        ctx.log(f"b1 rep {rep + 1} {shape} x{writers} {v}: {r['tps']:.0f} tx/s")
+    for shape, rows in SHAPES.items():
+        for writers in p.writers:
+            bare = tps[(shape, writers, "bare")]
+            tracked = tps[(shape, writers, "tracked")]
+            quiet = tps[(shape, writers, "quiet")]
+            label = f"{shape} INSERT, {writers} writer{'s' if writers > 1 else ''}"
+            unit = "tx/s" if rows == 1 else "stmt/s"
+            result.metrics.append(
+                Metric(f"{label}: tracked", unit, Spread.of(tracked), baseline=Spread.of(bare))
+            )
+            result.metrics.append(
+                ratio_metric(f"{label}: tracked/bare", tracked, bare, TARGETS.get((shape, writers)))
+            )
+            result.metrics.append(ratio_metric(f"{label}: wake-up off/bare", quiet, bare))
+    result.raw = {
+        "tps": [{"shape": s, "writers": w, "variant": v, "runs": x} for (s, w, v), x in tps.items()]
+    }
+    return result

@@ -1,0 +1,161 @@
+"""B2 latency: commit -> WebSocket client receipt, open-loop at fixed rates.
+
+``bench.writer`` commits one event per transaction at 10, 1,000 and 5,000
+events/s, scheduled by the clock (see its docstring), and records when each
+COMMIT returned. Receivers:
+
+- ``ws x1``: one fully-parsing ``websockets`` client (``bench.wsclient``);
+- ``ws x100``: that client plus 99 ``bench.sink`` clients in one more
+  process (the hub does the full fan-out work for 100 sockets, while the
+  load generator stays cheap);
+- ``notify`` (the baseline): the same writes plus a ``pg_notify`` per event,
+  received by a psycopg LISTEN connection: the latency floor Postgres gives
+  on this machine before any relay work.
+
+Latency = receipt - commit, both ``time.monotonic_ns()`` (CLOCK_MONOTONIC is
+one clock for all processes). The JSON also keeps scheduled -> receipt, which
+includes any queueing in the writer when the database falls behind. Variants
+are interleaved per rate and repeated; the table shows the median over
+repetitions of each run's percentile, with min and max.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.context import Context, interleaved
+from bench.pg import bench_database
+from bench.procs import Child, Server, helper, running
+from bench.report import Metric, ScenarioResult, Target
+from bench.stats import Spread, latency_summary
+from bench.system import outbox_server, ws_url
+
+TARGETS = {(1000, 100, "p50"): Target("<=", 2.0), (1000, 100, "p99"): Target("<=", 10.0)}
+PERCENTILES = ("p50", "p90", "p99", "max")
+
+
+@dataclass(frozen=True)
+class Params:
+    rates: tuple[int, ...]
+    clients: tuple[int, ...]
+    seconds: dict[int, float]  # run length per rate
+    repeats: int
+
+    def writer_conns(self, rate: int) -> int:
+        # Commits wait for the WAL flush (synchronous_commit=on): enough
+        # connections that ~10 ms commits still sustain the rate.
+        return max(2, min(32, rate // 100 + 2))
+
+
+def params(ctx: Context) -> Params:
+    if ctx.smoke:
+        return Params(rates=(50,), clients=(3,), seconds={50: 1.0}, repeats=1)
+    return Params((10, 1000, 5000), (1, 100), {10: 8.0, 1000: 5.0, 5000: 4.0}, ctx.reps(3))
+
+
+def latencies(commits: list[list[int]], recv: list[list[int]]) -> dict[str, Any]:
+    got = dict((int(s), int(t)) for s, t in recv)
+    commit_ms: list[float] = []
+    sched_ms: list[float] = []
+    for seq, scheduled, committed in commits:
+        t = got.get(seq)
+        if t is not None:
+            commit_ms.append((t - committed) / 1e6)
+            sched_ms.append((t - scheduled) / 1e6)
+    lateness = sorted((c - s) / 1e6 for _, s, c in commits)
+    return {
+        "events": len(commits),
+        "received": len(commit_ms),
+        "commit_to_receipt_ms": latency_summary(commit_ms),
+        "scheduled_to_receipt_ms": latency_summary(sched_ms),
+        "commit_after_schedule_ms_p99": lateness[int(0.99 * (len(lateness) - 1))]
+        if lateness
+        else math.nan,
+    }
+
+
+async def run_once(
+    ctx: Context, server: Server, db_url: str, p: Params, rate: int, variant: str, clients: int
+) -> dict[str, Any]:
+    run = secrets.token_hex(4)
+    marker = f"end-{run}"
+    seconds = p.seconds[rate]
+    n = max(1, round(rate * seconds))
+    timeout = seconds * 3 + 30
+    log = ctx.workdir / "b2.log"
+    mode = "notify" if variant == "notify" else "publish"
+    writer_args = ["--rate", str(rate), "--seconds", str(seconds), "--mode", mode]
+    writer_args += ["--conns", str(p.writer_conns(rate)), "--marker", marker, "--run", run]
+    writer = Child("writer", helper("writer", db_url, *writer_args), log)
+    # The baseline listens on Postgres directly; the product's client on /ws.
+    target = ("listen", db_url) if variant == "notify" else ("ws", ws_url(server))
+    client_args = ["--run", run, "--expect", str(n), "--timeout", str(timeout)]
+    client = Child(f"{target[0]} client", helper("wsclient", *target, *client_args), log)
+    sink = None
+    if variant == "ws" and clients > 1:
+        sink_args = ["--clients", str(clients - 1), "--marker", marker, "--timeout", str(timeout)]
+        sink = Child("sinks", helper("sink", ws_url(server), *sink_args), log)
+    async with running(client), running(writer):
+        if sink:
+            await sink.start()
+            await sink.expect("ready", 60)
+        try:
+            await writer.send(cmd="go")
+            wrote = await writer.expect("done", timeout + 10)
+            got = await client.expect("done", timeout + 10)
+            sinks: dict[str, Any] | None = await sink.expect("done", timeout) if sink else None
+        finally:
+            if sink:
+                await sink.stop()
+    out = latencies(wrote["commits"], got["recv"])
+    out["writer_timed_out"] = wrote["timed_out"]
+    if sinks is not None:
+        # -1: each sink's first message is the connection message.
+        out["sink_messages_min"] = min(max(0, c["messages"] - 1) for c in sinks["clients"])
+        out["sink_closed_early"] = sum(1 for c in sinks["clients"] if c["closed_early"])
+    return out
+
+
+async def run(ctx: Context) -> ScenarioResult:
+    p = params(ctx)
+    result = ScenarioResult("b2", "latency: commit -> WebSocket receipt, open loop")
+    result.params = asdict(p) | {"writer_conns": {r: p.writer_conns(r) for r in p.rates}}
+    variants = [("ws", c) for c in p.clients] + [("notify", 1)]
+    runs: dict[tuple[int, str, int], list[dict[str, Any]]] = {}
+    with bench_database(ctx.admin_url, "b2") as db_url:
+        async with outbox_server(ctx, db_url, "b2") as server:
+            for rep in range(p.repeats):
+                for rate in p.rates:
+                    for variant, clients in interleaved(variants, rep):
+                        r = await run_once(ctx, server, db_url, p, rate, variant, clients)
+                        runs.setdefault((rate, variant, clients), []).append(r)
+                        lat = r["commit_to_receipt_ms"]
+                        ctx.log(
+                            f"b2 rep {rep + 1} {rate}/s {variant} x{clients}: p50 {lat['p50']:.2f}"
+                            f" p99 {lat['p99']:.2f} max {lat['max']:.1f} ms"
+                            f" ({r['received']}/{r['events']})"
+                        )
+        result.raw["server_peak_rss_mb"] = server.peak_rss_mb
+    for rate in p.rates:
+        base = runs[(rate, "notify", 1)]
+        for clients in p.clients:
+            ours = runs[(rate, "ws", clients)]
+            lost = sum(r["events"] - r["received"] for r in ours)
+            for q in PERCENTILES:
+                result.metrics.append(
+                    Metric(
+                        f"{rate} ev/s, {clients} client{'s' if clients > 1 else ''}: {q}",
+                        "ms",
+                        Spread.of([r["commit_to_receipt_ms"][q] for r in ours]),
+                        target=TARGETS.get((rate, clients, q)),
+                        baseline=Spread.of([r["commit_to_receipt_ms"][q] for r in base]),
+                        note=f"{lost} events not received" if lost and q == "max" else "",
+                    )
+                )
+    result.raw["runs"] = [
+        {"rate": r, "variant": v, "clients": c, "runs": x} for (r, v, c), x in runs.items()
+    ]
+    return result

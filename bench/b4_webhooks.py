@@ -1,0 +1,177 @@
+"""B4 webhooks: deliveries/s recorded as success, vs a bare httpx loop.
+
+Product: ``outbox serve`` with one webhook per receiver; N events are
+published in one statement and the clock runs from that commit until all N
+deliveries are ``success`` in ``outbox.deliveries`` (polled every 20 ms), so
+the dispatcher, the claims, signing, the POSTs and the outcome writes are all
+inside it. Baseline: a bare ``httpx.AsyncClient`` loop in the harness posting
+the same bodies (``json.dumps(payload, sort_keys=True)``) to the same
+receiver at the same concurrency (the sender's per-endpoint limit, which for
+one endpoint is its effective concurrency), retrying a failed POST at once.
+
+Receivers (``bench.receiver``, one process each): one always answering 200,
+one answering 500 to every 5th request (20% failing). The product runs with
+``OUTBOX_RETRY_SCHEDULE`` of 10 ms steps: the default's 5 s first retry would
+make the drain time of a finite batch measure the schedule, not the sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+import psycopg
+
+from bench.context import Context, interleaved
+from bench.payloads import payload, publish_events_sql
+from bench.pg import bench_database
+from bench.procs import Child, Server, free_port, helper, running
+from bench.report import ScenarioResult, Target, rate_vs_baseline
+from bench.system import create_webhook, outbox_server
+
+RATE_TARGET = Target(">=", 1000)
+RATIO_TARGET = Target(">=", 0.8)
+RECEIVERS = {"ok": 0, "failing 20%": 5}  # name -> fail every K-th request
+FAST_RETRIES = ",".join(["10ms"] * 7)
+POLL = 0.02
+
+
+@dataclass(frozen=True)
+class Params:
+    deliveries: int
+    concurrency: int
+    repeats: int
+
+
+def params(ctx: Context) -> Params:
+    from outbox.config import Settings
+
+    defaults = Settings()
+    concurrency = min(defaults.delivery_concurrency, defaults.endpoint_concurrency)
+    if ctx.smoke:
+        return Params(deliveries=30, concurrency=concurrency, repeats=1)
+    return Params(deliveries=3000, concurrency=concurrency, repeats=ctx.reps(3))
+
+
+async def wait_delivered(
+    conn: psycopg.AsyncConnection[Any], webhook_id: int, lo: int, hi: int, n: int, limit_s: float
+) -> tuple[int, int, int]:
+    """Poll until all n deliveries are finished; (ns when seen, successes, failures)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while True:
+        cur = await conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'success'),"
+            " count(*) FILTER (WHERE status = 'failed')"
+            " FROM outbox.deliveries WHERE webhook_id = %s AND event_id BETWEEN %s AND %s",
+            (webhook_id, lo, hi),
+        )
+        row = await cur.fetchone()
+        now = time.monotonic_ns()
+        ok, failed = (int(row[0]), int(row[1])) if row else (0, 0)
+        if ok + failed >= n:
+            return now, ok, failed
+        if loop.time() > deadline:
+            raise RuntimeError(f"webhook drain: {ok}+{failed} of {n} finished after {limit_s}s")
+        await asyncio.sleep(POLL)  # the polling interval of the measurement
+
+
+async def run_outbox(
+    db_url: str, webhook: dict[str, Any], event_type: str, n: int, limit_s: float
+) -> dict[str, Any]:
+    conn = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+    async with conn:
+        cur = await conn.execute(publish_events_sql(event_type), {"n": n, "marker": ""})
+        row = await cur.fetchone()
+        t0 = time.monotonic_ns()
+        assert row is not None
+        end, ok, failed = await wait_delivered(conn, int(webhook["id"]), row[0], row[1], n, limit_s)
+    seconds = (end - t0) / 1e9
+    return {"n": n, "success": ok, "failed": failed, "seconds": seconds, "rate": ok / seconds}
+
+
+async def run_bare(url: str, n: int, concurrency: int, limit_s: float) -> dict[str, Any]:
+    bodies = [json.dumps(payload(i), sort_keys=True).encode() for i in range(1, n + 1)]
+    todo: asyncio.Queue[bytes] = asyncio.Queue()
+    for b in bodies:
+        todo.put_nowait(b)
+    attempts = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal attempts
+        while not todo.empty():
+            body = todo.get_nowait()
+            while True:
+                attempts += 1
+                r = await client.post(
+                    url, content=body, headers={"Content-Type": "application/json"}
+                )
+                if 200 <= r.status_code < 300:
+                    break
+
+    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+        t0 = time.monotonic_ns()
+        async with asyncio.timeout(limit_s), asyncio.TaskGroup() as tg:
+            for _ in range(concurrency):
+                tg.create_task(worker(client))
+        seconds = (time.monotonic_ns() - t0) / 1e9
+    return {"n": n, "success": n, "attempts": attempts, "seconds": seconds, "rate": n / seconds}
+
+
+async def run(ctx: Context) -> ScenarioResult:
+    p = params(ctx)
+    result = ScenarioResult("b4", "webhooks: deliveries/s vs bare httpx loop")
+    result.params = asdict(p) | {"receivers": RECEIVERS, "retry_schedule": FAST_RETRIES}
+    limit_s = 60.0 if ctx.smoke else 300.0
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    receivers: dict[str, tuple[Child, int]] = {}
+    for name, every in RECEIVERS.items():
+        port = free_port()
+        receivers[name] = (
+            Child(
+                f"receiver {name}",
+                helper("receiver", "--port", str(port), "--fail-every", str(every)),
+                ctx.workdir / "b4-receiver.log",
+            ),
+            port,
+        )
+    with bench_database(ctx.admin_url, "b4") as db_url:
+        server: Server = outbox_server(
+            ctx, db_url, "b4", OUTBOX_RETRY_SCHEDULE=FAST_RETRIES, OUTBOX_WEBHOOK_TIMEOUT="10"
+        )
+        ok_rx, flaky_rx = receivers["ok"][0], receivers["failing 20%"][0]
+        async with running(ok_rx), running(flaky_rx), server:
+            hooks = {}
+            for i, (name, (_, port)) in enumerate(receivers.items()):
+                event_type = f"bench.hook{i}"
+                hook = await create_webhook(
+                    server, f"http://127.0.0.1:{port}/hook", event_type, f"bench {name}"
+                )
+                hooks[name] = (hook, event_type, f"http://127.0.0.1:{port}/hook")
+            for rep in range(p.repeats):
+                for name, (hook, event_type, url) in hooks.items():
+                    for variant in interleaved(("outbox", "bare"), rep):
+                        if variant == "outbox":
+                            r = await run_outbox(db_url, hook, event_type, p.deliveries, limit_s)
+                        else:
+                            r = await run_bare(url, p.deliveries, p.concurrency, limit_s)
+                        runs.setdefault((name, variant), []).append(r)
+                        ctx.log(
+                            f"b4 rep {rep + 1} receiver {name} {variant}: "
+                            f"{r['rate']:,.0f} deliveries/s"
+                        )
+        result.raw["server_peak_rss_mb"] = server.peak_rss_mb
+    for name in RECEIVERS:
+        ours, base = runs[(name, "outbox")], runs[(name, "bare")]
+        failed = sum(r["failed"] for r in ours)
+        note = f"{failed} deliveries failed" if failed else ""
+        result.metrics += rate_vs_baseline(
+            f"receiver {name}", "deliveries/s", ours, base, (RATE_TARGET, RATIO_TARGET), note
+        )
+    result.raw["runs"] = [{"receiver": r, "variant": v, "runs": x} for (r, v), x in runs.items()]
+    return result

@@ -1,0 +1,103 @@
+"""A cheap webhook receiver for B4 and B5: plain asyncio, HTTP/1.1 keep-alive.
+
+Run as ``python -m bench.receiver --port P [--fail-every K]``. Answers every
+POST with 200 ``{}``, except every K-th request, which gets 500 (K=5: 20%
+failing, deterministic rather than random so runs compare). ``GET /_stats``
+returns the counts. A hand-written protocol instead of a framework, so the
+receiver costs the machine little next to the sender being measured; it is
+its own process so its CPU is not the harness's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from bench.childio import emit, run
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+FAIL = (
+    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 17\r\n\r\n{"error":"bench"}'
+)
+
+
+class Stats:
+    def __init__(self, fail_every: int) -> None:
+        self.fail_every = fail_every
+        self.requests = 0
+        self.ok = 0
+        self.failed = 0
+        self.bytes = 0
+
+
+class Handler(asyncio.Protocol):
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end].decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length :]
+            self.respond(head.split(" ", 2), length)
+
+    def respond(self, request_line: list[str], length: int) -> None:
+        assert self.transport is not None
+        s = self.stats
+        if request_line[0] == "GET" and request_line[1].startswith("/_stats"):
+            body = json.dumps(
+                {"requests": s.requests, "ok": s.ok, "failed": s.failed, "bytes": s.bytes}
+            ).encode()
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
+            return
+        s.requests += 1
+        s.bytes += length
+        if s.fail_every and s.requests % s.fail_every == 0:
+            s.failed += 1
+            self.transport.write(FAIL)
+        else:
+            s.ok += 1
+            self.transport.write(OK)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    stats = Stats(args.fail_every)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Handler(stats), "127.0.0.1", args.port, backlog=1024)
+    emit(event="ready", port=args.port)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.receiver", description=__doc__.split("\n")[0])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--fail-every", type=int, default=0, help="answer every K-th request 500")
+    args = p.parse_args()
+    run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
