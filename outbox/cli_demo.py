@@ -113,6 +113,29 @@ def _libpq_configured(env: Mapping[str, str]) -> bool:
     return any(env.get(k) for k in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"))
 
 
+def _create_missing_database(url: str) -> bool:
+    """The server answers but has no database of that name: create it (the compose demo).
+
+    Decided by looking in pg_database through the maintenance database, not
+    by reading the connection error's text.
+    """
+    from psycopg import sql
+
+    try:
+        dbname = psycopg.conninfo.conninfo_to_dict(url).get("dbname")
+        if not dbname or dbname == "postgres":
+            return False
+        admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+                return False
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(dbname))))
+    except psycopg.Error:
+        return False
+    _say(f"created database {dbname}")
+    return True
+
+
 def resolve_database(opts: DemoOptions, env: Mapping[str, str] | None = None) -> tuple[str, Any]:
     """Return ``(url, embedded cluster or None)``.
 
@@ -126,6 +149,8 @@ def resolve_database(opts: DemoOptions, env: Mapping[str, str] | None = None) ->
     if not opts.embedded:
         named = bool(opts.database_url) or _libpq_configured(env)
         why = _reachable(opts.database_url)
+        if why is not None and named and _create_missing_database(opts.database_url):
+            why = _reachable(opts.database_url)
         if why is None:
             from outbox.db import _describe
 

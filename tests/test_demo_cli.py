@@ -158,7 +158,7 @@ async def test_demo_stops_cleanly_on_ctrl_c(db_url: str) -> None:
         demo.kill()
     assert rc == 0, demo.output
     assert any(line.startswith("done:") for line in demo.lines), demo.output
-    assert "Traceback" not in demo.output
+    assert "Traceback" not in demo.output, demo.output
 
 
 def run_cli(
@@ -209,6 +209,27 @@ def test_bad_flag_and_bad_variable_are_named() -> None:
     assert "OUTBOX_DEMO_RATE" in err
     err = one_line_error(run_cli(env=demo_env(OUTBOX_RETRY_SCHEDULE="soon")))
     assert "OUTBOX_RETRY_SCHEDULE" in err
+
+
+def test_a_missing_database_on_a_reachable_server_is_created() -> None:
+    from tests.conftest import ADMIN_URL, _drop, _url_for
+
+    name = f"outbox_demo_{os.getpid()}"
+    try:
+        res = run_cli(
+            "--no-traffic",
+            "--duration",
+            "1s",
+            "--port",
+            "0",
+            env=demo_env(OUTBOX_DATABASE_URL=_url_for(name)),
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"created database {name}" in res.stdout
+        with psycopg.connect(ADMIN_URL) as conn:
+            assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    finally:
+        _drop(name)
 
 
 def test_an_unreachable_configured_database_is_an_error_not_an_embedded_cluster() -> None:

@@ -5,7 +5,6 @@
 import { api, Unauthorized } from "./api.js";
 
 const REFRESH_MS = 3000;
-const rel = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
 
 export class HooksPanel {
   constructor(els, { onUnauthorized }) {
@@ -157,11 +156,11 @@ export class HooksPanel {
     }
     reconcile(body, items, (d) => {
       const tr = el("tr", `d-${d.status}`);
+      tr.title = d.error_message || "";
       const status = el("td");
       status.append(el("span", `badge ${d.status === "success" ? "ok" : d.status === "failed" ? "bad" : "wait"}`, d.status));
       const tries = el("td", "num", String(d.attempt_number ?? 0));
       const http = el("td", "num", d.response_status ? String(d.response_status) : "—");
-      if (d.error_message) http.title = d.error_message;
       const act = el("td", "act");
       if (d.status === "failed") {
         const b = el("button", "small", "Retry");
@@ -225,13 +224,14 @@ function el(tag, cls = "", text) {
   return e;
 }
 
+// Compact relative time ("12s ago", "in 5m"): the table column is narrow.
 function ago(iso) {
   if (!iso) return "";
   const s = (new Date(iso) - Date.now()) / 1000;
   if (isNaN(s)) return iso;
   const a = Math.abs(s);
-  if (a < 60) return rel.format(Math.round(s), "second");
-  if (a < 3600) return rel.format(Math.round(s / 60), "minute");
-  if (a < 86400) return rel.format(Math.round(s / 3600), "hour");
-  return rel.format(Math.round(s / 86400), "day");
+  const [n, unit] = a < 60 ? [a, "s"] : a < 3600 ? [a / 60, "m"] : a < 86400 ? [a / 3600, "h"] : [a / 86400, "d"];
+  const text = `${Math.round(n)}${unit}`;
+  if (a < 1) return "now";
+  return s < 0 ? `${text} ago` : `in ${text}`;
 }
