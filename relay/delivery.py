@@ -283,9 +283,19 @@ class DeliveryWorker:
             raise
         except _Interrupted:
             pass
-        except Exception:  # a bug here must not stop every other delivery
-            log.exception("delivery %s: unexpected error; it will be retried", job.id)
-            self._release(Release(job, delay=self.policy.delays[0]))
+        except Exception as exc:  # a bug here must not stop every other delivery
+            log.exception("delivery %s: unexpected error", job.id)
+            # Recorded as a failed attempt, so the schedule bounds it and it shows.
+            self._finish(
+                job,
+                AttemptResult(
+                    attempt=job.attempt,
+                    started_at=time.time(),
+                    duration=0.0,
+                    error_class=type(exc).__name__,
+                    error_message=str(exc) or repr(exc),
+                ),
+            )
         finally:
             ep.in_hand -= 1
             if ep.in_hand == 0:
@@ -358,7 +368,10 @@ class DeliveryWorker:
             sleep=sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
-        result: AttemptResult = await retrying(once)
+        self._finish(job, await retrying(once))
+
+    def _finish(self, job: Job, result: AttemptResult) -> None:
+        """Submit the claim's last attempt: success, a stored retry, or failed."""
         if result.ok:
             self._submit(Outcome(job, result, "success"))
             return

@@ -276,15 +276,16 @@ def guarded_transport(
     """An httpx transport whose connections go through :class:`GuardedBackend`.
 
     httpx 0.28 has no public way to pass a network backend, so the transport's
-    connection pool is replaced by an equivalent one that uses ours. No
-    proxies: a proxy would connect on our behalf to an address we never saw.
+    connection pool is replaced by :class:`relay.pool.OriginPool` using ours.
+    No proxies: a proxy would connect on our behalf to an address we never saw.
     """
+    from relay.pool import OriginPool
+
     transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
+    transport._pool = OriginPool(  # type: ignore[assignment]
         network_backend=GuardedBackend(allow, resolver=resolver),
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_idle_per_origin=limits.max_keepalive_connections or 100,
+        keepalive_expiry=limits.keepalive_expiry or 5.0,
     )
     return transport

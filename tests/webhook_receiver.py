@@ -65,6 +65,7 @@ class Receiver:
     release: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
+    connections: int = 0  # accepted so far
     _server: asyncio.Server | None = None
     _conns: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -90,8 +91,14 @@ class Receiver:
                 w.close()
             await self._server.wait_closed()
 
+    def drop_connections(self) -> None:
+        """Close every open connection (as a server's keep-alive timeout would)."""
+        for w in list(self._conns):
+            w.close()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.add(writer)
+        self.connections += 1
         try:
             while True:
                 req = await _read_request(reader)
