@@ -81,7 +81,7 @@ async def post(
         result.error_message = exc.reason
     except httpx.HTTPError as exc:
         result.error_class = type(exc).__name__
-        result.error_message = str(exc) or type(exc).__name__
+        result.error_message = _text(str(exc)) or type(exc).__name__
     result.duration = loop.time() - t0
     return result
 
@@ -100,8 +100,13 @@ async def _read_capped(response: httpx.Response, cap: int, deadline: float) -> s
                     data += chunk
                     if len(data) >= cap:
                         break
-    # Postgres text cannot hold NUL; a cut multi-byte character becomes U+FFFD.
-    return bytes(data[:cap]).decode("utf-8", "replace").replace("\x00", "\ufffd")
+    # A multi-byte character cut by the cap becomes U+FFFD.
+    return _text(bytes(data[:cap]).decode("utf-8", "replace"))
+
+
+def _text(value: str) -> str:
+    """Postgres text cannot hold NUL."""
+    return value.replace("\x00", "\ufffd")
 
 
 def _describe_status(result: AttemptResult, response: httpx.Response) -> None:
@@ -111,6 +116,6 @@ def _describe_status(result: AttemptResult, response: httpx.Response) -> None:
     result.error_message = f"HTTP {status}"
     if 300 <= status < 400:
         location = response.headers.get("location", "")
-        result.error_message += f": redirect to {location!r} not followed"
+        result.error_message += f": redirect to {_text(location)!r} not followed"
     elif status in (429, 503):
         result.retry_after = parse_retry_after(response.headers.get("retry-after"))

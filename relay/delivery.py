@@ -49,6 +49,16 @@ from relay.ssrf import Resolver
 log = logging.getLogger("outbox.delivery")
 
 _DB_ERRORS = (psycopg.Error, DatabaseUnavailable)
+# Worth retrying for as long as it takes: the connection, or a lost race
+# (deadlock, a delivery deleted between our check and our insert).
+_TRANSIENT = (
+    psycopg.OperationalError,
+    DatabaseUnavailable,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.ForeignKeyViolation,
+    psycopg.errors.SerializationFailure,
+)
+_MAX_REJECTIONS = 5
 _PENDING_REFRESH = 5.0  # seconds between refreshes of the pending gauge
 _MAX_TIMERS = 10_000
 
@@ -396,6 +406,7 @@ class DeliveryWorker:
         conn: AsyncConn | None = None
         backoff = _Backoff()
         give_up_at: float | None = None
+        rejected = 0
         try:
             while True:
                 if not self._outcomes and not self._releases:
@@ -413,10 +424,21 @@ class DeliveryWorker:
                         conn, outcomes, releases, disable_after=self.settings.disable_after
                     )
                 except _DB_ERRORS as exc:
-                    # Keep the batch and try again; only at shutdown, after the
-                    # grace period, is it dropped: its leases run out and the
-                    # deliveries are sent again (at least once, never lost).
+                    # Keep the batch and try again. It is dropped only at
+                    # shutdown after the grace period, or when the database
+                    # keeps rejecting it (not a connection problem): then its
+                    # leases run out and the deliveries are sent again (at
+                    # least once, never lost).
                     self._outcomes[:0], self._releases[:0] = outcomes, releases
+                    rejected = 0 if isinstance(exc, _TRANSIENT) else rejected + 1
+                    if rejected >= _MAX_REJECTIONS:
+                        log.error(
+                            "dropping %d outcomes the database rejects: %s",
+                            len(self._outcomes),
+                            exc,
+                        )
+                        self._outcomes, self._releases, rejected = [], [], 0
+                        continue
                     if self._writes_closed:
                         give_up_at = give_up_at or loop.time() + self._grace()
                         if loop.time() >= give_up_at:
@@ -433,6 +455,7 @@ class DeliveryWorker:
                     await asyncio.sleep(delay)
                     continue
                 backoff.reset()
+                rejected = 0
                 self._schedule(outcomes, loop.time())
                 if done.recorded < len({o.job.id for o in outcomes}):
                     log.info(

@@ -456,3 +456,22 @@ async def test_throughput_with_every_status_recorded(aconn: Conn, db_url: str) -
     # A floor that catches pathologies (httpcore's pool spent ~3 ms of CPU per
     # request here); the benchmark issue measures the real figure.
     assert rate > 100
+
+
+async def test_lost_database_connections_lose_nothing(aconn: Conn, db_url: str) -> None:
+    """Kill the worker's database sessions mid-run: it reconnects, and every
+    delivery ends up recorded (some may be sent twice: at least once)."""
+    settings = fast(db_url, lease=timedelta(seconds=3), webhook_timeout=1.0)
+    async with running() as rx, worker(settings) as w:
+        wid = await create_webhook(aconn, rx.url)
+        n = await enqueue_many(aconn, wid, [{"n": i} for i in range(300)])
+        w.wake()
+        await wait_for(lambda: len(rx.requests) >= 50, what="sending started")
+        await aconn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        await wait_for(lambda: _count_is(aconn, "success", n), timeout=30, what="all recorded")
+    received = {r.headers["webhook-id"] for r in rx.requests}
+    cur = await aconn.execute("SELECT 'evt_' || event_id FROM outbox.deliveries")
+    assert received == {r[0] for r in await cur.fetchall()}
