@@ -4,19 +4,19 @@ One connection, in order:
 
 1. Before accepting: the Origin must be allowed (cross-site WebSocket
    hijacking) and the token valid; otherwise the handshake is refused with
-   HTTP 403 and ``{"detail": ...}`` — no socket is ever accepted.
+   HTTP 403 — no socket is ever accepted.
 2. Accept, then check the query (``events=``, ``since=``); a bad one gets an
    ``error`` message and close 1008.
 3. Register with the hub (live events start buffering), then send the
    ``connection`` message. With ``since``, read the outbox from that cursor
    until a read comes back empty, sending what matches, then drop from the
    buffer the events the catch-up already sent: no gap at the seam.
-4. Three coroutines until the first ends: the sender (drains the client's
-   queue into the socket), the reader (ping, subscribe, errors) and a wait
-   for the hub to close the client (too far behind, token revoked, shutdown).
+4. Until the client leaves or the hub closes it (too far behind, token
+   revoked, shutdown): the hub sends the client's queue (relay/hub.py) while
+   a reader answers ping and subscribe; then the close frame.
 
-Replies to the client go through its queue, so a single coroutine writes to
-the socket and replies stay in order with events.
+Replies to the client go through its queue, so they stay in order with
+events and only the hub's sender writes to the socket.
 """
 
 from __future__ import annotations
@@ -133,16 +133,21 @@ def handle_message(client: Client, text: str) -> str:
 async def ws_endpoint(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.outbox
     if not origin_allowed(websocket, state.settings.ws_allowed_origins):
-        await _deny(websocket, 403, "Origin not allowed")
+        await websocket.close(POLICY_VIOLATION, "Origin not allowed")
         return
     try:
         token, reason = await authenticate(websocket, allow_query=True)
     except (psycopg.Error, PoolTimeout) as exc:
         log.warning("/ws refused: database unavailable: %s", exc)
-        await _deny(websocket, 503, "Database unavailable")
+        await websocket.send_denial_response(
+            JSONResponse({"detail": "Database unavailable"}, status_code=503)
+        )
         return
     if token is None:
-        await _deny(websocket, 403, reason)
+        # A close before accept is an HTTP 403 with no body. (A denial
+        # response with a body would be nicer, but uvicorn's sansio protocol
+        # then logs an ERROR for every refused token: uvicorn PR #3138.)
+        await websocket.close(POLICY_VIOLATION, reason)
         return
     await websocket.accept()
     with contextlib.suppress(WebSocketDisconnect):
@@ -170,10 +175,7 @@ async def _session(websocket: WebSocket, state: AppState, token: str) -> None:
         await _serve(websocket, client, state, since, seam)
     finally:
         state.hub.unregister(client)
-
-
-async def _deny(websocket: WebSocket, status: int, detail: str) -> None:
-    await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=status))
+        await client.wait_sent()
 
 
 def _parse_query(websocket: WebSocket) -> tuple[Matcher, Cursor | None]:
@@ -265,15 +267,19 @@ async def _pruned_past(conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> bo
 async def _serve(
     websocket: WebSocket, client: Client, state: AppState, since: Cursor | None, seam: Cursor
 ) -> None:
-    """Run sender, reader and close-watch until the first one ends; then close."""
+    """Catch up and go live while reading client messages; then close."""
 
     async def feed() -> None:
+        sent = None
         if since is not None:
-            client.go_live(await _catch_up(websocket, client, state, since, seam))
-        await client.drain(websocket.send_text)
+            sent = await _catch_up(websocket, client, state, since, seam)
+        client.go_live(websocket.send_text, sent)
+        await client.closed.wait()
 
+    # The close watch also ends a catch-up: a client that stalls during it
+    # is dropped like any other.
     tasks = [
-        asyncio.create_task(feed(), name="ws-send"),
+        asyncio.create_task(feed(), name="ws-feed"),
         asyncio.create_task(
             _read(websocket, client, state.settings.ws_max_message), name="ws-read"
         ),
@@ -290,6 +296,7 @@ async def _serve(
         if exc is not None and not isinstance(exc, WebSocketDisconnect):
             raise exc
     if client.closed.is_set():
+        await client.wait_sent()
         await _close(websocket, client.close_code, client.close_reason)
 
 

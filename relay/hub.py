@@ -1,10 +1,10 @@
 """The WebSocket hub: fan every batch out to every connected client.
 
-No client can stall the others. ``publish`` is synchronous and only appends
-the already-encoded frames (``Event.frame``, shared by every client) to each
-client's bounded queue and wakes that client's sender; the awaiting of a
-socket happens in the client's own sender coroutine (:meth:`Client.drain`).
-A client whose queue grows past ``ws_max_queue`` frames or
+No client can stall the others. ``publish`` is synchronous and never waits:
+it appends the already-encoded frames (``Event.frame``, the same string for
+every client) to each matching client's bounded queue and lets the client
+send (see :class:`Client`: at once if its socket has room, else in a task of
+its own). A client whose queue grows past ``ws_max_queue`` frames or
 ``ws_max_queue_bytes`` is dropped at once: its queue is freed, it leaves the
 registry, and its connection handler closes it with 1013 so it can resume
 from its last cursor.
@@ -14,7 +14,7 @@ matching ``(id, frame)`` list is built once per distinct filter per batch and
 appended to each of those clients' queues.
 
 The hub knows nothing of ASGI: a client's handler (api/ws.py) gives
-``drain`` a ``send(text)`` coroutine and waits on ``Client.closed``.
+``go_live`` a ``send(text)`` coroutine function and waits on ``Client.closed``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 import psycopg
@@ -49,11 +50,54 @@ _SEND_BURST = 256
 Item = tuple[int, str]  # (event id or 0 for a control reply, the text frame)
 
 
+Send = Callable[[str], Awaitable[None]]
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], pending: Any) -> Generator[Any, Any, None]:
+    """Finish, inside a task, a coroutine that was started eagerly and suspended.
+
+    What Python 3.12's eager tasks do: pass each future the coroutine waits on
+    up to the task, and the task's answer (a value or an exception) back down.
+    """
+    while True:
+        try:
+            answer = yield pending
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                pending = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                pending = coro.send(answer)
+            except StopIteration:
+                return
+
+
+async def _finish(coro: Coroutine[Any, Any, None], pending: Any) -> None:
+    await _resume(coro, pending)
+
+
 class Client:
-    """One connected socket: its filter, its bounded queue and its close state."""
+    """One connected socket: its filter, its bounded queue and its close state.
+
+    Sending is eager: when frames arrive and no send is in flight, the client
+    starts sending at once, in the caller's stack. An ASGI send to a socket
+    whose buffers have room completes without ever suspending, so the usual
+    case costs no task switch at all (that is what keeps the fan-out close to
+    a bare loop of sends). Only a send that has to wait — the socket is
+    backed up — is handed to a task of its own, and frames queue behind it
+    until that task has drained them or the bound is hit.
+    """
 
     __slots__ = (
+        "_flushing",
         "_hub",
+        "_send",
         "close_code",
         "close_reason",
         "closed",
@@ -62,7 +106,6 @@ class Client:
         "queue",
         "skip",
         "token",
-        "wake",
     )
 
     def __init__(self, hub: Hub, token: str, matcher: Matcher) -> None:
@@ -74,10 +117,11 @@ class Client:
         # Ids a resume's catch-up already sent that the relay has yet to
         # publish: dropped from the live stream when they come by.
         self.skip: set[int] = set()
-        self.wake = asyncio.Event()
         self.closed = asyncio.Event()
         self.close_code = 1000
         self.close_reason = ""
+        self._send: Send | None = None  # None while buffering (before go_live)
+        self._flushing: asyncio.Task[None] | None = None
 
     def send_control(self, text: str) -> None:
         """Queue a reply (pong, subscribed, error) behind the events already queued."""
@@ -85,27 +129,77 @@ class Client:
             return
         self.queue.append((0, text))
         self.nbytes += len(text)
-        self.wake.set()
+        self.kick()
 
-    def go_live(self, already_sent: set[int]) -> None:
-        """End of a resume's catch-up: drop the events it already sent.
+    def go_live(self, send: Send, already_sent: set[int] | None = None) -> None:
+        """Start sending; after a resume's catch-up, first drop what it already sent.
 
         Those buffered now leave the queue; the others the relay has not
         read yet (it may lag behind the catch-up's reads), so they are
         skipped when published.
         """
-        if not already_sent:
+        if already_sent:
+            kept = []
+            for item in self.queue:
+                if item[0] in already_sent:
+                    already_sent.discard(item[0])
+                else:
+                    kept.append(item)
+            self.queue.clear()
+            self.queue.extend(kept)
+            self.nbytes = sum(len(f) for _, f in kept)
+            self.skip = already_sent
+        self._send = send
+        self.kick()
+
+    def kick(self) -> None:
+        """Send what is queued, now if the socket takes it, else in a task."""
+        if self._flushing is not None or self._send is None or not self.queue:
             return
-        kept = []
-        for item in self.queue:
-            if item[0] in already_sent:
-                already_sent.discard(item[0])
-            else:
-                kept.append(item)
-        self.queue.clear()
-        self.queue.extend(kept)
-        self.nbytes = sum(len(f) for _, f in kept)
-        self.skip = already_sent
+        if self.closed.is_set():
+            return
+        coro = self._flush(self._send)
+        try:
+            pending = coro.send(None)
+        except StopIteration:
+            return  # everything went out without waiting
+        except Exception as exc:
+            self._failed(exc)
+            return
+        task = asyncio.get_running_loop().create_task(_finish(coro, pending))
+        self._flushing = task
+        self._hub._senders += 1
+        task.add_done_callback(self._flushed)
+
+    async def _flush(self, send: Send) -> None:
+        queue = self.queue
+        burst = 0
+        while queue:
+            _, frame = queue.popleft()
+            self.nbytes -= len(frame)
+            await send(frame)
+            burst += 1
+            if burst >= _SEND_BURST:
+                # A long backlog: let the loop serve others, go on in a task.
+                burst = 0
+                await asyncio.sleep(0)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushing = None
+        self._hub._senders -= 1
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._failed(exc)
+        else:
+            self.kick()  # frames that arrived after the task's last look
+
+    def _failed(self, exc: BaseException) -> None:
+        # Usually the peer went away mid-send; the connection handler sees
+        # the socket's state and does not try to send a close frame then.
+        log.debug("WebSocket send failed: %r", exc)
+        self.close(1011, "send failed")
 
     def close(self, code: int, reason: str) -> None:
         """Leave the hub now; the connection handler sends the close frame."""
@@ -115,28 +209,15 @@ class Client:
         self.queue.clear()
         self.nbytes = 0
         self._hub._clients.pop(self, None)
+        if self._flushing is not None:
+            self._flushing.cancel()
         self.closed.set()
 
-    async def drain(self, send: Callable[[str], Awaitable[None]]) -> None:
-        """Send queued frames in order until cancelled (or ``send`` raises)."""
-        queue = self.queue
-        self._hub._senders += 1
-        try:
-            while True:
-                while not queue:
-                    self.wake.clear()
-                    await self.wake.wait()
-                burst = 0
-                while queue:
-                    _, frame = queue.popleft()
-                    self.nbytes -= len(frame)
-                    await send(frame)
-                    burst += 1
-                    if burst >= _SEND_BURST:
-                        burst = 0
-                        await asyncio.sleep(0)
-        finally:
-            self._hub._senders -= 1
+    async def wait_sent(self) -> None:
+        """After :meth:`close`: wait until no send of this client is in flight."""
+        task = self._flushing
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class Hub:
@@ -163,7 +244,7 @@ class Hub:
 
     @property
     def sender_count(self) -> int:
-        """Running sender coroutines; 0 once every socket is gone."""
+        """Sends waiting in tasks of their own (backed-up sockets); 0 when idle."""
         return self._senders
 
     @property
@@ -194,7 +275,8 @@ class Hub:
         groups: dict[tuple[str, ...], tuple[list[Item], int]] = {}
         queued = 0
         laggards: list[Client] = []
-        for client in self._clients:
+        # A copy: a send that fails closes its client, which leaves the dict.
+        for client in tuple(self._clients):
             matcher = client.matcher
             group = groups.get(matcher.patterns)
             if group is None:
@@ -214,7 +296,7 @@ class Hub:
                 laggards.append(client)
                 continue
             queued += len(items)
-            client.wake.set()
+            client.kick()
         for client in laggards:
             log.info("dropping a WebSocket client %d frames behind", len(client.queue))
             client.close(

@@ -149,15 +149,9 @@ async def test_missing_wrong_and_revoked_tokens_are_never_accepted(
     revoked = create_token(conn, "old")
     revoke_token(conn, "old")
     async with serve_app(settings) as server:
-        for query, detail in (
-            ("", "Missing API key"),
-            ("token=", "Missing API key"),
-            ("token=wrong", "Invalid or expired API key"),
-            (f"api_key={revoked}", "Invalid or expired API key"),
-        ):
+        for query in ("", "token=", "token=wrong", f"api_key={revoked}"):
             refused = await _refused(server, query)
             assert refused.response.status_code == 403, query
-            assert json.loads(refused.response.body) == {"detail": detail}
         refused = await _refused(server, "", additional_headers={"Authorization": "Bearer nope"})
         assert refused.response.status_code == 403
         assert hub_of(server).client_count == 0
@@ -189,7 +183,6 @@ async def test_origin_allowlist(settings: Any) -> None:
     async with serve_app(settings) as server:
         refused = await _refused(server, f"token={TOKEN}", origin="https://evil.example")
         assert refused.response.status_code == 403
-        assert json.loads(refused.response.body) == {"detail": "Origin not allowed"}
         for origin in (None, f"http://127.0.0.1:{server.port}", "https://admin.example"):
             async with ws_connect(server, origin=origin) as ws:
                 assert (await recv_json(ws))["type"] == "connection", origin

@@ -34,6 +34,21 @@ def ids(client_queue: object) -> list[int]:
     return [i for i, _ in client_queue]  # type: ignore[attr-defined]
 
 
+def frame_id(text: str) -> int:
+    """The event id in a frame, 0 for a reply."""
+    return int(text.split('"id":')[1].split(",")[0]) if '"id":' in text else 0
+
+
+class Recorder:
+    """A ``send`` that never waits and remembers the ids it sent."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+    async def __call__(self, text: str) -> None:
+        self.ids.append(frame_id(text))
+
+
 async def test_publish_queues_each_frame_once_for_matching_clients() -> None:
     hub = make_hub()
     everything = hub.register("bootstrap", Matcher(None))
@@ -80,36 +95,68 @@ async def test_go_live_drops_what_the_catch_up_sent_now_or_later() -> None:
     hub.publish(batch((5, "user.created"), (6, "user.created")))
     client.send_control('{"type":"pong"}')
     hub.publish(batch((7, "user.created")))
+    send = Recorder()
     # 8 was sent by the catch-up but the relay has not published it yet.
-    client.go_live({5, 6, 8})
-    assert ids(client.queue) == [0, 7]
-    assert client.nbytes == sum(len(f) for _, f in client.queue)
+    client.go_live(send, {5, 6, 8})
+    assert send.ids == [0, 7]
     hub.publish(batch((8, "user.created"), (9, "user.created")))
-    assert ids(client.queue) == [0, 7, 9]
+    assert send.ids == [0, 7, 9]
     assert client.skip == set()
 
 
-async def test_drain_sends_in_order_and_leaves_nothing_behind() -> None:
+async def test_sends_go_out_at_once_when_the_socket_takes_them() -> None:
     hub = make_hub()
     client = hub.register("bootstrap", Matcher(None))
-    sent: list[str] = []
-    got_three = asyncio.Event()
+    send = Recorder()
+    hub.publish(batch((1, "a.b")))  # buffered: not live yet
+    assert send.ids == [] and ids(client.queue) == [1]
+    client.go_live(send)
+    hub.publish(batch((2, "a.b"), (3, "a.b")))
+    client.send_control('{"type":"pong"}')
+    # No await happened: a send that does not wait needs no task.
+    assert send.ids == [1, 2, 3, 0]
+    assert (hub.sender_count, len(client.queue), client.nbytes) == (0, 0, 0)
+
+
+async def test_a_send_that_waits_continues_in_a_task_and_keeps_order() -> None:
+    hub = make_hub()
+    client = hub.register("bootstrap", Matcher(None))
+    sent: list[int] = []
+    gate = asyncio.Event()
 
     async def send(text: str) -> None:
-        sent.append(text)
-        if len(sent) == 3:
-            got_three.set()
+        await gate.wait()  # a backed-up socket
+        sent.append(frame_id(text))
 
-    sender = asyncio.create_task(client.drain(send))
-    hub.publish(batch((1, "a.b"), (2, "a.b")))
-    client.send_control('{"type":"pong"}')
-    await asyncio.wait_for(got_three.wait(), 5)
-    assert sent[2] == '{"type":"pong"}' and '"id":2' in sent[1]
+    client.go_live(send)
+    hub.publish(batch((1, "a.b")))
+    hub.publish(batch((2, "a.b"), (3, "a.b")))
+    assert hub.sender_count == 1 and ids(client.queue) == [2, 3]
+    gate.set()
+    await asyncio.wait_for(client.wait_sent(), 5)
+    await asyncio.sleep(0)  # let the task's done-callback run
+    assert sent == [1, 2, 3] and hub.sender_count == 0
+
+    gate.clear()
+    hub.publish(batch((4, "a.b")))
     assert hub.sender_count == 1
-    sender.cancel()
-    await asyncio.gather(sender, return_exceptions=True)
-    hub.unregister(client)
+    hub.unregister(client)  # the client leaves while its send waits
+    await asyncio.wait_for(client.wait_sent(), 5)
+    await asyncio.sleep(0)
     assert (hub.sender_count, hub.client_count, hub.queued) == (0, 0, 0)
+    assert sent == [1, 2, 3]
+
+
+async def test_a_failed_send_closes_the_client() -> None:
+    hub = make_hub()
+    client = hub.register("bootstrap", Matcher(None))
+
+    async def send(text: str) -> None:
+        raise OSError("peer gone")
+
+    client.go_live(send)
+    hub.publish(batch((1, "a.b")))
+    assert client.closed.is_set() and hub.client_count == 0
 
 
 async def test_stop_closes_everyone_and_refuses_newcomers() -> None:
