@@ -243,7 +243,7 @@ async def head(conn: psycopg.AsyncConnection[Any]) -> Cursor:
 
 
 # Counting unread events stops here: a huge backlog costs a bounded scan.
-LAG_CAP = 1_000_000
+LAG_CAP = 100_000
 
 
 @dataclass(frozen=True, slots=True)
