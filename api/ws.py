@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -44,6 +42,7 @@ from outbox.errors import CursorError
 from outbox.events import Matcher, is_pattern
 from relay.feed import read_batch
 from relay.hub import POLICY_VIOLATION, TRY_AGAIN_LATER, Client
+from relay.retention import cursor_expired
 
 log = logging.getLogger("outbox.ws")
 
@@ -227,7 +226,7 @@ async def _wait_for_relay(state: AppState) -> None:
 async def _check_not_expired(state: AppState, since: Cursor) -> None:
     try:
         async with state.pool.connection() as conn:
-            expired = await _cursor_expired()(conn, since)
+            expired = await cursor_expired(conn, since)
     except (psycopg.Error, PoolTimeout):
         raise _Refused("unavailable", "database unavailable; try again", TRY_AGAIN_LATER) from None
     if expired:
@@ -236,32 +235,6 @@ async def _check_not_expired(state: AppState, since: Cursor) -> None:
             "since: the cursor is older than the retention window; events after it were"
             " deleted. Reconnect without since and reload your state.",
         )
-
-
-CursorCheck = Callable[[psycopg.AsyncConnection[Any], Cursor], Awaitable[bool]]
-
-
-def _cursor_expired() -> CursorCheck:
-    """The retention module's check when it exists, else :func:`_pruned_past`.
-
-    Looked up at run time so this module does not depend on the retention
-    module being present (it is written in parallel).
-    """
-    try:
-        module = importlib.import_module("relay.retention")
-    except ImportError:
-        return _pruned_past
-    return cast(CursorCheck, getattr(module, "cursor_expired", _pruned_past))
-
-
-async def _pruned_past(conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> bool:
-    """Fallback: every event up to the cursor is gone, and so is at least the next id."""
-    if cursor.after <= 0:
-        return False
-    cur = await conn.execute("SELECT min(id) FROM outbox.events")
-    row = await cur.fetchone()
-    oldest = row[0] if row else None
-    return oldest is not None and int(oldest) > cursor.after + 1
 
 
 async def _serve(
