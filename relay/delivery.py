@@ -64,7 +64,7 @@ _MAX_TIMERS = 10_000
 
 
 class _Interrupted(Exception):
-    """The worker is stopping during an in-memory wait between attempts."""
+    """The claim ends without an attempt to record (stopping, or lease nearly over)."""
 
 
 class _Endpoint:
@@ -330,7 +330,13 @@ class DeliveryWorker:
 
         async def once() -> AttemptResult:
             async with ep.slots, self._slots:
-                deadline = min(loop.time() + self.settings.webhook_timeout, lease_end)
+                now = loop.time()
+                if lease_end - now < min(1.0, self.settings.webhook_timeout):
+                    # Waited for a slot until the lease is nearly over: an
+                    # attempt now would be cut short; give the delivery back.
+                    self._release(Release(job))
+                    raise _Interrupted
+                deadline = min(now + self.settings.webhook_timeout, lease_end)
                 headers = sign_headers(
                     body=job.body,
                     event_id=job.event_id,

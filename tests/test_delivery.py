@@ -364,12 +364,13 @@ async def test_rotation_overlap_signs_with_both(aconn: Conn, db_url: str) -> Non
 
 
 async def test_missing_event_fails_visibly(aconn: Conn, db_url: str) -> None:
-    async with running() as rx, worker(fast(db_url)) as w:
+    async with running() as rx:
         wid = await create_webhook(aconn, rx.url)
         event_id, did = await enqueue(aconn, wid, "user.created", {})
         await aconn.execute("DELETE FROM outbox.events WHERE id = %s", (event_id,))
-        w.wake()
-        await wait_for(lambda: status_is(aconn, did, "failed"))
+        async with worker(fast(db_url)) as w:
+            w.wake()
+            await wait_for(lambda: status_is(aconn, did, "failed"))
     assert rx.requests == []
     [a] = await attempts(aconn, did)
     assert a["error_class"] == "EventMissing"
