@@ -32,6 +32,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 NO_TOKEN = "no API token configured: set OUTBOX_API_TOKEN or run `outbox token create NAME`"
 TOUCH_EVERY = 60.0
 _ID_RE = re.compile(r"^[0-9]{1,19}$")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 MAX_ID = 2**63 - 1
 
 
@@ -143,10 +144,28 @@ async def parse_body(request: Request, model: type[M], *, required: bool = True)
         raise ApiError(400, f"invalid JSON body: {_json_error(exc)}") from None
     if not isinstance(data, dict):
         raise ValidationFailed.one("body", "must be a JSON object")
+    _check_text(data, "")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise from_pydantic(exc) from None
+
+
+def _check_text(value: object, where: str) -> None:
+    """Refuse strings Postgres cannot store: NUL characters and unpaired
+    surrogates (which JSON's \\u escapes can express)."""
+    if isinstance(value, str):
+        if "\x00" in value or _SURROGATE_RE.search(value):
+            raise ValidationFailed.one(
+                where or "body", "must not contain NUL characters or unpaired surrogates"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where or "body")
+            _check_text(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(item, f"{where}.{i}")
 
 
 def _json_error(exc: Exception) -> str:

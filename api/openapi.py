@@ -112,8 +112,16 @@ class _Builder:
                     "application/json": {"schema": self.ref(model, "serialization")}
                 }
             out[str(status)] = entry
+        # The HTTP server itself refuses malformed requests (e.g. a request
+        # line over its size limit) with a plain-text 400 before the app runs.
+        bad = self.error(
+            "the body is not valid JSON, or the HTTP server refused a malformed request"
+            if doc.body is not None
+            else "the HTTP server refused a malformed request (e.g. a URL too long)"
+        )
+        bad["content"]["text/plain"] = {"schema": {"type": "string"}}
+        out["400"] = bad
         if doc.body is not None:
-            out["400"] = self.error("the body is not valid JSON")
             out["413"] = self.error("the body is larger than OUTBOX_MAX_REQUEST_BODY")
         if doc.auth:
             out["401"] = self.error("Missing API key / Invalid or expired API key")

@@ -114,6 +114,12 @@ class WebhookCreate(RequestModel):
     (a list), or both; ``secret`` is generated when omitted.
     """
 
+    model_config = RequestModel.model_config | {
+        "json_schema_extra": {
+            "anyOf": [{"required": ["event_type"]}, {"required": ["event_types"]}]
+        }
+    }
+
     name: Name
     url: Url
     event_type: EventPattern | None = None
@@ -192,8 +198,9 @@ class DeliveryQuery(QueryModel):
 
 
 class EventQuery(QueryModel):
-    since: str | None = Field(default=None, max_length=1_000_000)
-    event_type: str | None = Field(default=None, max_length=10_000)
+    # Bounded so that a URL stays within what the HTTP server accepts (16 KiB).
+    since: str | None = Field(default=None, max_length=8192)
+    event_type: str | None = Field(default=None, max_length=2048)
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
     @field_validator("event_type")

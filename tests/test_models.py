@@ -77,7 +77,7 @@ def test_every_table_has_a_model(conn: psycopg.Connection[Any]) -> None:
 
 
 @pytest.mark.parametrize("model", TABLE_MODELS, ids=lambda m: m.__name__)
-def test_columns_types_and_nullability_match(
+def test_columns_types_nullability_and_keys_match(
     conn: psycopg.Connection[Any], model: type[SQLModel]
 ) -> None:
     table = model.__table__  # type: ignore[attr-defined]
@@ -92,13 +92,6 @@ def test_columns_types_and_nullability_match(
         want_identity = {"a": True, "d": False}.get(identity)
         got_identity = None if col.identity is None else bool(col.identity.always)
         assert got_identity == want_identity, f"{name}: identity differs"
-
-
-@pytest.mark.parametrize("model", TABLE_MODELS, ids=lambda m: m.__name__)
-def test_primary_and_foreign_keys_match(
-    conn: psycopg.Connection[Any], model: type[SQLModel]
-) -> None:
-    table = model.__table__  # type: ignore[attr-defined]
     assert [c.name for c in table.primary_key.columns] == _live_primary_key(conn, table.name)
     declared_fks = {
         (fk.parent.name, f"{fk.column.table.name}.{fk.column.name}", fk.ondelete or "NO ACTION")
