@@ -77,28 +77,39 @@ def revoke_token(conn: psycopg.Connection[Any], name: str) -> int:
 async def verify_token(
     conn: psycopg.AsyncConnection[Any], token: str | None, bootstrap: str | None
 ) -> str | None:
-    """Return the token's name if valid (``"bootstrap"`` for the env token), else None."""
+    """Return the token's identity if valid, else None.
+
+    The identity is ``"bootstrap"`` for the env token, else ``"ID:NAME"`` of
+    the stored token: a name can be reused after revocation, an id cannot,
+    so :func:`is_live` never mistakes a revoked token for its successor.
+    """
     if not token:
         return None
     if bootstrap and hmac.compare_digest(token.encode(), bootstrap.encode()):
         return "bootstrap"
     digest = hash_token(token)
     cur = await conn.execute(
-        "SELECT name, token_hash FROM outbox.api_tokens"
+        "SELECT id, name, token_hash FROM outbox.api_tokens"
         " WHERE token_hash = %s AND revoked_at IS NULL",
         (digest,),
     )
     row = await cur.fetchone()
-    if row and hmac.compare_digest(str(row[1]), digest):
-        return str(row[0])
+    if row and hmac.compare_digest(str(row[2]), digest):
+        return f"{row[0]}:{row[1]}"
     return None
 
 
-async def is_live(conn: psycopg.AsyncConnection[Any], name: str) -> bool:
-    """Still valid? Used to close sockets of revoked tokens."""
-    if name == "bootstrap":
+async def is_live(conn: psycopg.AsyncConnection[Any], identity: str) -> bool:
+    """Is the token behind ``identity`` (from :func:`verify_token`) still valid?
+
+    Used to close the sockets of revoked tokens.
+    """
+    if identity == "bootstrap":
         return True
+    token_id, _, _ = identity.partition(":")
+    if not token_id.isdigit():
+        return False
     cur = await conn.execute(
-        "SELECT 1 FROM outbox.api_tokens WHERE name = %s AND revoked_at IS NULL", (name,)
+        "SELECT 1 FROM outbox.api_tokens WHERE id = %s AND revoked_at IS NULL", (int(token_id),)
     )
     return await cur.fetchone() is not None
