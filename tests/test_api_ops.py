@@ -181,6 +181,41 @@ async def test_rotate_secret_keeps_the_old_one_for_the_overlap(
     assert (resp.status_code, resp.json()["detail"]) == (404, "Webhook not found")
 
 
+async def test_changes_apply_from_the_next_dispatch(
+    client: httpx.AsyncClient, conn: psycopg.Connection[Any]
+) -> None:
+    """A deactivated webhook gets no new deliveries; a changed subscription
+    applies to the next events. The always-on webhook is the witness that the
+    dispatcher has handled each event before the others are checked."""
+    witness = await create_webhook(client, name="witness", event_type="*")
+    hook = await create_webhook(client, event_type="user.created")
+
+    async def dispatched(event_id: int) -> dict[int, int]:
+        rows = conn.execute(
+            "SELECT webhook_id, count(*) FROM outbox.deliveries WHERE event_id = %s"
+            " GROUP BY webhook_id",
+            (event_id,),
+        ).fetchall()
+        return dict(rows) if witness["id"] in dict(rows) else {}
+
+    async def publish_and_wait(event_type: str) -> dict[int, int]:
+        with conn.transaction():
+            event_id = outbox.publish(conn, event_type, {})
+        got: dict[int, int] = await wait_for(
+            lambda: dispatched(event_id), timeout=20, what="dispatch"
+        )
+        return got
+
+    assert hook["id"] in await publish_and_wait("user.created")
+    await client.patch(f"/webhooks/{hook['id']}", json={"is_active": False})
+    assert hook["id"] not in await publish_and_wait("user.created")
+    await client.patch(
+        f"/webhooks/{hook['id']}", json={"is_active": True, "event_type": "ticket.*"}
+    )
+    assert hook["id"] not in await publish_and_wait("user.created")
+    assert hook["id"] in await publish_and_wait("ticket.created")
+
+
 async def test_end_to_end_delivery_through_the_api(
     settings: Settings, conn: psycopg.Connection[Any]
 ) -> None:
