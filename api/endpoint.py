@@ -80,7 +80,7 @@ def state_of(request: Request) -> AppState:
 
 
 async def require_token(request: Request) -> str:
-    """The caller's token name, or a 401 saying what is wrong."""
+    """The caller's token identity, or a 401 saying what is wrong."""
     name, reason = await authenticate(request)
     st = state_of(request)
     if name is None:
@@ -98,19 +98,23 @@ async def _any_live_token(st: AppState) -> bool:
     return bool(row and row[0])
 
 
-async def _touch(request: Request, st: AppState, name: str) -> None:
-    """Record ``last_used_at`` at most once a minute per token and process."""
-    if name == "bootstrap":
-        return
+async def _touch(request: Request, st: AppState, identity: str) -> None:
+    """Record ``last_used_at`` at most once a minute per token and process.
+
+    ``identity`` is ``"ID:NAME"`` for stored tokens (outbox.tokens.verify_token).
+    """
+    token_id, sep, _ = identity.partition(":")
+    if not sep or not token_id.isdigit():
+        return  # the bootstrap token is not stored
     seen: dict[str, float] | None = getattr(request.app.state, "token_touched", None)
     if seen is None:
         seen = request.app.state.token_touched = {}
     now = time.monotonic()
-    if now - seen.get(name, -TOUCH_EVERY) < TOUCH_EVERY:
+    if now - seen.get(token_id, -TOUCH_EVERY) < TOUCH_EVERY:
         return
-    seen[name] = now
+    seen[token_id] = now
     async with st.pool.connection() as db:
-        await db.execute(sql("token_touch"), {"name": name})
+        await db.execute(sql("token_touch"), {"id": int(token_id)})
 
 
 def path_id(request: Request, name: str) -> int:

@@ -134,5 +134,5 @@ SELECT EXISTS (SELECT 1 FROM outbox.api_tokens WHERE revoked_at IS NULL)
 -- name: token_touch
 -- At most one write a minute per token, however busy the token is.
 UPDATE outbox.api_tokens SET last_used_at = now()
-WHERE name = %(name)s AND revoked_at IS NULL
+WHERE id = %(id)s AND revoked_at IS NULL
   AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
