@@ -1,6 +1,8 @@
 """Locate and load the SQL in ``sql/``: numbered migrations and named queries.
 
-``sql/`` at the repository root is the single source of truth for the schema.
+``sql/`` at the repository root is the single source of truth for the schema;
+``outbox/sql`` is a symlink to it, so a built wheel carries the same files as
+package data and a non-editable install finds them too.
 A named-query file holds blocks that start with ``-- name: query_name``.
 """
 
@@ -10,7 +12,7 @@ import functools
 import re
 from pathlib import Path
 
-_SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_SQL_DIR = Path(__file__).parent / "sql"
 _MIGRATION_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _NAME_RE = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
 

@@ -66,7 +66,8 @@ def list_tokens(conn: psycopg.Connection[Any]) -> list[TokenInfo]:
 def revoke_token(conn: psycopg.Connection[Any], name: str) -> int:
     with conn.transaction():
         cur = conn.execute(
-            "UPDATE outbox.api_tokens SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL",
+            "UPDATE outbox.api_tokens SET revoked_at = now()"
+            " WHERE name = %s AND revoked_at IS NULL",
             (name,),
         )
     if cur.rowcount == 0:
