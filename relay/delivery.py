@@ -36,24 +36,29 @@ import psycopg
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result
 
 from outbox.config import Settings
-from outbox.db import aconnect
-from outbox.errors import DatabaseUnavailable
 from relay import delivery_db
 from relay.attempt import make_client, post
 from relay.delivery_db import AsyncConn, Job, Outcome, Release
 from relay.metrics import Metrics
+from relay.reconnect import (
+    CONNECTION_ERRORS,
+    backoff,
+    close_quietly,
+    connect,
+    describe,
+    nap,
+)
 from relay.retry import AttemptResult, RetryPolicy
 from relay.signing import sign_headers
 from relay.ssrf import Resolver
 
 log = logging.getLogger("outbox.delivery")
 
-_DB_ERRORS = (psycopg.Error, DatabaseUnavailable)
+_DB_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, *CONNECTION_ERRORS)
 # Worth retrying for as long as it takes: the connection, or a lost race
 # (deadlock, a delivery deleted between our check and our insert).
-_TRANSIENT = (
-    psycopg.OperationalError,
-    DatabaseUnavailable,
+_TRANSIENT: tuple[type[Exception], ...] = (
+    *CONNECTION_ERRORS,
     psycopg.errors.DeadlockDetected,
     psycopg.errors.ForeignKeyViolation,
     psycopg.errors.SerializationFailure,
@@ -73,20 +78,6 @@ class _Endpoint:
     def __init__(self, limit: int) -> None:
         self.slots = asyncio.Semaphore(limit)
         self.in_hand = 0
-
-
-class _Backoff:
-    """0.1 s doubling to 10 s between reconnect attempts."""
-
-    def __init__(self) -> None:
-        self.delay = 0.0
-
-    def next(self) -> float:
-        self.delay = min(max(self.delay * 2, 0.1), 10.0)
-        return self.delay
-
-    def reset(self) -> None:
-        self.delay = 0.0
 
 
 class DeliveryWorker:
@@ -200,29 +191,23 @@ class DeliveryWorker:
         poll = self.settings.poll_interval
         return min(poll, self._timers[0] - now) if self._timers else poll
 
-    async def _wait(self, event: asyncio.Event, seconds: float | None) -> None:
-        """Until ``event`` is set (stop sets every event) or ``seconds`` pass."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await event.wait()
-
     async def _claim_loop(self, tg: asyncio.TaskGroup, client: httpx.AsyncClient) -> None:
         loop = asyncio.get_running_loop()
         conn: AsyncConn | None = None
-        backoff = _Backoff()
+        failures = 0
         counted_at = float("-inf")
         try:
             while not self._stopping.is_set():
                 room = self._max_in_hand - len(self._in_hand)
                 if room <= 0:
                     self._room.clear()
-                    await self._wait(self._room, None)
+                    await self._room.wait()  # a delivery finished, or stop
                     continue
                 self._wake.clear()
                 started = loop.time()
                 try:
                     if conn is None or conn.closed:
-                        conn = await aconnect(self.settings.database_url, autocommit=True)
+                        conn = await connect(self.settings.database_url, "outbox-delivery-claim")
                     jobs = await delivery_db.claim(
                         conn,
                         worker=self.worker_id,
@@ -233,23 +218,24 @@ class DeliveryWorker:
                     if started - counted_at >= _PENDING_REFRESH:
                         self._pending = await delivery_db.pending_count(conn)
                         counted_at = started
-                    backoff.reset()
+                    failures = 0
                 except _DB_ERRORS as exc:
-                    delay = backoff.next()
-                    log.warning("delivery claim failed (%s); retrying in %.1fs", exc, delay)
-                    if conn is not None:
-                        await conn.close()
+                    delay = backoff(failures)
+                    failures += 1
+                    log.warning(
+                        "delivery claim failed (%s); retrying in %.2fs", describe(exc), delay
+                    )
+                    await close_quietly(conn)
                     conn = None
-                    await self._wait(self._wake, delay)
+                    await nap(self._wake, delay)
                     continue
                 lease_end = started + self._lease - self._lease_margin
                 for job in jobs:
                     self._admit(tg, client, job, lease_end)
                 if len(jobs) < room:
-                    await self._wait(self._wake, self._idle_timeout(loop.time()))
+                    await nap(self._wake, self._idle_timeout(loop.time()))
         finally:
-            if conn is not None:
-                await conn.close()
+            await close_quietly(conn)
 
     def _admit(
         self, tg: asyncio.TaskGroup, client: httpx.AsyncClient, job: Job, lease_end: float
@@ -275,7 +261,7 @@ class DeliveryWorker:
         deadline = loop.time() + self._grace()
         while self._in_hand and loop.time() < deadline:
             self._room.clear()
-            await self._wait(self._room, deadline - loop.time())
+            await nap(self._room, deadline - loop.time())
         tasks = list(self._in_hand.values())
         for task in tasks:
             task.cancel()
@@ -371,7 +357,7 @@ class DeliveryWorker:
             self._submit(Outcome(job, state.outcome.result(), "hold", state.upcoming_sleep))
 
         async def sleep(seconds: float) -> None:
-            await self._wait(self._stopping, seconds)
+            await nap(self._stopping, seconds)
             if self._stopping.is_set():
                 self._release(Release(job, delay=seconds))
                 raise _Interrupted
@@ -410,7 +396,7 @@ class DeliveryWorker:
     async def _record_loop(self) -> None:
         loop = asyncio.get_running_loop()
         conn: AsyncConn | None = None
-        backoff = _Backoff()
+        failures = 0
         give_up_at: float | None = None
         rejected = 0
         try:
@@ -425,7 +411,7 @@ class DeliveryWorker:
                 self._outcomes, self._releases = [], []
                 try:
                     if conn is None or conn.closed:
-                        conn = await aconnect(self.settings.database_url, autocommit=True)
+                        conn = await connect(self.settings.database_url, "outbox-delivery-record")
                     done = await delivery_db.flush(
                         conn, outcomes, releases, disable_after=self.settings.disable_after
                     )
@@ -454,14 +440,17 @@ class DeliveryWorker:
                                 exc,
                             )
                             return
-                    delay = backoff.next()
-                    log.warning("recording deliveries failed (%s); retrying in %.1fs", exc, delay)
-                    if conn is not None and isinstance(exc, psycopg.OperationalError):
-                        await conn.close()
+                    delay = backoff(failures)
+                    failures += 1
+                    log.warning(
+                        "recording deliveries failed (%s); retrying in %.2fs", describe(exc), delay
+                    )
+                    if isinstance(exc, CONNECTION_ERRORS):
+                        await close_quietly(conn)
+                        conn = None
                     await asyncio.sleep(delay)
                     continue
-                backoff.reset()
-                rejected = 0
+                failures = rejected = 0
                 self._schedule(outcomes, loop.time())
                 if done.recorded < len({o.job.id for o in outcomes}):
                     log.info(
@@ -469,8 +458,7 @@ class DeliveryWorker:
                         "their outcome was kept as attempt history only"
                     )
         finally:
-            if conn is not None:
-                await conn.close()
+            await close_quietly(conn)
 
     def _schedule(self, outcomes: list[Outcome], now: float) -> None:
         """Wake the claimer when retries this worker stored fall due."""
