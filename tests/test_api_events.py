@@ -207,5 +207,11 @@ async def test_metrics_is_prometheus_text_with_delivery_gauges(
     assert 'outbox_deliveries{status="failed"} 1' in lines
     assert 'outbox_deliveries{status="success"} 1' in lines
     assert "outbox_delivery_queue_depth 2" in lines
-    for name in ("outbox_events_read_total", "outbox_delivery_attempt_seconds"):
+    # The list: events read, feed lag, attempt latency, WebSocket clients.
+    for name in (
+        "outbox_events_read_total",
+        "outbox_feed_lag_events",
+        "outbox_delivery_attempt_seconds",
+        "outbox_ws_clients",
+    ):
         assert name in types
