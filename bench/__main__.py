@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -78,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--admin-url", metavar="URL", help="Postgres superuser URL (env BENCH_ADMIN_URL)"
     )
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample every `outbox serve` with py-spy into DIR/<scenario>.txt (collapsed "
+        "stacks; summarise with python -m bench.hotspots). Costs CPU: not for reported runs",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -90,6 +97,13 @@ def _selected(args: argparse.Namespace) -> list[str]:
 
 
 async def _run_all(ctx: Context, keys: list[str]) -> list[ScenarioResult]:
+    # SIGINT/SIGTERM cancel the run, so every scenario's cleanup still runs:
+    # helper processes stopped, servers stopped, bench databases dropped.
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
     results = []
     for key in keys:
         module = importlib.import_module(SCENARIOS[key][0])
@@ -124,10 +138,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path = Path(args.json) if args.json else None
     if json_path and not json_path.parent.is_dir():
         parser.error(f"--json: directory {str(json_path.parent)!r} does not exist")
+    profile_dir = Path(args.profile).resolve() if args.profile else None
+    if profile_dir:
+        if profile_dir.exists() and not profile_dir.is_dir():
+            parser.error(f"--profile: {str(profile_dir)!r} exists and is not a directory")
+        profile_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        ctx = Context(admin_url, args.smoke, Path(tmp), args.repeats, args.quiet)
+        ctx = Context(admin_url, args.smoke, Path(tmp), args.repeats, args.quiet, profile_dir)
         started = time.monotonic()
-        results = asyncio.run(_run_all(ctx, keys))
+        try:
+            results = asyncio.run(_run_all(ctx, keys))
+        except asyncio.CancelledError:
+            print("python -m bench: interrupted; cleaned up", file=sys.stderr)
+            return 130
     environment["load_average_end"] = env.load_average()
     print(table(results, markdown=args.markdown))
     if json_path:

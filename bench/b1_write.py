@@ -25,6 +25,7 @@ import asyncio
 import re
 import threading
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,13 +33,13 @@ from psycopg import sql
 
 from bench.context import Context, interleaved
 from bench.pg import bench_database
+from bench.pgbench import pgbench
 from bench.report import Metric, ScenarioResult, Target, ratio_metric
 from bench.stats import Spread
 
 VARIANTS = ("bare", "tracked", "quiet")
 SHAPES = {"1-row": 1, "100-row": 100}
 EVENT_TYPE = "bench.row_created"
-PGBENCH = "pgbench"
 
 TABLE_DDL = """
 CREATE TABLE {t} (
@@ -56,8 +57,6 @@ SCRIPTS = {
     "  SELECT g, g * 0.01, 'bench write cost row' FROM generate_series(1, 100) AS g;\n",
 }
 _NOTIFY_RE = re.compile(r"PERFORM\s+pg_notify\s*\([^;]*\)\s*;", re.IGNORECASE)
-_TPS_RE = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
-_FAILED_RE = re.compile(r"number of failed transactions: (\d+)")
 
 TARGETS = {("1-row", 16): Target(">=", 0.65), ("100-row", 16): Target(">=", 0.6)}
 
@@ -171,39 +170,16 @@ class Listener:
             raise RuntimeError(f"listener failed: {self._error}") from self._error
 
 
-async def pgbench(url: str, script: str, clients: int, p: Params) -> dict[str, float]:
-    """One pgbench run; returns tps and the failed-transaction count."""
-    cmd = [PGBENCH, "-n", "-M", "prepared", "-f", script, "-c", str(clients)]
-    cmd += ["-j", str(min(clients, 2))]
-    cmd += ["-T", str(p.seconds)] if p.seconds else ["-t", str(p.transactions)]
-    cmd.append(url)
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=p.seconds + 60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"pgbench did not finish: {' '.join(cmd[:-1])}") from None
-    text = out.decode() + err.decode()
-    m = _TPS_RE.search(text)
-    if proc.returncode != 0 or not m:
-        raise RuntimeError(f"pgbench failed ({proc.returncode}): {text.strip()[-500:]}")
-    failed = _FAILED_RE.search(text)
-    return {"tps": float(m.group(1)), "failed": float(failed.group(1)) if failed else 0.0}
-
-
 async def run(ctx: Context) -> ScenarioResult:
     p = params(ctx)
     result = ScenarioResult("b1", "write cost: bare vs tracked vs tracked with wake-up off")
     result.params = asdict(p) | {"variants": VARIANTS, "client": "pgbench -M prepared"}
-    scripts: dict[tuple[str, str], str] = {}
+    scripts: dict[tuple[str, str], Path] = {}
     for shape, rows in SHAPES.items():
         for v in VARIANTS:
             path = ctx.workdir / f"b1_{shape}_{v}.sql"
             path.write_text(SCRIPTS[rows].format(t=table_name(v)))
-            scripts[(shape, v)] = str(path)
+            scripts[(shape, v)] = path
     # tps[(shape, writers, variant)] = one value per repetition
     tps: dict[tuple[str, int, str], list[float]] = {}
     with bench_database(ctx.admin_url, "b1") as url:
@@ -214,7 +190,14 @@ async def run(ctx: Context) -> ScenarioResult:
                     for v in interleaved(VARIANTS, rep):
                         await asyncio.to_thread(reset, url, not ctx.smoke)
                         with Listener(url):
-                            r = await pgbench(url, scripts[(shape, v)], writers, p)
+                            r = await pgbench(
+                                url,
+                                scripts[(shape, v)],
+                                writers,
+                                seconds=p.seconds,
+                                transactions=p.transactions,
+                                limit_s=p.seconds + 60,
+                            )
                         if r["failed"]:
                             raise RuntimeError(f"pgbench: {r['failed']:.0f} failed transactions")
                         tps.setdefault((shape, writers, v), []).append(r["tps"])

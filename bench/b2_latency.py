@@ -1,8 +1,12 @@
 """B2 latency: commit -> WebSocket client receipt, open-loop at fixed rates.
 
-``bench.writer`` commits one event per transaction at 10, 1,000 and 5,000
-events/s, scheduled by the clock (see its docstring), and records when each
-COMMIT returned. Receivers:
+``pgbench -R`` commits one event per transaction (``outbox.publish``) at 10,
+1,000 and 5,000 events/s: open loop, each transaction scheduled by the clock
+(Poisson arrivals at that mean rate) whatever happened to the ones before, so
+a slow server shows up as lateness instead of slowing the writer down
+(coordinated omission). pgbench is C: the writer costs the 2 cores little,
+and its per-transaction log (``-l``) says when each COMMIT returned, to the
+microsecond, with no event-loop lag in between. Receivers:
 
 - ``ws x1``: one fully-parsing ``websockets`` client (``bench.wsclient``);
 - ``ws x100``: that client plus 99 ``bench.sink`` clients in one more
@@ -12,9 +16,10 @@ COMMIT returned. Receivers:
   received by a psycopg LISTEN connection: the latency floor Postgres gives
   on this machine before any relay work.
 
-Latency = receipt - commit, both ``time.monotonic_ns()`` (CLOCK_MONOTONIC is
-one clock for all processes). The JSON also keeps scheduled -> receipt, which
-includes any queueing in the writer when the database falls behind. Variants
+Latency = receipt - commit, both Unix time from the one host clock (pgbench
+logs Unix time; the clients use ``time.time_ns()``). The JSON also keeps
+scheduled -> receipt, which includes any lateness of the writer when the
+database falls behind. Variants
 are interleaved per rate and repeated; the table shows the median over
 repetitions of each run's percentile, with min and max.
 """
@@ -24,10 +29,13 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.context import Context, interleaved
+from bench.payloads import SUBJECT
 from bench.pg import bench_database
+from bench.pgbench import pgbench, transaction_log
 from bench.procs import Child, Server, helper, running
 from bench.report import Metric, ScenarioResult, Target
 from bench.stats import Spread, latency_summary
@@ -46,7 +54,7 @@ class Params:
 
     def writer_conns(self, rate: int) -> int:
         # Commits wait for the WAL flush (synchronous_commit=on): enough
-        # connections that ~10 ms commits still sustain the rate.
+        # pgbench connections that ~10 ms commits still sustain the rate.
         return max(2, min(32, rate // 100 + 2))
 
 
@@ -77,41 +85,77 @@ def latencies(commits: list[list[int]], recv: list[list[int]]) -> dict[str, Any]
     }
 
 
+# pgbench sends variables as untyped parameters: every one gets a cast.
+SCRIPT = """\\set seq :seq + 1
+SELECT outbox.publish('bench.tick', jsonb_build_object(
+    'seq', (:client_id)::bigint * {base} + (:seq)::bigint,
+    'ticket_id', 100000 + (:seq)::bigint, 'status', 'open', 'priority', (:seq)::bigint % 5,
+    'subject', '{subject}', 'end', '', 'run', (:run)::bigint)){notify};
+"""
+NOTIFY = (
+    ", pg_notify('bench_b2',"
+    " (:run)::text || ':' || ((:client_id)::bigint * {base} + (:seq)::bigint))"
+)
+SEQ_BASE = 10_000_000  # seq = client * SEQ_BASE + the client's transaction number
+
+
+def write_scripts(ctx: Context) -> dict[str, Path]:
+    paths = {}
+    for mode, notify in (("publish", ""), ("notify", NOTIFY.format(base=SEQ_BASE))):
+        path = ctx.workdir / f"b2_{mode}.sql"
+        path.write_text(SCRIPT.format(base=SEQ_BASE, subject=SUBJECT, notify=notify))
+        paths[mode] = path
+    return paths
+
+
 async def run_once(
-    ctx: Context, server: Server, db_url: str, p: Params, rate: int, variant: str, clients: int
+    ctx: Context,
+    server: Server,
+    db_url: str,
+    p: Params,
+    scripts: dict[str, Path],
+    rate: int,
+    variant: str,
+    clients: int,
 ) -> dict[str, Any]:
-    run = secrets.token_hex(4)
-    marker = f"end-{run}"
+    run = str(secrets.randbelow(1 << 30))
     seconds = p.seconds[rate]
-    n = max(1, round(rate * seconds))
-    timeout = seconds * 3 + 30
+    conns = p.writer_conns(rate)
+    per_conn = max(1, round(rate * seconds / conns))
+    n = per_conn * conns
+    timeout = seconds * 4 + 30
     log = ctx.workdir / "b2.log"
-    mode = "notify" if variant == "notify" else "publish"
-    writer_args = ["--rate", str(rate), "--seconds", str(seconds), "--mode", mode]
-    writer_args += ["--conns", str(p.writer_conns(rate)), "--marker", marker, "--run", run]
-    writer = Child("writer", helper("writer", db_url, *writer_args), log)
     # The baseline listens on Postgres directly; the product's client on /ws.
     target = ("listen", db_url) if variant == "notify" else ("ws", ws_url(server))
     client_args = ["--run", run, "--expect", str(n), "--timeout", str(timeout)]
     client = Child(f"{target[0]} client", helper("wsclient", *target, *client_args), log)
     sink = None
     if variant == "ws" and clients > 1:
-        sink_args = ["--clients", str(clients - 1), "--marker", marker, "--timeout", str(timeout)]
+        sink_args = ["--clients", str(clients - 1), "--expect", str(n), "--timeout", str(timeout)]
         sink = Child("sinks", helper("sink", ws_url(server), *sink_args), log)
-    async with running(client), running(writer):
+    prefix = ctx.workdir / f"b2-{run}"
+    async with running(client):
         if sink:
             await sink.start()
             await sink.expect("ready", 60)
         try:
-            await writer.send(cmd="go")
-            wrote = await writer.expect("done", timeout + 10)
+            await pgbench(
+                db_url,
+                scripts["notify" if variant == "notify" else "publish"],
+                conns,
+                transactions=per_conn,
+                rate=rate,
+                define={"seq": 0, "run": run},
+                log_prefix=prefix,
+                limit_s=timeout,
+            )
             got = await client.expect("done", timeout + 10)
             sinks: dict[str, Any] | None = await sink.expect("done", timeout) if sink else None
         finally:
             if sink:
                 await sink.stop()
-    out = latencies(wrote["commits"], got["recv"])
-    out["writer_timed_out"] = wrote["timed_out"]
+    commits = [[c * SEQ_BASE + t, s, d] for c, t, s, d in transaction_log(prefix)]
+    out = latencies(commits, got["recv"])
     if sinks is not None:
         # -1: each sink's first message is the connection message.
         out["sink_messages_min"] = min(max(0, c["messages"] - 1) for c in sinks["clients"])
@@ -124,13 +168,14 @@ async def run(ctx: Context) -> ScenarioResult:
     result = ScenarioResult("b2", "latency: commit -> WebSocket receipt, open loop")
     result.params = asdict(p) | {"writer_conns": {r: p.writer_conns(r) for r in p.rates}}
     variants = [("ws", c) for c in p.clients] + [("notify", 1)]
+    scripts = write_scripts(ctx)
     runs: dict[tuple[int, str, int], list[dict[str, Any]]] = {}
     with bench_database(ctx.admin_url, "b2") as db_url:
         async with outbox_server(ctx, db_url, "b2") as server:
             for rep in range(p.repeats):
                 for rate in p.rates:
                     for variant, clients in interleaved(variants, rep):
-                        r = await run_once(ctx, server, db_url, p, rate, variant, clients)
+                        r = await run_once(ctx, server, db_url, p, scripts, rate, variant, clients)
                         runs.setdefault((rate, variant, clients), []).append(r)
                         lat = r["commit_to_receipt_ms"]
                         ctx.log(

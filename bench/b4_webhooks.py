@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,6 +39,7 @@ RATIO_TARGET = Target(">=", 0.8)
 RECEIVERS = {"ok": 0, "failing 20%": 5}  # name -> fail every K-th request
 FAST_RETRIES = ",".join(["10ms"] * 7)
 POLL = 0.02
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,10 @@ async def run_bare(url: str, n: int, concurrency: int, limit_s: float) -> dict[s
         todo.put_nowait(b)
     attempts = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # TCP_NODELAY: httpx writes a request's head and body separately, and
+    # without it Nagle holds the body until the receiver's delayed ACK
+    # (~40 ms on Linux loopback), which caps any sender at a few hundred/s.
+    transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=[NODELAY])
 
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal attempts
@@ -114,7 +120,7 @@ async def run_bare(url: str, n: int, concurrency: int, limit_s: float) -> dict[s
                 if 200 <= r.status_code < 300:
                     break
 
-    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+    async with httpx.AsyncClient(transport=transport, timeout=10) as client:
         t0 = time.monotonic_ns()
         async with asyncio.timeout(limit_s), asyncio.TaskGroup() as tg:
             for _ in range(concurrency):

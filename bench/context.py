@@ -26,6 +26,7 @@ class Context:
     workdir: Path  # scratch files (pgbench scripts, logs); removed after the run
     repeats: int | None = None  # overrides each scenario's default repetitions
     quiet: bool = False
+    profile_dir: Path | None = None  # py-spy every outbox serve into this folder
 
     def log(self, msg: str) -> None:
         if not self.quiet:

@@ -167,12 +167,15 @@ class Server:
         log: Path,
         env: Mapping[str, str] | None = None,
         health: str = "/health",
+        profile: Path | None = None,
     ) -> None:
         self.child = Child(name, argv, log, env, json_lines=False)
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.health = health
         self.peak_rss_mb = float("nan")
+        self.profile = profile
+        self._spy: asyncio.subprocess.Process | None = None
 
     @property
     def pid(self) -> int:
@@ -191,16 +194,40 @@ class Server:
                 with contextlib.suppress(httpx.HTTPError):
                     r = await client.get(self.base_url + self.health)
                     if r.status_code == 200:
+                        await self._start_profiler()
                         return
                 if loop.time() > deadline:
                     await self.child.stop()
                     raise self.child.failure(f"not healthy within {limit_s:.0f}s")
                 await asyncio.sleep(0.05)  # polling interval while waiting for startup
 
+    async def _start_profiler(self) -> None:
+        """py-spy, sampling the server until it exits, as collapsed stacks.
+
+        ``--nonblocking`` samples without pausing the server, so the profile
+        costs the server little beyond the sampler's own CPU.
+        """
+        if self.profile is None:
+            return
+        spy = Path(sys.executable).with_name("py-spy")
+        argv = [str(spy), "record", "--pid", str(self.pid), "--format", "raw", "--rate", "200"]
+        argv += ["--nonblocking", "--output", str(self.profile)]
+        with self.child.log.open("ab") as err:
+            self._spy = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err
+            )
+
     async def stop(self) -> None:
         if self.child.proc is not None and self.child.proc.returncode is None:
             self.peak_rss_mb = peak_rss_mb(self.pid)
         await self.child.stop(limit_s=20.0)
+        if self._spy is not None:
+            # py-spy writes its output when the process it samples exits.
+            try:
+                await asyncio.wait_for(self._spy.wait(), 30)
+            except TimeoutError:
+                self._spy.kill()
+                await self._spy.wait()
 
     async def __aenter__(self) -> Server:
         await self.start()

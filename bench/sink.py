@@ -5,11 +5,11 @@ does the HTTP upgrade by hand, then only counts: bytes, and messages as
 occurrences of ``{"type":`` (every server frame, event or control, starts
 with it and bench payloads never contain it), found with ``bytes.count`` in
 C. A client is done when the marker (put into the last event's payload by
-the harness) arrives. No frame parsing, no JSON, no masking on the way in:
-the sinks cost the machine far less than the server under test, which is
-the point of having them (B2's background clients, B3's fan-out counts, B5's
-drain). The sinks never answer pings: the bench servers run with keepalive
-pings off.
+the harness) arrives, or ``--expect`` events have. No frame parsing, no
+JSON, no masking on the way in: the sinks cost the machine far less than
+the server under test, which is the point of having them (B2's background
+clients, B3's fan-out counts, B5's drain). The sinks never answer pings:
+the bench servers run with keepalive pings off.
 
 stdout: ``ready`` once all clients are upgraded, then ``done`` with one
 record per client, when every client has its marker, has been closed, or the
@@ -32,8 +32,11 @@ _TYPE = b'{"type":'
 
 
 class SinkClient(asyncio.Protocol):
-    def __init__(self, marker: bytes, done: asyncio.Event, remaining: list[int]) -> None:
+    def __init__(
+        self, marker: bytes, expect: int, done: asyncio.Event, remaining: list[int]
+    ) -> None:
         self.marker = marker
+        self.expect = expect  # messages (after the connection message) that also mean done
         self.done = done
         self.remaining = remaining
         self.upgraded = asyncio.get_running_loop().create_future()
@@ -47,6 +50,7 @@ class SinkClient(asyncio.Protocol):
         self.closed_early = False
         self.transport: asyncio.Transport | None = None
         self._keep = max(len(marker), len(_TYPE)) - 1
+        self._finished = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -72,7 +76,9 @@ class SinkClient(asyncio.Protocol):
         self.nbytes += len(data)
         window = self.tail + data
         self.messages += window.count(_TYPE) - self.tail.count(_TYPE)
-        if not self.marker_ns and self.marker in window:
+        if not self.marker_ns and (
+            (self.marker and self.marker in window) or (self.expect and self.messages > self.expect)
+        ):
             self.marker_ns = time.monotonic_ns()
             self._finish()
         self.tail = window[-self._keep :]
@@ -85,6 +91,9 @@ class SinkClient(asyncio.Protocol):
             self._finish()
 
     def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
         self.remaining[0] -= 1
         if self.remaining[0] <= 0:
             self.done.set()
@@ -118,7 +127,8 @@ async def connect(url: str, client: SinkClient) -> None:
 async def main_async(args: argparse.Namespace) -> None:
     done = asyncio.Event()
     remaining = [args.clients]
-    clients = [SinkClient(args.marker.encode(), done, remaining) for _ in range(args.clients)]
+    marker = args.marker.encode()
+    clients = [SinkClient(marker, args.expect, done, remaining) for _ in range(args.clients)]
     gate = asyncio.Semaphore(32)  # a burst of 500 upgrades at once only measures the backlog
 
     async def one(c: SinkClient) -> None:
@@ -147,7 +157,8 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.sink", description=__doc__.split("\n")[0])
     p.add_argument("url")
     p.add_argument("--clients", type=int, default=1)
-    p.add_argument("--marker", required=True, help="text in the last event's payload")
+    p.add_argument("--marker", default="", help="text in the last event's payload: done")
+    p.add_argument("--expect", type=int, default=0, help="done after this many events")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds after ready")
     args = p.parse_args()
     run(main_async(args))

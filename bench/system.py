@@ -52,7 +52,9 @@ def outbox_server(ctx: Context, db_url: str, name: str, **env: str) -> Server:
         "--log-level",
         "warning",
     ]
-    return Server(f"outbox serve ({name})", argv, port, ctx.workdir / f"{name}.log", full_env)
+    profile = ctx.profile_dir / f"{name}.txt" if ctx.profile_dir else None
+    log = ctx.workdir / f"{name}.log"
+    return Server(f"outbox serve ({name})", argv, port, log, full_env, profile=profile)
 
 
 def ws_url(server: Server, **query: str) -> str:

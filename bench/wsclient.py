@@ -4,8 +4,9 @@ Run as ``python -m bench.wsclient ws URL --run RUN --expect N`` (a
 ``websockets`` client: every frame parsed, every message ``json.loads``-ed,
 as a real consumer would) or ``python -m bench.wsclient listen DBURL ...``
 (B2's baseline: a psycopg LISTEN on ``bench_b2``, what Postgres itself gives).
-Receipt times are ``time.monotonic_ns()`` right after the message is handed
-over, comparable with the writer's commit times (same host clock).
+Receipt times are ``time.time_ns()`` right after the message is handed over:
+the wall clock, because the writer (pgbench) logs its commit times as Unix
+time; one host, so one clock.
 
 stdout: ``ready`` once subscribed, then ``done`` with ``recv`` = [[seq, ns]]
 when all N events of this run arrived or ``--timeout`` passed.
@@ -35,10 +36,10 @@ async def ws_mode(args: argparse.Namespace) -> None:
             async with asyncio.timeout(args.timeout):
                 while len(recv) < args.expect:
                     raw = await ws.recv()
-                    now = time.monotonic_ns()
+                    now = time.time_ns()
                     msg: dict[str, Any] = json.loads(raw)
                     p = msg.get("payload")
-                    if isinstance(p, dict) and p.get("run") == args.run:
+                    if isinstance(p, dict) and str(p.get("run")) == args.run:
                         recv.setdefault(int(p["seq"]), now)
         except TimeoutError:
             pass
@@ -56,7 +57,7 @@ async def listen_mode(args: argparse.Namespace) -> None:
         try:
             async with asyncio.timeout(args.timeout):
                 async for note in conn.notifies():
-                    now = time.monotonic_ns()
+                    now = time.time_ns()
                     if note.payload.startswith(prefix):
                         recv.setdefault(int(note.payload[len(prefix) :]), now)
                         if len(recv) >= args.expect:
