@@ -147,7 +147,8 @@ SELECT pg_try_advisory_lock(%(key)s);
 --            value and moves nothing.
 --   created  one row per (active matching webhook, event), in feed order,
 --            only if the cursor moved. Patterns: exact, 'prefix.*', '*'.
---            webhook.test is never routed by subscription.
+--            webhook.test is never routed by subscription, and webhook.*
+--            events never go to the webhook they are about.
 --   rang     NOTIFY outbox_deliveries (fires at commit) when rows were created.
 WITH moved AS (
     INSERT INTO outbox.relay_state AS s (name, value)
@@ -172,6 +173,12 @@ WITH moved AS (
                      WHERE right(p.pattern, 2) = '.*'
                        AND starts_with(b.event_type, left(p.pattern, -1))))
     WHERE EXISTS (SELECT 1 FROM moved)
+      -- A webhook never receives the webhook.* events about itself: a
+      -- failing endpoint subscribed to '*' would otherwise get a new
+      -- delivery (webhook.delivery_failed) for every one that fails.
+      AND NOT (starts_with(b.event_type, 'webhook.')
+               AND EXISTS (SELECT 1 FROM outbox.events e
+                           WHERE e.id = b.id AND e.payload ->> 'webhook_id' = w.id::text))
     ORDER BY b.ord, w.id
     ON CONFLICT ON CONSTRAINT deliveries_webhook_event_key DO NOTHING
     RETURNING 1

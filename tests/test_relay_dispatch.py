@@ -93,6 +93,27 @@ async def test_lifecycle_events_skip_the_disabled_webhook_they_are_about(
     assert deliveries(conn) == {(watcher, "webhook.disabled")}
 
 
+async def test_a_webhook_never_gets_the_webhook_events_about_itself(
+    conn: psycopg.Connection[Any], aconn: psycopg.AsyncConnection[Any]
+) -> None:
+    """A failing, still active endpoint subscribed to '*' must not receive its
+    own webhook.delivery_failed events: each would fail and breed another."""
+    failing = add_webhook(conn, ["*"], name="failing")
+    other = add_webhook(conn, ["*"], name="other")
+    conn.execute(
+        "SELECT outbox.publish('webhook.delivery_failed', jsonb_build_object("
+        "'webhook_id', %s::bigint, 'delivery_id', 1))",
+        (failing,),
+    )
+    conn.execute("SELECT outbox.publish('user.created', '{}')")
+    await dispatch_all(aconn)
+    assert deliveries(conn) == {
+        (other, "webhook.delivery_failed"),
+        (failing, "user.created"),
+        (other, "user.created"),
+    }
+
+
 async def test_first_dispatcher_starts_from_the_beginning_and_stores_its_cursor(
     conn: psycopg.Connection[Any], aconn: psycopg.AsyncConnection[Any]
 ) -> None:
