@@ -3,7 +3,8 @@
 One rule = (table, operation, event type) with options. Each rule owns one
 AFTER trigger and one version-suffixed trigger function
 (``outbox.capture_..._v1``) whose body is a single INSERT into
-``outbox.events`` plus the no-data NOTIFY doorbell; nothing else runs per row. Insert and delete
+``outbox.events`` plus the no-data NOTIFY doorbell, rung only when a relay is
+asleep (sql/003_doorbell.sql); nothing else runs per row. Insert and delete
 rules fire once per statement over its transition table; update rules fire
 per row (with ``UPDATE OF`` and a ``WHEN`` that skips unchanged columns).
 
@@ -25,7 +26,16 @@ from outbox.events import EVENT_TYPE_RE
 
 FUNCTION_VERSION = "v1"
 NOTIFY_CHANNEL = "outbox_events"
-RING = f"PERFORM pg_notify('{NOTIFY_CHANNEL}', '');"
+# The doorbell advisory lock (sql/003_doorbell.sql, relay/doorbell.py):
+# writers ring only when a relay holds or waits for it exclusively, i.e. is
+# asleep; otherwise the shared lock they take keeps relays awake until they
+# commit.
+DOORBELL_KEY = 9202151523130794729
+RING = (
+    f"IF NOT pg_try_advisory_xact_lock_shared({DOORBELL_KEY}) THEN\n"
+    f"        PERFORM pg_notify('{NOTIFY_CHANNEL}', '');\n"
+    "    END IF;"
+)
 OPERATIONS = ("insert", "update", "delete")
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"outbox capture").digest()[:8], "big", signed=True)
 

@@ -31,6 +31,7 @@ import psycopg
 from outbox.config import Settings
 from outbox.cursor import Cursor
 from relay.dispatcher import Dispatcher, Waker
+from relay.doorbell import Doorbell
 from relay.feed import Batch, Lag, head, measure_lag, read_batch
 from relay.leader import Leadership
 from relay.listener import DELIVERIES_CHANNEL, EVENTS_CHANNEL, Listener
@@ -49,6 +50,12 @@ log = logging.getLogger("outbox.relay")
 
 # How often the feed loop measures its lag (events committed and not read).
 LAG_INTERVAL = 5.0
+# While events keep coming, the feed loop re-reads after BUSY_POLL instead of
+# sleeping on the doorbell: writers then pay no NOTIFY (see
+# relay/doorbell.py), and a busy feed is at most this much late. It falls
+# asleep only after the feed has been quiet for QUIET_BEFORE_SLEEP.
+BUSY_POLL = 0.002
+QUIET_BEFORE_SLEEP = 0.1
 
 
 class BatchSink(Protocol):
@@ -85,6 +92,12 @@ class Relay:
         self._feed_conn: psycopg.AsyncConnection[Any] | None = None
         self._feed_wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._last_busy = 0.0
+        self.doorbell: Doorbell | None = (
+            Doorbell(settings.database_url, application_name=f"outbox doorbell {self.instance}")
+            if settings.notify
+            else None
+        )
         self.dispatcher = Dispatcher(
             metrics, sender, poll_interval=settings.poll_interval, batch_size=settings.batch_size
         )
@@ -173,6 +186,8 @@ class Relay:
         finally:
             await close_quietly(self._feed_conn)
             self._feed_conn = None
+            if self.doorbell is not None:
+                await self.doorbell.close()
             log.info("relay %s stopped", self.instance)
 
     async def stop(self) -> None:
@@ -209,6 +224,9 @@ class Relay:
                 if batch.events:
                     self.hub.publish(batch)
                     self.metrics.events_read.inc(len(batch.events))
+                    # The leader's dispatcher follows this loop: under load no
+                    # writer rings, so the bell cannot be what wakes it.
+                    self.dispatcher.wake()
                 self.last_read_at = time.time()
                 self.feed_state, self.feed_error, attempt = "ok", None, 0
                 if batch.more:
@@ -216,7 +234,7 @@ class Relay:
                 if time.monotonic() >= lag_due:
                     self.lag = await measure_lag(conn, self.cursor)
                     lag_due = time.monotonic() + LAG_INTERVAL
-                await nap(self._feed_wake, self.settings.poll_interval)
+                await self._rest(bool(batch.events))
             except CONNECTION_ERRORS as exc:
                 await close_quietly(self._feed_conn)
                 self._feed_conn = None
@@ -228,6 +246,37 @@ class Relay:
                 attempt += 1
                 log.warning("feed read failed (%s); retrying in %.2fs", self.feed_error, delay)
                 await nap(self._stopping, delay)
+
+    async def _rest(self, busy: bool) -> None:
+        """Between reads: poll briefly while events flow (or did within
+        QUIET_BEFORE_SLEEP), else fall asleep on the doorbell.
+
+        Asleep = holding the doorbell lock, taken only after every writer in
+        flight has committed, and after one more (empty) read: from then on
+        every commit rings. On waking, the lock is released before reading.
+        """
+        bell = self.doorbell
+        if bell is None:
+            await nap(self._feed_wake, self.settings.poll_interval)
+            return
+        now = time.monotonic()
+        if busy:
+            self._last_busy = now
+        if now - self._last_busy < QUIET_BEFORE_SLEEP:
+            await bell.wake()
+            await nap(self._feed_wake, BUSY_POLL)
+            return
+        if bell.held:
+            # The read after taking the lock found nothing: sleep until rung.
+            await nap(self._feed_wake, self.settings.poll_interval)
+            await bell.wake()
+            return
+        outcome = await bell.fall_asleep(self._feed_wake, self.settings.poll_interval)
+        if outcome == "failed":
+            # No doorbell connection: plain polling (the listener still
+            # hears any bell that does ring).
+            await nap(self._feed_wake, self.settings.poll_interval)
+        # "held": read once more before sleeping; "interrupted"/"timeout": read.
 
     # --- retention -------------------------------------------------------------
 

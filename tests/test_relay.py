@@ -34,7 +34,9 @@ async def test_cursor_is_the_head_of_the_feed_before_run(
         await wait_for(lambda: rec.events, timeout=5, what="the new event")
         # Only what was committed after start reaches the hub.
         assert [e.type for e in rec.events] == ["t.new"]
-        assert relay.cursor == rec.batches[-1].end
+        # Empty reads after it refresh the snapshot part of the cursor, never
+        # its position.
+        assert relay.cursor.after == rec.batches[-1].end.after
 
 
 async def test_notify_wakes_the_feed_long_before_the_poll_timer(

@@ -174,6 +174,8 @@ async def test_one_notify_per_transaction_only_after_commit(
     listener = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
     try:
         await listener.execute("LISTEN outbox_events")
+        # Play a sleeping relay: hold the doorbell lock exclusively.
+        await listener.execute("SELECT pg_advisory_lock(outbox.doorbell_key())")
         got: list[str] = []
 
         async def drain(timeout: float) -> None:
@@ -198,6 +200,35 @@ async def test_one_notify_per_transaction_only_after_commit(
         assert got == [""]
     finally:
         await listener.close()
+
+
+async def test_no_notify_while_no_relay_sleeps_and_sleep_waits_for_writers(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """The doorbell protocol (sql/003_doorbell.sql): a writer that finds no
+    sleeping relay takes the shared lock instead of notifying, and a relay
+    cannot fall asleep until that writer has committed."""
+    relay = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+    try:
+        await relay.execute("LISTEN outbox_events")
+        with conn.transaction():
+            conn.execute("SELECT outbox.publish('x.y', '{}')")
+            # The relay tries to fall asleep: it must wait for the writer.
+            cur = await relay.execute("SELECT pg_try_advisory_lock(outbox.doorbell_key())")
+            row = await cur.fetchone()
+            assert row == (False,)
+        # Committed without a sleeping relay: no notification was sent...
+        notes = [n async for n in relay.notifies(timeout=0.3)]
+        assert notes == []
+        # ...and now the relay can fall asleep (then reads once more).
+        cur = await relay.execute("SELECT pg_try_advisory_lock(outbox.doorbell_key())")
+        assert await cur.fetchone() == (True,)
+        # While it sleeps, a writer rings.
+        conn.execute("SELECT outbox.publish('x.y', '{}')")
+        notes = [n async for n in relay.notifies(timeout=2.0, stop_after=1)]
+        assert len(notes) == 1
+    finally:
+        await relay.close()
 
 
 def test_event_type_constraint_is_named(conn: psycopg.Connection[Any]) -> None:

@@ -1,0 +1,123 @@
+"""The relay's side of the NOTIFY doorbell (sql/003_doorbell.sql).
+
+Writers NOTIFY only while some relay holds or waits for the doorbell lock
+exclusively; otherwise they take it shared until they commit. So a relay may
+only stop reading ("fall asleep") after it holds the lock — which waits for
+every writer in flight — and has read once more. While it holds the lock,
+every commit rings. On waking it releases the lock and reads; under load it
+keeps reading on a short adaptive poll and holds nothing, so writers pay no
+NOTIFY at all.
+
+The lock lives on its own session connection: LISTEN needs an idle
+connection, and a blocked lock request must not stop notifications from
+arriving. If this connection is lost, the lock goes with it: writers stop
+ringing and the relay's poll timer carries on — latency, never an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import psycopg
+
+log = logging.getLogger("outbox.relay.doorbell")
+
+# sha256("outbox doorbell")[:8] as a signed bigint; the same literal is in
+# sql/003_doorbell.sql and outbox/capture.py.
+DOORBELL_KEY = 9202151523130794729
+
+
+class Doorbell:
+    def __init__(self, url: str, *, application_name: str = "outbox doorbell") -> None:
+        self.url = url
+        self.application_name = application_name
+        self.held = False
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.url,
+                autocommit=True,
+                application_name=self.application_name,
+                connect_timeout=5,
+            )
+        return self._conn
+
+    async def fall_asleep(self, interrupt: asyncio.Event, max_wait: float) -> str:
+        """Take the doorbell lock exclusively; waits for writers in flight.
+
+        Returns ``"held"`` once held; ``"interrupted"`` if ``interrupt`` was
+        set first (a notification arrived: go and read); ``"timeout"`` if
+        ``max_wait`` passed (a writer has been open that long: read, then try
+        again); ``"failed"`` if the connection failed.
+        """
+        if self.held:
+            return "held"
+        try:
+            conn = await self._connection()
+        except psycopg.OperationalError as exc:
+            log.warning("doorbell connection failed: %s", str(exc).strip().splitlines()[0])
+            return "failed"
+        lock = asyncio.create_task(
+            conn.execute("SELECT pg_advisory_lock(%s)", (DOORBELL_KEY,)), name="doorbell-lock"
+        )
+        woken = asyncio.create_task(interrupt.wait(), name="doorbell-interrupt")
+        try:
+            done, _ = await asyncio.wait(
+                {lock, woken}, timeout=max_wait, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            woken.cancel()
+        if lock in done:
+            try:
+                lock.result()
+            except psycopg.Error as exc:
+                log.warning("doorbell lock failed: %s", exc)
+                await self._drop()
+                return "failed"
+            self.held = True
+            return "held"
+        # Interrupted or timed out: cancelling sends a cancel request to the
+        # server. The grant may still have won that race (the task is then
+        # cancelled with the lock held at the server), so reset the session:
+        # this connection holds nothing else.
+        lock.cancel()
+        with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+            await lock
+        if not lock.cancelled() and lock.exception() is None:
+            self.held = True  # granted just as we gave up: keep it
+            return "held"
+        try:
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error:
+            await self._drop()
+        return "interrupted" if interrupt.is_set() else "timeout"
+
+    async def wake(self) -> None:
+        """Release the lock: from now on writers in flight hold the relay off."""
+        if not self.held:
+            return
+        self.held = False
+        try:
+            conn = await self._connection()
+            # unlock_all, not unlock: session locks nest, and the connection
+            # is ours alone.
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error as exc:
+            # Losing the connection releases the lock as well.
+            log.warning("doorbell unlock failed (%s); dropping the connection", exc)
+            await self._drop()
+
+    async def _drop(self) -> None:
+        self.held = False
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+        self._conn = None
+
+    async def close(self) -> None:
+        await self._drop()

@@ -1,0 +1,87 @@
+"""The NOTIFY doorbell (sql/003_doorbell.sql, relay/doorbell.py): writers ring
+only while a relay sleeps, yet a sleeping relay — or several — always hears
+the next commit long before its poll timer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from tests.conftest import wait_for
+from tests.relay_support import relay_settings, running_relay
+
+
+async def test_each_sleeping_relay_hears_the_next_commit(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    settings = relay_settings(db_url, poll_interval=30.0)
+    async with running_relay(settings) as (_r1, rec1), running_relay(settings) as (_r2, rec2):
+        for i in range(3):
+            # Let both fall asleep (they hold or queue for the doorbell lock).
+            await wait_for(lambda: _asleep(conn) >= 2, timeout=10, what="both relays asleep")
+            began = time.monotonic()
+            conn.execute("SELECT outbox.publish('t.ring', %s::jsonb)", (f'{{"i": {i}}}',))
+            await wait_for(
+                lambda: len(rec1.events) > i and len(rec2.events) > i,
+                timeout=5,
+                what="both relays woken",
+            )
+            assert time.monotonic() - began < 2.0
+
+
+def _asleep(conn: psycopg.Connection[Any]) -> int:
+    """Relays holding or waiting for the doorbell lock."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
+        " AND ((classid::bigint << 32) | objid::bigint) = outbox.doorbell_key()"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_busy_relay_spares_writers_the_notify(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """Under a steady stream of commits the relay keeps reading on a short
+    poll and holds no lock, so most writers take the shared lock instead of
+    notifying; every event still arrives."""
+    conn.execute("CREATE TABLE t (id serial PRIMARY KEY, v int)")
+    from outbox.capture import Rule, track
+
+    track(conn, [Rule("t", "insert", "t.created")])
+    listener = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+    await listener.execute("LISTEN outbox_events")
+    notes = 0
+    stop = asyncio.Event()
+
+    async def count_notes() -> None:
+        nonlocal notes
+        while not stop.is_set():
+            async for _ in listener.notifies(timeout=0.2):
+                notes += 1
+
+    n = 1500
+    async with running_relay(relay_settings(db_url, poll_interval=30.0)) as (_relay, rec):
+        counter = asyncio.create_task(count_notes())
+
+        def write() -> None:
+            with psycopg.connect(db_url, autocommit=True) as w:
+                for i in range(n):
+                    w.execute("INSERT INTO t (v) VALUES (%s)", (i,))
+
+        writers = [threading.Thread(target=write) for _ in range(2)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            await asyncio.to_thread(t.join, 60)
+        await wait_for(lambda: len(rec.events) >= 2 * n, timeout=30, what="every event")
+        stop.set()
+        await asyncio.wait_for(counter, timeout=5)
+    await listener.close()
+    assert len(rec.events) == 2 * n
+    assert len({e.id for e in rec.events}) == 2 * n
+    # At rest every commit would ring; busy, most do not.
+    assert notes < n, f"{notes} notifications for {2 * n} commits"
