@@ -231,6 +231,7 @@ def _link_host(host: str) -> str:
 
 async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
     from api.app import create_app
+    from api.ws import uvicorn_ws_options
     from outbox.db import connect
     from outbox.demo import (
         FLAKY_WEBHOOK,
@@ -289,9 +290,7 @@ async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     recv_server = _uvicorn_server(receiver.app, recv_sock)
-    app_server = _uvicorn_server(
-        create_app(settings), app_sock, ws_per_message_deflate=settings.ws_per_message_deflate
-    )
+    app_server = _uvicorn_server(create_app(settings), app_sock, **uvicorn_ws_options(settings))
 
     def on_signal() -> None:
         if stop.is_set():  # a second Ctrl-C: do not wait for anything

@@ -245,6 +245,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import GRACE, create_app
+    from api.ws import uvicorn_ws_options
     from outbox.config import Settings
 
     env = environment(args, os.environ)
@@ -269,10 +270,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=log_config(level),
         log_level=level,
         access_log=not args.no_access_log,
-        ws_per_message_deflate=settings.ws_per_message_deflate,
-        ws_max_size=settings.ws_max_message,
         timeout_graceful_shutdown=int(GRACE),
         server_header=False,
+        **uvicorn_ws_options(settings),
     )
     server = uvicorn.Server(config)
     servers.append(server)

@@ -127,6 +127,7 @@ async def serve_app(
     import uvicorn
 
     from api.app import create_app
+    from api.ws import uvicorn_ws_options
 
     port = free_port()
     settings = dataclasses.replace(settings, host="127.0.0.1", port=port)
@@ -137,7 +138,7 @@ async def serve_app(
         port=port,
         log_level="warning",
         lifespan="on",
-        ws_per_message_deflate=settings.ws_per_message_deflate,
+        **uvicorn_ws_options(settings),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="uvicorn-test")
