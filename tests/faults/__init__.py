@@ -1,0 +1,1 @@
+"""Fault injection: the whole system under one oracle (see harness.py)."""
