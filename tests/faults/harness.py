@@ -304,11 +304,12 @@ async def judge(
             for eid, h in client.bodies.items()
             if eid in bodies and bodies[eid] != h
         ]
-        missing += [
-            f"ws client {client.name} has not seen event {eid}"
-            for eid in ledger.committed
-            if eid not in seen
-        ]
+        lost = sorted(eid for eid in ledger.committed if eid not in seen)
+        if lost:
+            missing.append(
+                f"ws client {client.name} has not seen {len(lost)} events ({lost[:5]}...); "
+                f"connects={client.connects} closes={client.closes[-5:]}"
+            )
         violations += [
             f"ws client {client.name} got rolled-back event {eid}"
             for eid in ledger.rolled_back

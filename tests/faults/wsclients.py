@@ -26,13 +26,13 @@ class ResumingClient:
     name: str
     urls: list[str]  # ws://host:port/ws of the servers it may use, tried in turn
     token: str = TOKEN
-    drop_every: int | None = None  # hang up after this many events, then resume
+    drop_every: int | None = None  # hang up after this many events (at a batch end), resume
     cursor: str | None = None
     seen: set[int] = field(default_factory=set)
     bodies: dict[int, int] = field(default_factory=dict)  # id -> hash of the sorted payload
     bad: list[str] = field(default_factory=list)
     connects: int = 0
-    closes: list[int | None] = field(default_factory=list)
+    closes: list[int | str | None] = field(default_factory=list)  # close codes, or errors
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
@@ -55,8 +55,8 @@ class ResumingClient:
                 ) as ws:
                     await self._read(ws)
                     self.closes.append(ws.close_code)
-            except (OSError, WebSocketException, TimeoutError):
-                self.closes.append(None)
+            except (OSError, WebSocketException, TimeoutError) as exc:
+                self.closes.append(type(exc).__name__)
             if not self._stop.is_set():
                 # Reconnect pacing, as a real client would; not synchronization.
                 with contextlib.suppress(TimeoutError):
@@ -95,10 +95,14 @@ class ResumingClient:
                 if self.bodies.setdefault(eid, body) != body:
                     self.bad.append(f"{self.name}: event {eid} repeated with another payload")
                 self.seen.add(eid)
+                advanced = msg["cursor"] != self.cursor
                 self.cursor = msg["cursor"]
                 got += 1
-                if self.drop_every and got >= self.drop_every:
-                    return  # hang up; the next connection resumes from the cursor
+                if self.drop_every and got >= self.drop_every and advanced:
+                    # Hang up where the cursor moved: within a batch every event
+                    # carries the batch's start cursor, so a client that always
+                    # left mid-batch would be sent that batch again forever.
+                    return
         finally:
             stopper.cancel()
 
