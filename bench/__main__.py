@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import signal
@@ -85,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample every `outbox serve` with py-spy into DIR/<scenario>.txt (collapsed "
         "stacks; summarise with python -m bench.hotspots). Costs CPU: not for reported runs",
     )
+    p.add_argument(
+        "--logs",
+        metavar="DIR",
+        help="keep the logs of every server and helper process (and the pgbench scripts) "
+        "in DIR instead of a temporary folder",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -143,8 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if profile_dir.exists() and not profile_dir.is_dir():
             parser.error(f"--profile: {str(profile_dir)!r} exists and is not a directory")
         profile_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        ctx = Context(admin_url, args.smoke, Path(tmp), args.repeats, args.quiet, profile_dir)
+    with contextlib.ExitStack() as stack:
+        if args.logs:
+            workdir = Path(args.logs).resolve()
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        ctx = Context(admin_url, args.smoke, workdir, args.repeats, args.quiet, profile_dir)
         started = time.monotonic()
         try:
             results = asyncio.run(_run_all(ctx, keys))

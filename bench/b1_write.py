@@ -1,14 +1,19 @@
 """B1 write cost: what capture adds to the writer's INSERTs.
 
 Three identical tables, written by ``pgbench`` (a C client, so the load
-generator does not eat the CPU being measured):
+generator does not eat the CPU being measured), in four variants:
 
 - ``bare``: no trigger;
-- ``tracked``: ``outbox track`` as users run it (the trigger writes the
-  outbox row and rings the NOTIFY wake-up);
-- ``quiet``: the same capture trigger with the ``pg_notify`` call removed
-  (built here from the tracked trigger's own source), i.e. the cost of the
-  outbox row alone, with the wake-up off.
+- ``tracked``: ``outbox track`` as users run it, with the relay awake (the
+  state of a relay while events flow): the trigger writes the outbox row and
+  probes the doorbell lock (sql/003_doorbell.sql); the probe succeeds, so no
+  NOTIFY;
+- ``ringing``: the same table while a relay sleeps (a connection here holds
+  the doorbell lock exclusively, as relay/doorbell.py does before it waits):
+  every commit NOTIFYs. The worst case of the wake-up;
+- ``quiet``: the same capture trigger with the whole wake-up (probe and
+  NOTIFY) removed, built here from the tracked trigger's own source: the
+  cost of the outbox row alone, with the wake-up off.
 
 Shapes: single-row INSERT transactions and 100-row ``INSERT ... SELECT``
 statements, at 1, 4 and 16 concurrent writers. Variants are interleaved
@@ -16,7 +21,8 @@ statements, at 1, 4 and 16 concurrent writers. Variants are interleaved
 truncated and checkpointed before every run, so no run inherits another's
 bloat or a checkpoint. A LISTEN connection drains the notifications during
 every run, as a relay would: notifications nobody reads pile up in the
-queue and cost more than read ones.
+queue and cost more than read ones. No relay runs: its reads would take CPU
+from the writers, which is B2-B5's business.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from bench.pgbench import pgbench
 from bench.report import Metric, ScenarioResult, Target, ratio_metric
 from bench.stats import Spread
 
-VARIANTS = ("bare", "tracked", "quiet")
+VARIANTS = ("bare", "tracked", "ringing", "quiet")
+TABLES = {"bare": "b1_bare", "tracked": "b1_tracked", "ringing": "b1_tracked", "quiet": "b1_quiet"}
 SHAPES = {"1-row": 1, "100-row": 100}
 EVENT_TYPE = "bench.row_created"
 
@@ -72,11 +79,7 @@ class Params:
 def params(ctx: Context) -> Params:
     if ctx.smoke:
         return Params(writers=(2,), seconds=0, transactions=10, repeats=1)
-    return Params(writers=(1, 4, 16), seconds=4, transactions=0, repeats=ctx.reps(3))
-
-
-def table_name(variant: str) -> str:
-    return f"b1_{variant}"
+    return Params(writers=(1, 4, 16), seconds=3, transactions=0, repeats=ctx.reps(3))
 
 
 def setup(url: str) -> None:
@@ -84,11 +87,11 @@ def setup(url: str) -> None:
     from outbox.capture import Rule, track
 
     with psycopg.connect(url, autocommit=True) as conn:
-        for v in VARIANTS:
-            conn.execute(sql.SQL(TABLE_DDL).format(t=sql.Identifier(table_name(v))))
+        for t in sorted(set(TABLES.values())):
+            conn.execute(sql.SQL(TABLE_DDL).format(t=sql.Identifier(t)))
         for v in ("tracked", "quiet"):
-            track(conn, [Rule(table=table_name(v), operation="insert", event_type=EVENT_TYPE)])
-        silence_wakeup(conn, table_name("quiet"))
+            track(conn, [Rule(table=TABLES[v], operation="insert", event_type=EVENT_TYPE)])
+        silence_wakeup(conn, TABLES["quiet"])
 
 
 def silence_wakeup(conn: psycopg.Connection[Any], table: str) -> None:
@@ -126,7 +129,7 @@ def silence_wakeup(conn: psycopg.Connection[Any], table: str) -> None:
 def reset(url: str, checkpoint: bool) -> None:
     """Empty tables and outbox, then checkpoint: every run starts equal."""
     with psycopg.connect(url, autocommit=True) as conn:
-        names = [sql.Identifier(table_name(v)) for v in VARIANTS]
+        names = [sql.Identifier(t) for t in sorted(set(TABLES.values()))]
         conn.execute(
             sql.SQL("TRUNCATE {}, outbox.events RESTART IDENTITY").format(sql.SQL(", ").join(names))
         )
@@ -135,10 +138,16 @@ def reset(url: str, checkpoint: bool) -> None:
 
 
 class Listener:
-    """A LISTEN connection draining the wake-ups in a thread, as a relay would."""
+    """A LISTEN connection draining the wake-ups in a thread, as a relay would.
 
-    def __init__(self, url: str) -> None:
+    With ``asleep``, it first takes the doorbell lock exclusively, as a relay
+    does before it waits for a notification: from then on every writer's
+    probe fails and its commit NOTIFYs.
+    """
+
+    def __init__(self, url: str, *, asleep: bool) -> None:
         self.url = url
+        self.asleep = asleep
         self.count = 0
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -149,8 +158,14 @@ class Listener:
         try:
             with psycopg.connect(self.url, autocommit=True) as conn:
                 conn.execute("LISTEN outbox_events")
+                if self.asleep:
+                    conn.execute("SELECT pg_advisory_lock(outbox.doorbell_key())")
                 self._ready.set()
-                while not self._stop.is_set():
+                # One more round after stop: the last commits' notifications
+                # may still be on their way when pgbench returns.
+                last = False
+                while not last:
+                    last = self._stop.is_set()
                     for _ in conn.notifies(timeout=0.2):
                         self.count += 1
         except BaseException as exc:  # reported by stop()
@@ -172,16 +187,19 @@ class Listener:
 
 async def run(ctx: Context) -> ScenarioResult:
     p = params(ctx)
-    result = ScenarioResult("b1", "write cost: bare vs tracked vs tracked with wake-up off")
+    result = ScenarioResult(
+        "b1", "write cost: bare vs tracked (relay awake, asleep) vs wake-up off"
+    )
     result.params = asdict(p) | {"variants": VARIANTS, "client": "pgbench -M prepared"}
     scripts: dict[tuple[str, str], Path] = {}
     for shape, rows in SHAPES.items():
         for v in VARIANTS:
             path = ctx.workdir / f"b1_{shape}_{v}.sql"
-            path.write_text(SCRIPTS[rows].format(t=table_name(v)))
+            path.write_text(SCRIPTS[rows].format(t=TABLES[v]))
             scripts[(shape, v)] = path
     # tps[(shape, writers, variant)] = one value per repetition
     tps: dict[tuple[str, int, str], list[float]] = {}
+    notified: dict[tuple[str, int, str], list[int]] = {}
     with bench_database(ctx.admin_url, "b1") as url:
         await asyncio.to_thread(setup, url)
         for rep in range(p.repeats):
@@ -189,7 +207,7 @@ async def run(ctx: Context) -> ScenarioResult:
                 for writers in p.writers:
                     for v in interleaved(VARIANTS, rep):
                         await asyncio.to_thread(reset, url, not ctx.smoke)
-                        with Listener(url):
+                        with Listener(url, asleep=v == "ringing") as listener:
                             r = await pgbench(
                                 url,
                                 scripts[(shape, v)],
@@ -201,11 +219,13 @@ async def run(ctx: Context) -> ScenarioResult:
                         if r["failed"]:
                             raise RuntimeError(f"pgbench: {r['failed']:.0f} failed transactions")
                         tps.setdefault((shape, writers, v), []).append(r["tps"])
+                        notified.setdefault((shape, writers, v), []).append(listener.count)
                         ctx.log(f"b1 rep {rep + 1} {shape} x{writers} {v}: {r['tps']:.0f} tx/s")
     for shape, rows in SHAPES.items():
         for writers in p.writers:
             bare = tps[(shape, writers, "bare")]
             tracked = tps[(shape, writers, "tracked")]
+            ringing = tps[(shape, writers, "ringing")]
             quiet = tps[(shape, writers, "quiet")]
             label = f"{shape} INSERT, {writers} writer{'s' if writers > 1 else ''}"
             unit = "tx/s" if rows == 1 else "stmt/s"
@@ -215,8 +235,18 @@ async def run(ctx: Context) -> ScenarioResult:
             result.metrics.append(
                 ratio_metric(f"{label}: tracked/bare", tracked, bare, TARGETS.get((shape, writers)))
             )
+            result.metrics.append(ratio_metric(f"{label}: ringing/bare", ringing, bare))
             result.metrics.append(ratio_metric(f"{label}: wake-up off/bare", quiet, bare))
     result.raw = {
-        "tps": [{"shape": s, "writers": w, "variant": v, "runs": x} for (s, w, v), x in tps.items()]
+        "tps": [
+            {
+                "shape": s,
+                "writers": w,
+                "variant": v,
+                "runs": x,
+                "notifications": notified[(s, w, v)],
+            }
+            for (s, w, v), x in tps.items()
+        ]
     }
     return result

@@ -11,13 +11,14 @@ once their lease runs out (2 s here), with the same id and body.
 from __future__ import annotations
 
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from tests.conftest import wait_for
-from tests.faults.harness import Hook, Ledger, Writer, add_hook, settle, writing
+from tests.faults.harness import Hook, Ledger, Verdict, Writer, add_hook, settle, writing
 from tests.faults.wsclients import ResumingClient, connected, running_clients
 from tests.relay_support import ServeProcess, serve_processes
 from tests.webhook_receiver import Action, Hang, Receiver, Reply, Request, running
@@ -55,9 +56,14 @@ async def two_hooks(aconn: psycopg.AsyncConnection[Any], a: Receiver, b: Receive
     return [await add_hook(aconn, a, ("fault.*",)), await add_hook(aconn, b, ("fault.b",))]
 
 
-async def test_kill_9_of_the_only_process_mid_delivery(
-    db_url: str, aconn: psycopg.AsyncConnection[Any], tmp_path: Path
-) -> None:
+async def replace_mid_delivery(
+    db_url: str,
+    aconn: psycopg.AsyncConnection[Any],
+    tmp_path: Path,
+    strike: Callable[[ServeProcess], Awaitable[None]],
+) -> tuple[Verdict, list[ResumingClient], ServeProcess]:
+    """One process serves writers, receivers and clients; ``strike`` ends it
+    with requests in flight, a second process takes over, the oracle judges."""
     ledger = Ledger()
     async with running(holding(60)) as rx, running() as rx2:
         hooks = await two_hooks(aconn, rx, rx2)
@@ -72,13 +78,23 @@ async def test_kill_9_of_the_only_process_mid_delivery(
                 writer = Writer(db_url, ledger, total=800, rate=250)
                 async with writing(writer):
                     await wait_for(lambda: len(rx.requests) >= 60 + HELD, timeout=30)
-                    first.kill()
+                    await strike(first)
                     rx.release.set()
                     second = serve(db_url, tmp_path, "second")
                     procs.append(second)
                     urls[:] = [ws_url(second)]
                     await second.wait_ready()
                 verdict = await settle(db_url, ledger, hooks, clients, timeout=40)
+    return verdict, clients, first
+
+
+async def test_kill_9_of_the_only_process_mid_delivery(
+    db_url: str, aconn: psycopg.AsyncConnection[Any], tmp_path: Path
+) -> None:
+    async def kill(p: ServeProcess) -> None:
+        p.kill()
+
+    verdict, clients, _ = await replace_mid_delivery(db_url, aconn, tmp_path, kill)
     assert verdict.delivered == verdict.pairs, verdict.summary()
     assert verdict.repeated >= HELD, verdict.summary()  # the held ones, sent again
     assert all(c.connects >= 2 for c in clients)
@@ -116,28 +132,11 @@ async def test_kill_9_of_one_of_two_processes_mid_delivery(
 async def test_sigterm_mid_delivery_exits_cleanly_and_loses_nothing(
     db_url: str, aconn: psycopg.AsyncConnection[Any], tmp_path: Path
 ) -> None:
-    ledger = Ledger()
-    async with running(holding(60)) as rx, running() as rx2:
-        hooks = await two_hooks(aconn, rx, rx2)
-        with serve_processes() as procs:
-            first = serve(db_url, tmp_path, "first")
-            procs.append(first)
-            await first.wait_ready()
-            urls = [ws_url(first)]
-            clients = [ResumingClient(f"c{i}", urls) for i in range(2)]
-            async with running_clients(clients):
-                await wait_for(lambda: connected(clients), what="ws connected")
-                writer = Writer(db_url, ledger, total=800, rate=250)
-                async with writing(writer):
-                    await wait_for(lambda: len(rx.requests) >= 60 + HELD, timeout=30)
-                    first.signal(signal.SIGTERM)
-                    assert await first.wait(timeout=20) == 0, first.log()
-                    rx.release.set()
-                    second = serve(db_url, tmp_path, "second")
-                    procs.append(second)
-                    urls[:] = [ws_url(second)]
-                    await second.wait_ready()
-                verdict = await settle(db_url, ledger, hooks, clients, timeout=40)
+    async def terminate(p: ServeProcess) -> None:
+        p.signal(signal.SIGTERM)
+        assert await p.wait(timeout=20) == 0, p.log()
+
+    verdict, clients, first = await replace_mid_delivery(db_url, aconn, tmp_path, terminate)
     assert "Traceback" not in first.log(), first.log()
     assert verdict.delivered == verdict.pairs, verdict.summary()
     # Clients saw a close (1001/1012) or a dropped socket, and resumed elsewhere.
