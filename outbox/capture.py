@@ -55,16 +55,9 @@ class Rule:
 
 
 @dataclass(frozen=True)
-class TrackedRule:
-    """A rule as stored in ``outbox.capture_rules``."""
+class TrackedRule(Rule):
+    """A rule as stored in ``outbox.capture_rules`` (``table`` schema-qualified)."""
 
-    table: str
-    operation: str
-    event_type: str
-    of: tuple[str, ...] = ()
-    when: str | None = None
-    columns: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
     trigger_name: str = ""
     function_name: str = ""
     changed: bool = field(default=False, compare=False)

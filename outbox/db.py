@@ -33,19 +33,3 @@ def connect(url: str, *, autocommit: bool = False, connect_timeout: int = 5) -> 
     except psycopg.ProgrammingError as exc:
         raise DatabaseUnavailable(f"invalid OUTBOX_DATABASE_URL: {exc}") from exc
 
-
-async def aconnect(
-    url: str, *, autocommit: bool = False, connect_timeout: int = 5
-) -> psycopg.AsyncConnection:
-    """Open an async connection or raise :class:`DatabaseUnavailable`."""
-    try:
-        return await psycopg.AsyncConnection.connect(
-            url, autocommit=autocommit, connect_timeout=connect_timeout
-        )
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {_describe(url)}: {str(exc).strip().splitlines()[0]} "
-            "(set OUTBOX_DATABASE_URL)"
-        ) from exc
-    except psycopg.ProgrammingError as exc:
-        raise DatabaseUnavailable(f"invalid OUTBOX_DATABASE_URL: {exc}") from exc
