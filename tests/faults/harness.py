@@ -47,7 +47,7 @@ class Ledger:
     """
 
     committed: dict[int, tuple[str, Any]] = field(default_factory=dict)
-    commit_times: dict[int, float] = field(default_factory=dict)  # time.time() after COMMIT
+    commit_times: dict[int, float] = field(default_factory=dict)  # monotonic, after COMMIT
     rolled_back: set[int] = field(default_factory=set)
     in_doubt: dict[int, tuple[str, Any]] = field(default_factory=dict)
     transactions: int = 0
@@ -138,7 +138,7 @@ class Writer:
         except psycopg.OperationalError:
             self.ledger.in_doubt.update(events)
             raise
-        now = time.time()
+        now = time.monotonic()
         self.ledger.committed.update(events)
         for eid in events:
             self.ledger.commit_times[eid] = now
