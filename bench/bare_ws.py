@@ -1,7 +1,10 @@
 """B3's baseline: a bare Starlette WebSocket endpoint broadcasting pre-encoded frames.
 
-Run as ``python -m bench.bare_ws --port P``; uvicorn gets the same WebSocket
-settings as ``outbox serve`` in the bench (no permessage-deflate, pings off).
+Run as ``python -m bench.bare_ws --port P``; uvicorn runs exactly as under
+``outbox serve``: ``uvicorn.Server.serve()`` on a plain ``asyncio.run`` loop
+(not uvloop), the same protocol implementations (auto: httptools,
+websockets-sansio) and the same WebSocket settings as in the bench (no
+permessage-deflate, pings off).
 ``POST /broadcast {"n": N, "marker": M}`` encodes N frames shaped like the
 relay's (same payload, same envelope) once, then one task per client sends
 them all with ``send_text``: no database, no queues, no filters. That is the
@@ -90,16 +93,18 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.bare_ws", description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, required=True)
     args = p.parse_args()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=args.port,
         log_level="warning",
+        access_log=False,
         lifespan="off",
         ws_per_message_deflate=False,
         ws_ping_interval=600.0,
         ws_ping_timeout=600.0,
     )
+    asyncio.run(uvicorn.Server(config).serve())
 
 
 if __name__ == "__main__":
