@@ -161,9 +161,11 @@ class Writer:
 async def writing(writer: Writer) -> AsyncIterator[asyncio.Task[None]]:
     """Run ``writer`` as a task; on exit wait for it (it is bounded) and re-raise."""
     task = asyncio.create_task(writer.run(), name="fault-writer")
+    # Bounded: the paced duration (a soak writes for minutes) plus slack.
+    limit = (writer.total / writer.rate if writer.rate else 0.0) + 120.0
     try:
         yield task
-        await asyncio.wait_for(task, timeout=120)
+        await asyncio.wait_for(task, timeout=limit)
     finally:
         if not task.done():
             task.cancel()
