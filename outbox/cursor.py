@@ -20,6 +20,15 @@ _VERSION = "1"
 _MAX_PENDING = 100_000
 
 
+def encode_parts(after: int, xmax: int, pending_csv: str) -> str:
+    """Encode a cursor from its parts; ``pending_csv`` is the sorted xids, comma-separated.
+
+    For callers that build many cursors sharing one pending list.
+    """
+    raw = f"{_VERSION}:{after}:{xmax}:{pending_csv}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
 @dataclass(frozen=True, slots=True)
 class Cursor:
     after: int
@@ -27,8 +36,7 @@ class Cursor:
     pending: tuple[int, ...] = ()
 
     def encode(self) -> str:
-        raw = f"{_VERSION}:{self.after}:{self.xmax}:{','.join(map(str, self.pending))}"
-        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        return encode_parts(self.after, self.xmax, ",".join(map(str, self.pending)))
 
     @classmethod
     def decode(cls, text: str) -> Cursor:

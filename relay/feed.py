@@ -42,14 +42,25 @@ from typing import Any
 
 import psycopg
 
-from outbox.cursor import Cursor
+from outbox.cursor import Cursor, encode_parts
 from outbox.sqlfiles import query
 
 
 class Event:
     """One committed event. JSON is rendered once and shared by all consumers."""
 
-    __slots__ = ("_frame", "_payload", "created_at", "cursor", "id", "payload_json", "type", "xid")
+    __slots__ = (
+        "_cursor",
+        "_cursors",
+        "_frame",
+        "_payload",
+        "_pos",
+        "created_at",
+        "id",
+        "payload_json",
+        "type",
+        "xid",
+    )
 
     def __init__(
         self,
@@ -65,9 +76,20 @@ class Event:
         self.type = type
         self.payload_json = payload_json
         self.created_at = created_at
-        self.cursor = cursor
+        self._cursor = cursor
+        self._cursors: _TxnCursors | None = None
+        self._pos = 0
         self._payload: Any = _UNSET
         self._frame: str | None = None
+
+    @property
+    def cursor(self) -> str:
+        """Where to resume after processing this event: no gap, and repeats
+        at most this event's own transaction (see :class:`_TxnCursors`)."""
+        if self._cursors is not None:
+            self._cursor = self._cursors.get(self._pos)
+            self._cursors = None
+        return self._cursor
 
     @property
     def timestamp(self) -> str:
@@ -222,14 +244,91 @@ def _order(rows: list[Row], start: Cursor, end: Cursor) -> list[Event]:
     if not rows:
         return []
     top: dict[int, int] = {}
+    low: dict[int, int] = {}
     for r in rows:
         if r[1] > top.get(r[2], -1):
             top[r[2]] = r[1]
+        if r[1] < low.get(r[2], r[1] + 1):
+            low[r[2]] = r[1]
     rows.sort(key=lambda r: (top[r[2]], r[1]))
-    start_s = start.encode()
-    events = [Event(r[1], r[2], r[3], r[4], r[5], start_s) for r in rows]
-    events[-1].cursor = end.encode()
+    txns = [
+        (r[2], low[r[2]], top[r[2]])
+        for i, r in enumerate(rows)
+        if i + 1 == len(rows) or rows[i + 1][2] != r[2]
+    ]
+    cursors = _TxnCursors(txns, start, end)
+    events = [Event(r[1], r[2], r[3], r[4], r[5]) for r in rows]
+    j = 0  # index of the transaction the current event belongs to
+    for i, e in enumerate(events):
+        last_of_txn = i + 1 == len(events) or events[i + 1].xid != e.xid
+        e._cursors, e._pos = cursors, (j if last_of_txn else j - 1)
+        if last_of_txn:
+            j += 1
     return events
+
+
+class _TxnCursors:
+    """The resume cursor after each transaction of a batch, built on first use.
+
+    After transaction ``j`` (in emit order) the cursor is ``(after_j, xmax,
+    pending_j)``: ``after_j`` the largest id emitted so far (or the start's),
+    ``xmax`` the read snapshot's, and ``pending_j`` the snapshot's xip, the
+    transactions held back, and every transaction of this batch not yet
+    emitted that has a row at or below ``after_j``. Every row at or below
+    ``after_j`` is then emitted, or owned by a transaction the cursor names
+    (see the module docstring), so resuming from it repeats at most the
+    transaction being processed. An event in the middle of a transaction
+    carries the cursor from before that transaction. (A transaction too big
+    for one page is emitted across batches; resuming from a cursor taken
+    while it is pending re-sends its earlier part too.)
+    """
+
+    __slots__ = ("_end", "_start", "_txns", "_values")
+
+    def __init__(self, txns: list[tuple[int, int, int]], start: Cursor, end: Cursor) -> None:
+        self._txns = txns  # (xid, smallest id, largest id) in emit order
+        self._start = start
+        self._end = end
+        self._values: list[str] | None = None
+
+    def get(self, pos: int) -> str:
+        if pos < 0:
+            return self._start.encode()
+        if self._values is None:
+            self._values = self._build()
+        return self._values[pos]
+
+    def _build(self) -> list[str]:
+        txns, end = self._txns, self._end
+        base = set(end.pending)  # snapshot xip and held-back transactions
+        by_low = sorted(range(len(txns)), key=lambda k: txns[k][1])
+        after = self._start.after
+        waiting: set[int] = set()  # not yet emitted, with a row <= after
+        done: set[int] = set()
+        values: list[str] = []
+        ptr = 0
+        csv = ",".join(map(str, sorted(base)))
+        changed = False
+        for j, (xid, _low, high) in enumerate(txns):
+            done.add(xid)
+            if xid in waiting:
+                waiting.discard(xid)
+                changed = True
+            after = max(after, high)
+            while ptr < len(by_low) and txns[by_low[ptr]][1] <= after:
+                other = txns[by_low[ptr]][0]
+                if other not in done:
+                    waiting.add(other)
+                    changed = True
+                ptr += 1
+            if j + 1 == len(txns):
+                values.append(end.encode())
+                continue
+            if changed:  # most transactions leave the pending list as it was
+                csv = ",".join(map(str, sorted(base | waiting)))
+                changed = False
+            values.append(encode_parts(after, end.xmax, csv))
+        return values
 
 
 async def head(conn: psycopg.AsyncConnection[Any]) -> Cursor:

@@ -247,3 +247,42 @@ def test_soak_emitted_equals_committed(db_url: str, conn: psycopg.Connection[Any
         row, n = e.payload["row"], e.payload["n"]
         assert n >= last.get(row, 0), f"row {row}: n={n} emitted after {last[row]}"
         last[row] = n
+
+
+async def test_per_event_cursor_repeats_at_most_its_own_transaction(
+    db_url: str, aconn: psycopg.AsyncConnection[Any]
+) -> None:
+    """Interleaved multi-event transactions and a late commit: resuming from
+    any event's cursor never skips a later event and never repeats an
+    earlier transaction; from the last event of a transaction, not even it.
+    (A transaction too large for one page is split across batches; resuming
+    inside it may repeat its earlier part: see relay/feed.py.)"""
+    start = await head(aconn)
+    late = await psycopg.AsyncConnection.connect(db_url)
+    t1 = await psycopg.AsyncConnection.connect(db_url)
+    t2 = await psycopg.AsyncConnection.connect(db_url)
+    try:
+        await late.execute("SELECT outbox.publish('t.late', '{}')")  # smallest id, commits last
+        for _ in range(3):
+            await t1.execute("SELECT outbox.publish('t.one', '{}')")
+            await t2.execute("SELECT outbox.publish('t.two', '{}')")
+            await aconn.execute("SELECT outbox.publish('t.solo', '{}')")
+        await t2.commit()
+        await t1.commit()
+        first, cursor = await drain(aconn, start, limit=50)
+        await late.commit()
+        second, _ = await drain(aconn, cursor, limit=50)
+        got = first + second
+        assert [e.type for e in got].count("t.late") == 1
+        for k, ev in enumerate(got):
+            rest, _ = await drain(aconn, Cursor.decode(ev.cursor), limit=50)
+            rest_ids = {e.id for e in rest}
+            assert {e.id for e in got[k + 1 :]} <= rest_ids, f"gap after event {k}"
+            earlier_txns = {e.id for e in got[:k] if e.xid != ev.xid}
+            assert not (earlier_txns & rest_ids), f"event {k} repeats an earlier transaction"
+            last_of_txn = k + 1 == len(got) or got[k + 1].xid != ev.xid
+            if last_of_txn:
+                assert ev.id not in rest_ids
+    finally:
+        for c in (late, t1, t2):
+            await c.close()
