@@ -56,6 +56,11 @@ LAG_INTERVAL = 5.0
 # asleep only after the feed has been quiet for QUIET_BEFORE_SLEEP.
 BUSY_POLL = 0.002
 QUIET_BEFORE_SLEEP = 0.1
+# Falling asleep waits for writers in flight. A writer that stays open (its
+# events written, its commit far off) must not hold back others that
+# committed meanwhile without ringing (they took the shared lock before we
+# queued): give up the wait this often, read, and try again.
+MAX_SLEEP_WAIT = 0.05
 
 
 class BatchSink(Protocol):
@@ -271,7 +276,9 @@ class Relay:
             await nap(self._feed_wake, self.settings.poll_interval)
             await bell.wake()
             return
-        outcome = await bell.fall_asleep(self._feed_wake, self.settings.poll_interval)
+        outcome = await bell.fall_asleep(
+            self._feed_wake, min(self.settings.poll_interval, MAX_SLEEP_WAIT)
+        )
         if outcome == "failed":
             # No doorbell connection: plain polling (the listener still
             # hears any bell that does ring).

@@ -26,7 +26,7 @@ async def test_each_sleeping_relay_hears_the_next_commit(
             began = time.monotonic()
             conn.execute("SELECT outbox.publish('t.ring', %s::jsonb)", (f'{{"i": {i}}}',))
             await wait_for(
-                lambda: len(rec1.events) > i and len(rec2.events) > i,
+                lambda i=i: len(rec1.events) > i and len(rec2.events) > i,
                 timeout=5,
                 what="both relays woken",
             )
@@ -38,6 +38,7 @@ def _asleep(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
         " AND ((classid::bigint << 32) | objid::bigint) = outbox.doorbell_key()"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -85,3 +86,43 @@ async def test_busy_relay_spares_writers_the_notify(
     assert len({e.id for e in rec.events}) == 2 * n
     # At rest every commit would ring; busy, most do not.
     assert notes < n, f"{notes} notifications for {2 * n} commits"
+
+
+async def test_an_open_writer_does_not_hold_back_others_that_did_not_ring(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """Writer A keeps its event open; writer B took the shared lock before the
+    relay queued for the exclusive one, so B's commit rings nobody. The relay
+    must still deliver B long before its poll timer (it gives up waiting
+    behind A every MAX_SLEEP_WAIT and reads)."""
+    a = await psycopg.AsyncConnection.connect(db_url)
+    b = await psycopg.AsyncConnection.connect(db_url)
+    try:
+        async with running_relay(relay_settings(db_url, poll_interval=30.0)) as (_relay, rec):
+            await wait_for(lambda: _asleep(conn) >= 1, timeout=10, what="relay asleep")
+            # Wake it up, then let both writers take the shared lock while it reads.
+            conn.execute("SELECT outbox.publish('t.wake', '{}')")
+            await wait_for(lambda: len(rec.events) == 1, timeout=5, what="wake event")
+            await a.execute("SELECT outbox.publish('t.a', '{}')")
+            await b.execute("SELECT outbox.publish('t.b', '{}')")
+            await wait_for(lambda: _waiting(conn) >= 1, timeout=10, what="relay queued")
+            began = time.monotonic()
+            await b.commit()
+            await wait_for(lambda: len(rec.events) == 2, timeout=5, what="B")
+            assert time.monotonic() - began < 2.0
+            assert rec.events[-1].type == "t.b"
+            await a.commit()
+            await wait_for(lambda: len(rec.events) == 3, timeout=5, what="A")
+    finally:
+        await a.close()
+        await b.close()
+
+
+def _waiting(conn: psycopg.Connection[Any]) -> int:
+    """Relays queued (not yet granted) for the doorbell lock."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
+        " AND NOT granted AND database = (SELECT oid FROM pg_database"
+        " WHERE datname = current_database())"
+    ).fetchone()
+    return int(row[0]) if row else 0
