@@ -53,8 +53,8 @@ async def health(request: Request) -> PlainTextResponse:
 
 async def ws_endpoint(ws: WebSocket) -> None:
     await ws.accept()
+    clients.add(ws)  # first, as /ws registers before its first message
     await ws.send_text(CONNECTED)
-    clients.add(ws)
     try:
         while True:
             await ws.receive_text()

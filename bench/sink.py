@@ -11,9 +11,10 @@ the server under test, which is the point of having them (B2's background
 clients, B3's fan-out counts, B5's drain). The sinks never answer pings:
 the bench servers run with keepalive pings off.
 
-stdout: ``ready`` once all clients are upgraded, then ``done`` with one
-record per client, when every client has its marker, has been closed, or the
-``--timeout`` has passed. stdin: ``{"cmd": "stop"}`` ends early with ``done``.
+stdout: ``ready`` once every client has its first message (``/ws`` sends
+``connection`` after registering the client with the hub), then ``done``
+with one record per client, when every client has its marker, has been
+closed, or the ``--timeout`` has passed. stdin: ``{"cmd": "stop"}`` ends early with ``done``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class SinkClient(asyncio.Protocol):
         self.expect = expect  # messages (after the connection message) that also mean done
         self.done = done
         self.remaining = remaining
-        self.upgraded = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.upgraded: asyncio.Future[None] = loop.create_future()
+        # The server's first message: /ws sends it after registering the
+        # client with the hub, so from then on no live event can pass it by.
+        self.greeted: asyncio.Future[None] = loop.create_future()
         self.head = b""
         self.tail = b""
         self.nbytes = 0
@@ -82,10 +87,13 @@ class SinkClient(asyncio.Protocol):
             self.marker_ns = time.monotonic_ns()
             self._finish()
         self.tail = window[-self._keep :]
+        if self.messages and not self.greeted.done():
+            self.greeted.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.upgraded.done():
-            self.upgraded.set_exception(ConnectionError("closed during upgrade"))
+        for f in (self.upgraded, self.greeted):
+            if not f.done():
+                f.set_exception(ConnectionError("closed before the first message"))
         if not self.marker_ns and not self.closed_early:
             self.closed_early = True
             self._finish()
@@ -122,6 +130,7 @@ async def connect(url: str, client: SinkClient) -> None:
     )
     client.transport.write(request.encode())
     await asyncio.wait_for(client.upgraded, 30)
+    await asyncio.wait_for(client.greeted, 30)
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,11 @@ from tests.conftest import ADMIN_URL
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("b1", "b2", "b3", "b4", "b5")
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # B1 and B2 drive the database with pgbench (PostgreSQL's client tools).
+    pytest.mark.skipif(shutil.which("pgbench") is None, reason="pgbench is not installed"),
+]
 
 
 @pytest.fixture(scope="module")
