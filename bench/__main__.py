@@ -21,7 +21,10 @@ from bench.pg import admin_url_from_env
 from bench.report import ScenarioResult, table
 
 SCENARIOS = {
-    "b1": ("bench.b1_write", "write cost: INSERT tps, bare vs tracked vs wake-up off (pgbench)"),
+    "b1": (
+        "bench.b1_write",
+        "write cost: INSERT tps, bare vs tracked (relay awake/asleep) vs wake-up off",
+    ),
     "b2": ("bench.b2_latency", "latency: commit -> WebSocket receipt, open-loop at fixed rates"),
     "b3": ("bench.b3_fanout", "fan-out: messages/s to N clients vs a bare Starlette broadcaster"),
     "b4": ("bench.b4_webhooks", "webhooks: deliveries/s vs a bare httpx loop, also 20% failing"),
@@ -32,17 +35,20 @@ EPILOG = """scenarios:
 {scenarios}
 
 Every scenario measures its baseline in the same run, interleaved with the
-product and repeated; the table shows median (min-max) over repetitions and
-each issue-8 target as met or MISSED. Each scenario uses a fresh database
-bench_<scenario>_<random> on the admin server (dropped afterwards) and starts
-`outbox serve` (and its helpers) on loopback ports as subprocesses.
+product and repeated; the table shows median (min to max) over repetitions
+and each issue-8 target as met or MISSED (a miss is a result, not an error:
+the exit status is 1 only if a scenario could not run). B1 and B2 need
+pgbench on the PATH; --profile needs py-spy (dev extra). Each scenario uses
+a fresh database bench_<scenario>_<random> on the admin server (dropped
+afterwards, also on Ctrl-C or SIGTERM) and starts `outbox serve` (and its
+helpers) on loopback ports as subprocesses.
 
 environment:
   BENCH_ADMIN_URL  superuser URL of the Postgres server to use
                    (default postgresql://postgres@127.0.0.1:5432/postgres)
 
 examples:
-  python -m bench                          # everything, ~15 minutes on 2 cores
+  python -m bench                          # everything, ~16 minutes on 2 cores
   python -m bench --scenario b1 --repeats 5
   python -m bench --smoke --json /tmp/smoke.json   # seconds; checks the harness only
 """
