@@ -32,4 +32,3 @@ def connect(url: str, *, autocommit: bool = False, connect_timeout: int = 5) -> 
         ) from exc
     except psycopg.ProgrammingError as exc:
         raise DatabaseUnavailable(f"invalid OUTBOX_DATABASE_URL: {exc}") from exc
-
