@@ -34,41 +34,39 @@ def _drop(name: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
-def template_db() -> Iterator[str]:
-    name = f"outbox_tpl_{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def _fresh_database(prefix: str, template: str | None = None) -> Iterator[str]:
+    """Create a uniquely named database (from ``template`` if given); drop it after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"{clause}')
     try:
-        with psycopg.connect(_url_for(name)) as conn:
-            migrate(conn)
         yield name
     finally:
         _drop(name)
 
 
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    with _fresh_database("outbox_tpl") as name:
+        with psycopg.connect(_url_for(name)) as conn:
+            migrate(conn)
+        yield name
+
+
 @pytest.fixture
 def empty_db_url() -> Iterator[str]:
     """A brand-new database with no outbox schema."""
-    name = f"outbox_e_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with _fresh_database("outbox_e") as name:
         yield _url_for(name)
-    finally:
-        _drop(name)
 
 
 @pytest.fixture
 def db_url(template_db: str) -> Iterator[str]:
     """A fresh, migrated database for this test."""
-    name = f"outbox_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    try:
+    with _fresh_database("outbox_t", template_db) as name:
         yield _url_for(name)
-    finally:
-        _drop(name)
 
 
 @pytest.fixture
