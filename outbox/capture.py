@@ -74,8 +74,8 @@ def _ident(name: str, limit: int = 63) -> str:
     return name[: limit - 11] + "_" + _short_hash(name)
 
 
-def _resolve_table(conn: psycopg.Connection, table: str) -> tuple[str, str, dict[str, str]]:
-    """Return (schema, name, {column: type}) or raise CaptureError naming the table."""
+def _lookup_table(conn: psycopg.Connection, table: str) -> tuple[str, str, str] | None:
+    """(schema, name, relkind) of ``table`` as to_regclass resolves it, or None."""
     try:
         with conn.transaction():
             row = conn.execute(
@@ -85,6 +85,12 @@ def _resolve_table(conn: psycopg.Connection, table: str) -> tuple[str, str, dict
             ).fetchone()
     except psycopg.Error as exc:
         raise CaptureError(f"invalid table name {table!r}: {exc.diag.message_primary}") from exc
+    return (str(row[0]), str(row[1]), str(row[2])) if row else None
+
+
+def _resolve_table(conn: psycopg.Connection, table: str) -> tuple[str, str, dict[str, str]]:
+    """Return (schema, name, {column: type}) or raise CaptureError naming the table."""
+    row = _lookup_table(conn, table)
     if row is None:
         raise CaptureError(f"unknown table {table!r}")
     schema, name, kind = row
@@ -392,17 +398,9 @@ def untrack(
 
 def _split_table(conn: psycopg.Connection, table: str) -> tuple[str, str]:
     """Resolve ``table`` like to_regclass would, even if it no longer exists."""
-    try:
-        with conn.transaction():
-            row = conn.execute(
-                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
-                " ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
-                (table,),
-            ).fetchone()
-    except psycopg.Error as exc:
-        raise CaptureError(f"invalid table name {table!r}: {exc.diag.message_primary}") from exc
+    row = _lookup_table(conn, table)
     if row:
-        return str(row[0]), str(row[1])
+        return row[0], row[1]
     if "." in table:
         s, _, t = table.partition(".")
         return s, t
