@@ -31,7 +31,6 @@ import secrets
 import socket
 import time
 
-import httpx
 import psycopg
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result
 
@@ -39,6 +38,7 @@ from outbox.config import Settings
 from relay import delivery_db
 from relay.attempt import make_client, post
 from relay.delivery_db import AsyncConn, Job, Outcome, Release
+from relay.http import Client
 from relay.metrics import Metrics
 from relay.reconnect import (
     CONNECTION_ERRORS,
@@ -191,7 +191,7 @@ class DeliveryWorker:
         poll = self.settings.poll_interval
         return min(poll, self._timers[0] - now) if self._timers else poll
 
-    async def _claim_loop(self, tg: asyncio.TaskGroup, client: httpx.AsyncClient) -> None:
+    async def _claim_loop(self, tg: asyncio.TaskGroup, client: Client) -> None:
         loop = asyncio.get_running_loop()
         conn: AsyncConn | None = None
         failures = 0
@@ -237,9 +237,7 @@ class DeliveryWorker:
         finally:
             await close_quietly(conn)
 
-    def _admit(
-        self, tg: asyncio.TaskGroup, client: httpx.AsyncClient, job: Job, lease_end: float
-    ) -> None:
+    def _admit(self, tg: asyncio.TaskGroup, client: Client, job: Job, lease_end: float) -> None:
         key = job.endpoint
         self._webhook_endpoint[job.webhook_id] = key
         ep = self._endpoints.get(key)
@@ -270,7 +268,7 @@ class DeliveryWorker:
     # --- sending -----------------------------------------------------------------
 
     async def _deliver(
-        self, client: httpx.AsyncClient, job: Job, key: str, ep: _Endpoint, lease_end: float
+        self, client: Client, job: Job, key: str, ep: _Endpoint, lease_end: float
     ) -> None:
         try:
             await self._attempts(client, job, ep, lease_end)
@@ -305,9 +303,7 @@ class DeliveryWorker:
             self._in_hand.pop(job.id, None)
             self._room.set()
 
-    async def _attempts(
-        self, client: httpx.AsyncClient, job: Job, ep: _Endpoint, lease_end: float
-    ) -> None:
+    async def _attempts(self, client: Client, job: Job, ep: _Endpoint, lease_end: float) -> None:
         loop = asyncio.get_running_loop()
         if job.created_at is None:
             missing = AttemptResult(

@@ -10,12 +10,12 @@ Two checks, one policy:
 
 * :func:`check_url` at create/update time (the API answers 422 with the
   message of :class:`UnsafeURL`);
-* :class:`GuardedBackend` at send time. Checking a name and then letting the
+* :func:`resolve_checked` at send time, for every new connection of the
+  sender's client (:mod:`relay.http`). Checking a name and then letting the
   HTTP client resolve it again is open to DNS rebinding (the second answer
-  may differ), so the backend resolves the name itself, checks every
-  address, and connects to the checked address literal. TLS still verifies
-  the certificate against the host name (httpcore passes the URL's host as
-  the server name, not the address we connect to).
+  may differ), so the client resolves the name through this module, checks
+  every address, and connects to a checked address literal. TLS still
+  verifies the certificate against the host name.
 
 Names are resolved through :data:`default_resolver` (looked up at call
 time), which tests replace so that no lookup leaves the machine.
@@ -28,9 +28,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
 
-import httpcore
 import httpx
 
 from outbox.errors import OutboxError
@@ -201,91 +199,3 @@ async def check_url(
         await resolve_checked(host, allow_networks, resolver)
     except OSError:
         return
-
-
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that connects only to checked addresses.
-
-    Every new connection resolves its host once, refuses it if any address
-    is unsafe (:class:`UnsafeURL` propagates out of ``client.send``), and
-    connects to the address literal, trying each address in turn.
-    """
-
-    def __init__(
-        self,
-        allow: Iterable[Network],
-        *,
-        resolver: Resolver | None = None,
-        inner: httpcore.AsyncNetworkBackend | None = None,
-    ) -> None:
-        self._allow = tuple(allow)
-        self._resolver = resolver
-        self._inner = inner or httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore interface
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                addresses = await resolve_checked(host, self._allow, self._resolver)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        error: Exception | None = None
-        for ip in addresses:
-            left = None if deadline is None else max(deadline - loop.time(), 0.001)
-            try:
-                return await self._inner.connect_tcp(
-                    str(ip),
-                    port,
-                    timeout=left,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-        assert error is not None
-        raise error
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore interface
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise UnsafeURL("webhooks are never sent over unix sockets")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def guarded_transport(
-    allow: Iterable[Network],
-    *,
-    limits: httpx.Limits,
-    resolver: Resolver | None = None,
-) -> httpx.AsyncHTTPTransport:
-    """An httpx transport whose connections go through :class:`GuardedBackend`.
-
-    httpx 0.28 has no public way to pass a network backend, so the transport's
-    connection pool is replaced by :class:`relay.pool.OriginPool` using ours.
-    No proxies: a proxy would connect on our behalf to an address we never saw.
-    """
-    from relay.pool import OriginPool
-
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-    transport._pool = OriginPool(  # type: ignore[assignment]
-        network_backend=GuardedBackend(allow, resolver=resolver),
-        ssl_context=httpx.create_ssl_context(trust_env=False),
-        max_idle_per_origin=limits.max_keepalive_connections or 100,
-        keepalive_expiry=limits.keepalive_expiry or 5.0,
-    )
-    return transport
