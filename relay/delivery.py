@@ -185,6 +185,22 @@ class DeliveryWorker:
         }
         return sorted(w for w, key in self._webhook_endpoint.items() if key in full)
 
+    def _claim_limit(self, room: int) -> int:
+        """How many deliveries to claim: no more than one endpoint can take.
+
+        A claim returns the oldest due deliveries, often all for one endpoint,
+        and what that endpoint cannot take goes straight back (a release: one
+        more write each). Claiming ``room`` for a single busy endpoint released
+        up to seven of every eight claimed rows. So a claim asks for what the
+        roomiest endpoint in hand still takes, at least an endpoint's
+        concurrency (endpoints not in hand take that much); a full batch is
+        followed by the next claim at once.
+        """
+        best = self.settings.endpoint_concurrency
+        for ep in self._endpoints.values():
+            best = max(best, self._endpoint_max_in_hand - ep.in_hand)
+        return min(room, best)
+
     def _idle_timeout(self, now: float) -> float:
         while self._timers and self._timers[0] <= now:
             heapq.heappop(self._timers)
@@ -208,10 +224,11 @@ class DeliveryWorker:
                 try:
                     if conn is None or conn.closed:
                         conn = await connect(self.settings.database_url, "outbox-delivery-claim")
+                    limit = self._claim_limit(room)
                     jobs = await delivery_db.claim(
                         conn,
                         worker=self.worker_id,
-                        limit=room,
+                        limit=limit,
                         lease=self.settings.lease,
                         skip=self._saturated(),
                     )
@@ -232,7 +249,7 @@ class DeliveryWorker:
                 lease_end = started + self._lease - self._lease_margin
                 for job in jobs:
                     self._admit(tg, client, job, lease_end)
-                if len(jobs) < room:
+                if len(jobs) < limit:
                     await nap(self._wake, self._idle_timeout(loop.time()))
         finally:
             await close_quietly(conn)
