@@ -68,7 +68,11 @@ def uvicorn_ws_options(settings: Settings) -> dict[str, Any]:
     Protocol pings and the inbound size limit live in the server, not in the
     app; ``outbox serve`` (and the test server) pass these to ``uvicorn.Config``.
     """
+    from api.ws_protocol import CoalescingWebSocketProtocol
+
     return {
+        # One socket write per client per loop turn (api/ws_protocol.py).
+        "ws": CoalescingWebSocketProtocol,
         "ws_max_size": settings.ws_max_message,
         "ws_ping_interval": settings.ws_ping_interval,
         "ws_ping_timeout": settings.ws_ping_interval,

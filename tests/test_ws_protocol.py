@@ -1,0 +1,134 @@
+"""The coalescing WebSocket transport (api/ws_protocol.py): unit tests, plus
+the end-to-end proof that the served protocol is the coalescing one."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from api.ws_protocol import CoalescingWebSocketProtocol, _CoalescingTransport
+
+
+class Recorder:
+    """The real transport's side: what it was asked to do, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
+
+    def close(self) -> None:
+        self.closing = True
+        self.calls.append(("close", None))
+
+    def abort(self) -> None:
+        self.closing = True
+        self.calls.append(("abort", None))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("peer", name)
+
+
+async def _next_turn() -> None:
+    # call_soon callbacks scheduled before this run before it resumes.
+    await asyncio.sleep(0)
+
+
+async def test_writes_of_one_turn_leave_in_one_write_in_order() -> None:
+    real = Recorder()
+    t = _CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(b"a")
+    t.write(bytearray(b"b"))
+    t.write(b"")
+    t.write(memoryview(b"c"))
+    assert real.calls == []  # nothing written within the turn
+    await _next_turn()
+    assert real.calls == [("write", b"abc")]
+    t.write(b"d")
+    await _next_turn()
+    assert real.calls == [("write", b"abc"), ("write", b"d")]
+
+
+async def test_close_writes_what_was_collected_first() -> None:
+    real = Recorder()
+    t = _CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(b"last frame")
+    t.close()
+    assert real.calls == [("write", b"last frame"), ("close", None)]
+    await _next_turn()  # the scheduled flush finds nothing left
+    assert real.calls == [("write", b"last frame"), ("close", None)]
+
+
+async def test_abort_drops_what_was_collected_and_a_closing_transport_gets_nothing() -> None:
+    real = Recorder()
+    t = _CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(b"x")
+    t.abort()
+    await _next_turn()
+    assert real.calls == [("abort", None)]
+    real2 = Recorder()
+    t2 = _CoalescingTransport(real2, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t2.write(b"y")
+    real2.closing = True
+    await _next_turn()
+    assert real2.calls == []
+
+
+async def test_other_attributes_are_the_real_transports() -> None:
+    real = Recorder()
+    t = _CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    assert t.get_extra_info("peername") == ("peer", "peername")
+    assert t.is_closing() is False
+
+
+def test_serve_uses_the_coalescing_protocol() -> None:
+    from api.ws import uvicorn_ws_options
+    from outbox.config import Settings
+
+    assert uvicorn_ws_options(Settings())["ws"] is CoalescingWebSocketProtocol
+
+
+@pytest.mark.parametrize("n", [1, 300])
+async def test_frames_arrive_whole_and_in_order_over_a_real_socket(n: int) -> None:
+    """A real uvicorn server with the protocol, a real websockets client: every
+    frame of a burst (one loop turn) arrives intact and in order, then the
+    close frame."""
+    import socket
+
+    import uvicorn
+    import websockets
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        for i in range(n):  # no await in between would suspend: one turn
+            await send({"type": "websocket.send", "text": f"frame {i}"})
+        await send({"type": "websocket.close", "code": 1000, "reason": "done"})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, ws=CoalescingWebSocketProtocol, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(20):
+            while not server.started:
+                await asyncio.sleep(0.01)
+            async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
+                got = [msg async for msg in ws]
+            assert got == [f"frame {i}" for i in range(n)]
+            assert ws.close_code == 1000 and ws.close_reason == "done"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
