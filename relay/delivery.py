@@ -7,7 +7,7 @@ Three kinds of tasks in one TaskGroup:
   otherwise polls, and wakes early for retries it scheduled itself;
 * one task per claimed delivery sends it: per-endpoint slot first, then a
   global slot (so deliveries queued for one slow endpoint hold no global
-  slot), and tenacity for the short retries that fit in the lease;
+  slot), and the short retries that fit in the lease;
 * the recorder writes outcomes in batches: whatever accumulated while the
   previous flush ran goes in the next one, so at load many attempts share
   one transaction and at rest each is written at once.
@@ -32,7 +32,6 @@ import socket
 import time
 
 import psycopg
-from tenacity import AsyncRetrying, RetryCallState, retry_if_result
 
 from outbox.config import Settings
 from relay import delivery_db
@@ -367,29 +366,25 @@ class DeliveryWorker:
             job.attempt += 1
             return result
 
-        def fits(wait: float) -> bool:
+        def in_memory(wait: float) -> bool:
+            """Short, fits in the lease with a whole attempt after it, and not stopping."""
             end = loop.time() + wait + self.settings.webhook_timeout
-            return end <= lease_end and not self._stopping.is_set()
+            return (
+                wait <= self.policy.memory_max and end <= lease_end and not self._stopping.is_set()
+            )
 
-        async def hold(state: RetryCallState) -> None:
-            assert state.outcome is not None
-            self._submit(Outcome(job, state.outcome.result(), "hold", state.upcoming_sleep))
-
-        async def sleep(seconds: float) -> None:
-            await nap(self._stopping, seconds)
+        # The short retries of one claim: a plain loop over the pure policy
+        # (tenacity did this before; its per-delivery setup cost more CPU
+        # than signing the request).
+        result = await once()
+        while (wait := self.policy.delay(result)) is not None and in_memory(wait):
+            self._submit(Outcome(job, result, "hold", wait))
+            await nap(self._stopping, wait)
             if self._stopping.is_set():
-                self._release(Release(job, delay=seconds))
+                self._release(Release(job, delay=wait))
                 raise _Interrupted
-
-        retrying = AsyncRetrying(
-            retry=retry_if_result(self.policy.should_retry),
-            wait=self.policy.wait(),
-            stop=self.policy.stop(fits),
-            before_sleep=hold,
-            sleep=sleep,
-            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-        )
-        self._finish(job, await retrying(once))
+            result = await once()
+        self._finish(job, result)
 
     def _finish(self, job: Job, result: AttemptResult) -> None:
         """Submit the claim's last attempt: success, a stored retry, or failed."""

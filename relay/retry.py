@@ -1,7 +1,7 @@
 """When a failed webhook attempt is tried again, and where the wait happens.
 
-The policy is pure (attempt numbers and results in, delays out) and is
-handed to tenacity, which runs the short in-memory retries of one claim:
+The policy is pure (attempt numbers and results in, delays out); the
+delivery worker's loop runs the short in-memory retries of one claim:
 
 * a failed attempt is retried unless it was the last one of
   ``OUTBOX_RETRY_SCHEDULE`` or the endpoint answered 410 Gone;
@@ -17,13 +17,9 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-
-from tenacity import RetryCallState
-from tenacity.stop import stop_base
-from tenacity.wait import wait_base
 
 #: A Retry-After longer than this is taken as this.
 MAX_RETRY_AFTER = 24 * 3600.0
@@ -91,40 +87,3 @@ class RetryPolicy:
         if result.status in _RETRY_AFTER_STATUSES and result.retry_after is not None:
             wait = max(wait, result.retry_after)
         return wait
-
-    # --- tenacity adapters -------------------------------------------------------
-
-    def should_retry(self, result: AttemptResult) -> bool:
-        return self.delay(result) is not None
-
-    def wait(self) -> wait_base:
-        return _PolicyWait(self)
-
-    def stop(self, fits: Callable[[float], bool]) -> stop_base:
-        """Stop retrying in memory when the next wait is long or does not ``fits``."""
-        return _PolicyStop(self, fits)
-
-
-def _last(retry_state: RetryCallState) -> AttemptResult:
-    assert retry_state.outcome is not None
-    result = retry_state.outcome.result()
-    assert isinstance(result, AttemptResult)
-    return result
-
-
-class _PolicyWait(wait_base):
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        return self.policy.delay(_last(retry_state)) or 0.0
-
-
-class _PolicyStop(stop_base):
-    def __init__(self, policy: RetryPolicy, fits: Callable[[float], bool]) -> None:
-        self.policy = policy
-        self.fits = fits
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        wait = retry_state.upcoming_sleep
-        return wait > self.policy.memory_max or not self.fits(wait)
