@@ -319,7 +319,6 @@ class Client:
         self._targets: dict[str, _Target] = {}
         self._idle: dict[tuple[str, str, int], collections.deque[_Connection]] = {}
         self._swept_at = 0.0
-        self.connections_opened = 0
 
     async def __aenter__(self) -> Client:
         return self
@@ -431,7 +430,6 @@ class Client:
                 except OSError as exc:  # refused, unreachable, TLS (ssl.SSLError)
                     error = exc
                     continue
-                self.connections_opened += 1
                 return conn
         assert error is not None
         raise ConnectError(str(error) or type(error).__name__) from error

@@ -20,7 +20,13 @@ import pytest
 
 from relay import ssrf
 from relay.attempt import USER_AGENT, post
-from relay.http import Client, ConnectError, LocalProtocolError, RemoteProtocolError
+from relay.http import (
+    KEEPALIVE_EXPIRY,
+    Client,
+    ConnectError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from tests.conftest import free_port, wait_for
 from tests.webhook_receiver import Drip, Hang, Reply, running
 
@@ -28,8 +34,8 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def _client(**kwargs: float) -> Client:
-    return Client(allow=LOOPBACK, timeout=5.0, **kwargs)  # type: ignore[arg-type]
+def _client(keepalive_expiry: float = KEEPALIVE_EXPIRY) -> Client:
+    return Client(allow=LOOPBACK, timeout=5.0, keepalive_expiry=keepalive_expiry)
 
 
 async def _post(client: Client, url: str, body: bytes = b"{}", **kwargs: int) -> tuple[int, bytes]:
