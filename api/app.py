@@ -22,6 +22,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from api.state import AppState
 from outbox.config import Settings
@@ -96,6 +97,6 @@ def create_app(
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=errors.middleware(settings),
+        middleware=[Middleware(ws.RawSend), *errors.middleware(settings)],
         exception_handlers=errors.exception_handlers,
     )

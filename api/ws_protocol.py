@@ -11,6 +11,13 @@ the frames the hub queues for a client in one publish leave in one system
 call. Nothing waits on a timer: a lone frame goes out on the very next loop
 turn, a few microseconds later.
 
+The frames themselves are built once, not once per client: the hub sends
+the same text (``Event.frame``) to every client, and a server's text frame
+is the same bytes on every connection (no mask; no compression unless
+permessage-deflate was negotiated, in which case the frame goes through
+uvicorn's path). :func:`text_frame` keeps the encoded frames of the texts
+sent lately, within a byte budget.
+
 Order, flow control and closing are unchanged: writes keep their order,
 uvicorn's own pause/resume (``writable``) still follows the real transport's
 buffer, and ``close()`` writes what is collected first (asyncio's close then
@@ -21,26 +28,97 @@ real ``abort()`` drops its buffer.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
+from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+
+# Encoded frames of recent texts, by text. Cleared whole when over budget:
+# a fan-out sends each text to every client within one loop turn, so only
+# the frames of the last few batches are ever looked up again.
+_FRAME_CACHE_BYTES = 4 * 1024 * 1024
+_frames: dict[str, bytes] = {}
+_frames_size = 0
+
+
+def text_frame(text: str) -> bytes:
+    """An unmasked, unfragmented, uncompressed text frame carrying ``text``."""
+    global _frames_size
+    frame = _frames.get(text)
+    if frame is not None:
+        return frame
+    data = text.encode()
+    n = len(data)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 65536:
+        head = b"\x81\x7e" + n.to_bytes(2, "big")
+    else:
+        head = b"\x81\x7f" + n.to_bytes(8, "big")
+    frame = head + data
+    if _frames_size + len(frame) > _FRAME_CACHE_BYTES:
+        _frames.clear()
+        _frames_size = 0
+    if len(frame) <= _FRAME_CACHE_BYTES // 4:
+        _frames[text] = frame
+        _frames_size += len(frame)
+    return frame
+
+
+class _Flusher:
+    """One callback per loop turn flushes every transport written to in it.
+
+    (One ``call_soon`` per transport would cost a callback per client per
+    batch; the order of first writes is kept, so clients are served in the
+    order the hub reached them.)
+    """
+
+    __slots__ = ("_dirty", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[_CoalescingTransport] = []
+
+    def add(self, transport: _CoalescingTransport) -> None:
+        if not self._dirty:
+            self._loop.call_soon(self.run)
+        self._dirty.append(transport)
+
+    def run(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for transport in dirty:
+            transport.flush()
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = _Flusher(loop)
+    return flusher
 
 
 class _CoalescingTransport:
     """Stands in for the socket transport: ``write`` collects, one flush per loop turn."""
 
-    __slots__ = ("_loop", "_pending", "_real")
+    __slots__ = ("_flusher", "_pending", "_real")
 
     def __init__(self, real: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._real = real
-        self._loop = loop
+        self._flusher = _flusher(loop)
         self._pending: list[bytes] = []
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
         if not self._pending:
-            self._loop.call_soon(self.flush)
+            self._flusher.add(self)
         self._pending.append(bytes(data))
 
     def flush(self) -> None:
@@ -73,3 +151,27 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport = _CoalescingTransport(  # type: ignore[assignment]
             self.transport, self.loop
         )
+
+    async def send(self, message: ASGISendEvent) -> None:
+        # The common case, a text message on an open connection with nothing
+        # negotiated, skips building the frame again; everything else
+        # (handshake, close, bytes, compression, a paused or closing
+        # connection) is uvicorn's own path.
+        if message["type"] == "websocket.send":
+            text = message.get("text")
+            conn = self.conn
+            if (
+                text is not None
+                and message.get("bytes") is None
+                and self.handshake_complete
+                and not self.close_sent
+                and not self.disconnected
+                and self.initial_response is None
+                and self.writable.is_set()
+                and conn.state is State.OPEN
+                and not conn.extensions
+                and not conn.expect_continuation_frame
+            ):
+                self.transport.write(text_frame(text))
+                return
+        await super().send(message)

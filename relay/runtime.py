@@ -54,7 +54,7 @@ LAG_INTERVAL = 5.0
 # sleeping on the doorbell: writers then pay no NOTIFY (see
 # relay/doorbell.py), and a busy feed is at most this much late. It falls
 # asleep only after the feed has been quiet for QUIET_BEFORE_SLEEP.
-BUSY_POLL = 0.002
+BUSY_POLL = 0.001
 QUIET_BEFORE_SLEEP = 0.1
 # Falling asleep waits for writers in flight. A writer that stays open (its
 # events written, its commit far off) must not hold back others that
