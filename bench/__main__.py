@@ -23,7 +23,7 @@ from bench.report import ScenarioResult, table
 SCENARIOS = {
     "b1": (
         "bench.b1_write",
-        "write cost: INSERT tps, bare vs tracked (relay awake/asleep) vs wake-up off",
+        "write cost: INSERT tps, bare vs tracked (relay awake/asleep) vs wake-up off vs floor",
     ),
     "b2": ("bench.b2_latency", "latency: commit -> WebSocket receipt, open-loop at fixed rates"),
     "b3": ("bench.b3_fanout", "fan-out: messages/s to N clients vs a bare Starlette broadcaster"),

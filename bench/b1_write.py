@@ -13,7 +13,12 @@ generator does not eat the CPU being measured), in four variants:
   every commit NOTIFYs. The worst case of the wake-up;
 - ``quiet``: the same capture trigger with the whole wake-up (probe and
   NOTIFY) removed, built here from the tracked trigger's own source: the
-  cost of the outbox row alone, with the wake-up off.
+  cost of the outbox row alone, with the wake-up off;
+- ``floor``: the least any per-row outbox can cost: a statement-level
+  trigger copying each row as ``to_jsonb`` into a plain two-column table
+  (event type, payload) with no index, no id, no transaction id and no
+  wake-up. Not something a relay could read without gaps; it is there to
+  show how much of the ratio is the second row itself.
 
 Shapes: single-row INSERT transactions and 100-row ``INSERT ... SELECT``
 statements, at 1, 4 and 16 concurrent writers. Variants are interleaved
@@ -43,8 +48,27 @@ from bench.pgbench import pgbench
 from bench.report import Metric, ScenarioResult, Target, ratio_metric
 from bench.stats import Spread
 
-VARIANTS = ("bare", "tracked", "ringing", "quiet")
-TABLES = {"bare": "b1_bare", "tracked": "b1_tracked", "ringing": "b1_tracked", "quiet": "b1_quiet"}
+VARIANTS = ("bare", "tracked", "ringing", "quiet", "floor")
+TABLES = {
+    "bare": "b1_bare",
+    "tracked": "b1_tracked",
+    "ringing": "b1_tracked",
+    "quiet": "b1_quiet",
+    "floor": "b1_floor",
+}
+FLOOR_DDL = """
+CREATE TABLE b1_floor_events (event_type text NOT NULL, payload jsonb NOT NULL);
+CREATE FUNCTION b1_floor_capture() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO b1_floor_events (event_type, payload)
+    SELECT 'bench.row_created', to_jsonb(r) FROM outbox_rows AS r;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER b1_floor_capture AFTER INSERT ON b1_floor
+    REFERENCING NEW TABLE AS outbox_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION b1_floor_capture();
+"""
 SHAPES = {"1-row": 1, "100-row": 100}
 EVENT_TYPE = "bench.row_created"
 
@@ -92,6 +116,7 @@ def setup(url: str) -> None:
         for v in ("tracked", "quiet"):
             track(conn, [Rule(table=TABLES[v], operation="insert", event_type=EVENT_TYPE)])
         silence_wakeup(conn, TABLES["quiet"])
+        conn.execute(FLOOR_DDL)
 
 
 def silence_wakeup(conn: psycopg.Connection[Any], table: str) -> None:
@@ -131,7 +156,9 @@ def reset(url: str, checkpoint: bool) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         names = [sql.Identifier(t) for t in sorted(set(TABLES.values()))]
         conn.execute(
-            sql.SQL("TRUNCATE {}, outbox.events RESTART IDENTITY").format(sql.SQL(", ").join(names))
+            sql.SQL("TRUNCATE {}, b1_floor_events, outbox.events RESTART IDENTITY").format(
+                sql.SQL(", ").join(names)
+            )
         )
         if checkpoint:
             conn.execute("CHECKPOINT")
@@ -188,7 +215,7 @@ class Listener:
 async def run(ctx: Context) -> ScenarioResult:
     p = params(ctx)
     result = ScenarioResult(
-        "b1", "write cost: bare vs tracked (relay awake, asleep) vs wake-up off"
+        "b1", "write cost: bare vs tracked (relay awake, asleep) vs wake-up off vs floor"
     )
     result.params = asdict(p) | {"variants": VARIANTS, "client": "pgbench -M prepared"}
     scripts: dict[tuple[str, str], Path] = {}
@@ -227,6 +254,7 @@ async def run(ctx: Context) -> ScenarioResult:
             tracked = tps[(shape, writers, "tracked")]
             ringing = tps[(shape, writers, "ringing")]
             quiet = tps[(shape, writers, "quiet")]
+            floor = tps[(shape, writers, "floor")]
             label = f"{shape} INSERT, {writers} writer{'s' if writers > 1 else ''}"
             unit = "tx/s" if rows == 1 else "stmt/s"
             result.metrics.append(
@@ -237,6 +265,9 @@ async def run(ctx: Context) -> ScenarioResult:
             )
             result.metrics.append(ratio_metric(f"{label}: ringing/bare", ringing, bare))
             result.metrics.append(ratio_metric(f"{label}: wake-up off/bare", quiet, bare))
+            result.metrics.append(
+                ratio_metric(f"{label}: floor (jsonb copy, no index)/bare", floor, bare)
+            )
     result.raw = {
         "tps": [
             {

@@ -83,7 +83,7 @@ def test_every_scenario_reports_metrics(smoke: dict[str, Any]) -> None:
 @pytest.mark.timeout(300)
 def test_b1_counts_transactions_of_every_variant(smoke: dict[str, Any]) -> None:
     runs = smoke["scenarios"]["b1"]["raw"]["tps"]
-    assert {r["variant"] for r in runs} == {"bare", "tracked", "ringing", "quiet"}
+    assert {r["variant"] for r in runs} == {"bare", "tracked", "ringing", "quiet", "floor"}
     assert {r["shape"] for r in runs} == {"1-row", "100-row"}
     assert all(v > 0 for r in runs for v in r["runs"])
     # Only the variant with a sleeping relay rings the doorbell: a NOTIFY per
