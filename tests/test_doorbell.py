@@ -126,3 +126,35 @@ async def test_an_open_writer_does_not_hold_back_others_that_did_not_ring(
 def _waiting(conn: psycopg.Connection[Any]) -> int:
     """Relays queued (not yet granted) for the doorbell lock."""
     return _doorbell_requests(conn, " AND NOT granted")
+
+
+async def test_interrupted_sleep_returns_at_once_and_gives_the_request_up(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A relay queued behind a writer in flight is woken by a bell: it must go
+    and read without waiting for its lock request to be cancelled (a cancel
+    request is a new connection to the postmaster), and the request must be
+    gone afterwards, so writers stop ringing. Then the relay can sleep again."""
+    from relay.doorbell import Doorbell
+
+    writer = await psycopg.AsyncConnection.connect(db_url)
+    bell = Doorbell(db_url)
+    try:
+        await writer.execute("SELECT pg_try_advisory_xact_lock_shared(outbox.doorbell_key())")
+        rung = asyncio.Event()
+        sleeping = asyncio.create_task(bell.fall_asleep(rung, max_wait=30.0))
+        await wait_for(lambda: _waiting(conn) == 1, timeout=10, what="relay queued")
+        rung.set()
+        outcome = await asyncio.wait_for(sleeping, 10)
+        assert outcome == "interrupted" and not bell.held
+        await asyncio.wait_for(bell._settle(), 10)
+        assert _asleep(conn) == 0  # the request is gone, nothing held
+        await writer.rollback()
+        assert await asyncio.wait_for(bell.fall_asleep(asyncio.Event(), 10.0), 15) == "held"
+        assert _asleep(conn) == 1
+        await bell.wake()
+        await asyncio.wait_for(bell._settle(), 10)
+        assert _asleep(conn) == 0
+    finally:
+        await bell.close()
+        await writer.close()
