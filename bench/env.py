@@ -28,7 +28,6 @@ PACKAGES = (
     "httptools",
     "websockets",
     "httpx",
-    "tenacity",
 )
 PG_SETTINGS = (
     "synchronous_commit",
