@@ -48,7 +48,7 @@ environment:
                    (default postgresql://postgres@127.0.0.1:5432/postgres)
 
 examples:
-  python -m bench                          # everything, ~16 minutes on 2 cores
+  python -m bench                          # everything, ~11-16 minutes on 2 cores
   python -m bench --scenario b1 --repeats 5
   python -m bench --smoke --json /tmp/smoke.json   # seconds; checks the harness only
 """
