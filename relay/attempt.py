@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from relay.http import USER_AGENT, Client, HTTPError, Response
+from relay.http import Client, HTTPError, Response
 from relay.retry import AttemptResult, parse_retry_after
 from relay.ssrf import Network, Resolver, UnsafeURL
-
-__all__ = ["USER_AGENT", "make_client", "post"]
 
 
 def make_client(

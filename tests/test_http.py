@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from relay import ssrf
-from relay.attempt import USER_AGENT, post
+from relay.attempt import post
 from relay.http import (
     KEEPALIVE_EXPIRY,
+    USER_AGENT,
     Client,
     ConnectError,
     LocalProtocolError,
