@@ -118,15 +118,38 @@ async def test_kill_9_of_one_of_two_processes_mid_delivery(
                 writer = Writer(db_url, ledger, total=800, rate=250)
                 async with writing(writer):
                     await wait_for(lambda: len(rx.requests) >= 60 + HELD, timeout=30)
-                    # Kill the leader: dispatch moves too, not only sending.
-                    victim = a if (await a.health() or {}).get("role") == "leader" else b
+                    # Both processes send, so either may hold the held requests:
+                    # kill the one that holds the most, so the fault lands on
+                    # deliveries in flight. (Leadership moves with it when it
+                    # leads; the only-process test always moves it.)
+                    holders = await held_by(db_url, hooks[0], rx.requests[59 : 59 + HELD])
+                    victim = a if holders.get(a.proc.pid, 0) >= holders.get(b.proc.pid, 0) else b
+                    in_flight = holders.get(victim.proc.pid, 0)
                     victim.kill()
                     rx.release.set()
                     survivor = b if victim is a else a
                     urls_a[:] = urls_b[:] = [ws_url(survivor)]
                 verdict = await settle(db_url, ledger, hooks, clients, timeout=40)
+    assert in_flight >= 1, holders
     assert verdict.delivered == verdict.pairs, verdict.summary()
-    assert verdict.repeated >= 1, verdict.summary()
+    # The victim's held requests, sent again by the survivor.
+    assert verdict.repeated >= in_flight, verdict.summary()
+
+
+async def held_by(db_url: str, hook: Hook, held: list[Request]) -> dict[int, int]:
+    """How many of the ``held`` requests each serve process (by pid) has claimed.
+
+    A claim stamps ``locked_by`` with the worker id, ``host:pid:random``.
+    """
+    ids = [int(r.headers["webhook-id"].removeprefix("evt_")) for r in held]
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT split_part(locked_by, ':', 2)::int, count(*) FROM outbox.deliveries"
+            " WHERE webhook_id = %s AND event_id = ANY(%s) AND locked_by IS NOT NULL"
+            " GROUP BY 1",
+            (hook.id, ids),
+        )
+        return {int(pid): int(n) for pid, n in await cur.fetchall()}
 
 
 async def test_sigterm_mid_delivery_exits_cleanly_and_loses_nothing(
