@@ -24,9 +24,9 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from api.state import AppState
-from outbox.config import Settings
-from relay.metrics import Metrics
+from outbox.api.state import AppState
+from outbox.relay.config import Settings
+from outbox.relay.metrics import Metrics
 
 log = logging.getLogger("outbox.app")
 
@@ -37,10 +37,10 @@ GRACE = 10.0
 def create_app(
     settings: Settings, *, on_fatal: Callable[[BaseException], None] | None = None
 ) -> Starlette:
-    from api import errors, events, health, openapi, pages, webhooks, ws
-    from relay.delivery import DeliveryWorker
-    from relay.hub import Hub
-    from relay.runtime import Relay
+    from outbox.api import errors, events, health, openapi, pages, webhooks, ws
+    from outbox.relay.delivery import DeliveryWorker
+    from outbox.relay.hub import Hub
+    from outbox.relay.runtime import Relay
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

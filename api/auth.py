@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
-from api.state import AppState
+from outbox.api.state import AppState
 from outbox.tokens import verify_token
 
 MISSING = "Missing API key"

@@ -21,9 +21,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.auth import authenticate
-from api.errors import ApiError, ValidationFailed, from_pydantic
-from api.state import AppState
+from outbox.api.auth import authenticate
+from outbox.api.errors import ApiError, ValidationFailed, from_pydantic
+from outbox.api.state import AppState
 from outbox.sqlfiles import query
 
 M = TypeVar("M", bound=BaseModel)

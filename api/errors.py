@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from outbox.config import Settings
+from outbox.relay.config import Settings
 
 log = logging.getLogger("outbox.api")
 

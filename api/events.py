@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from api.endpoint import Doc, endpoint, json_response, parse_query, sql, state_of
-from api.errors import ApiError, ValidationFailed
-from api.schemas import (
+from outbox.api.endpoint import Doc, endpoint, json_response, parse_query, sql, state_of
+from outbox.api.errors import ApiError, ValidationFailed
+from outbox.api.schemas import (
     EventOut,
     EventPage,
     EventQuery,
@@ -25,8 +25,8 @@ from api.schemas import (
 from outbox.cursor import Cursor
 from outbox.errors import CursorError
 from outbox.events import Matcher
-from relay.feed import read_batch
-from relay.retention import cursor_expired
+from outbox.relay.feed import read_batch
+from outbox.relay.retention import cursor_expired
 
 # With a filter that matches little, keep reading until something matches,
 # but never scan more than this many pages in one request.

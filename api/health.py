@@ -20,13 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from api.state import AppState
+from outbox.api.state import AppState
 from outbox.cursor import Cursor
 from outbox.errors import CursorError
+from outbox.relay.dispatcher import STATE_NAME as DISPATCHER_STATE
+from outbox.relay.feed import measure_lag
+from outbox.relay.reconnect import describe
 from outbox.sqlfiles import query
-from relay.dispatcher import STATE_NAME as DISPATCHER_STATE
-from relay.feed import measure_lag
-from relay.reconnect import describe
 
 # A health check must answer even when the database does not.
 TIMEOUT = 2.0

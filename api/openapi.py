@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from api.endpoint import MAX_ID, Doc
-from api.schemas import ErrorOut
+from outbox.api.endpoint import MAX_ID, Doc
+from outbox.api.schemas import ErrorOut
 
 _PARAM_RE = re.compile(r"{(\w+)(?::\w+)?}")
 _REF = "#/components/schemas/{model}"

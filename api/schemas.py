@@ -17,8 +17,8 @@ from pydantic import AfterValidator, Field, field_validator
 from sqlmodel import SQLModel
 
 from outbox.events import PATTERN_RE, is_pattern
-from relay.signing import check_secret
-from relay.ssrf import UnsafeURL, split_url
+from outbox.relay.signing import check_secret
+from outbox.relay.ssrf import UnsafeURL, split_url
 
 MAX_BIGINT = 2**63 - 1
 MAX_OFFSET = 1_000_000_000

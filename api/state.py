@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from outbox.config import Settings
-from relay.metrics import Metrics
+from outbox.relay.config import Settings
+from outbox.relay.metrics import Metrics
 
 if TYPE_CHECKING:
-    from relay.delivery import DeliveryWorker
-    from relay.hub import Hub
-    from relay.runtime import Relay
+    from outbox.relay.delivery import DeliveryWorker
+    from outbox.relay.hub import Hub
+    from outbox.relay.runtime import Relay
 
 
 @dataclass

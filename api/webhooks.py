@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from api.endpoint import (
+from outbox.api.endpoint import (
     Doc,
     endpoint,
     json_response,
@@ -30,8 +30,8 @@ from api.endpoint import (
     sql,
     state_of,
 )
-from api.errors import NOT_FOUND, ApiError, ValidationFailed
-from api.schemas import (
+from outbox.api.errors import NOT_FOUND, ApiError, ValidationFailed
+from outbox.api.schemas import (
     AttemptList,
     AttemptOut,
     DeliveryOut,
@@ -49,10 +49,10 @@ from api.schemas import (
     WebhookWithSecret,
     merge_patterns,
 )
-from outbox.config import Settings
-from relay import ops
-from relay.signing import generate_secret
-from relay.ssrf import UnsafeURL, check_url
+from outbox.relay import ops
+from outbox.relay.config import Settings
+from outbox.relay.signing import generate_secret
+from outbox.relay.ssrf import UnsafeURL, check_url
 
 AsyncConn = psycopg.AsyncConnection[Any]
 DELIVERY_NOT_FOUND = "Delivery not found"

@@ -37,15 +37,15 @@ from starlette.types import ASGIApp, Receive, Scope
 from starlette.types import Send as ASGISend
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from api.auth import authenticate
-from api.state import AppState
-from outbox.config import Settings
+from outbox.api.auth import authenticate
+from outbox.api.state import AppState
 from outbox.cursor import Cursor
 from outbox.errors import CursorError
 from outbox.events import Matcher, is_pattern
-from relay.feed import read_batch
-from relay.hub import POLICY_VIOLATION, TRY_AGAIN_LATER, Client
-from relay.retention import cursor_expired
+from outbox.relay.config import Settings
+from outbox.relay.feed import read_batch
+from outbox.relay.hub import POLICY_VIOLATION, TRY_AGAIN_LATER, Client
+from outbox.relay.retention import cursor_expired
 
 log = logging.getLogger("outbox.ws")
 
@@ -71,7 +71,7 @@ def uvicorn_ws_options(settings: Settings) -> dict[str, Any]:
     Protocol pings and the inbound size limit live in the server, not in the
     app; ``outbox serve`` (and the test server) pass these to ``uvicorn.Config``.
     """
-    from api.ws_protocol import CoalescingWebSocketProtocol
+    from outbox.api.ws_protocol import CoalescingWebSocketProtocol
 
     return {
         # One socket write per client per loop turn (api/ws_protocol.py).

@@ -50,7 +50,7 @@ class Params:
 
 
 def params(ctx: Context) -> Params:
-    from outbox.config import Settings
+    from outbox.relay.config import Settings
 
     defaults = Settings()
     concurrency = min(defaults.delivery_concurrency, defaults.endpoint_concurrency)

@@ -88,7 +88,7 @@ async def preload(db_url: str, p: Params, marker: str) -> float:
 
 
 async def read_feed(db_url: str, start: Any) -> dict[str, Any]:
-    from relay.feed import read_batch
+    from outbox.relay.feed import read_batch
 
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
         t0 = time.monotonic()
@@ -136,7 +136,7 @@ async def read_api(base_url: str, start: Any, limit_s: float) -> dict[str, Any]:
 
 
 async def run(ctx: Context) -> ScenarioResult:
-    from relay.feed import head
+    from outbox.relay.feed import head
 
     p = params(ctx)
     result = ScenarioResult("b5", "backlog: pre-loaded events, read, drain, RSS")

@@ -1,7 +1,7 @@
 """B3's baseline: a bare Starlette WebSocket endpoint broadcasting pre-encoded frames.
 
 Run as ``python -m bench.bare_ws --port P``; uvicorn runs exactly as under
-``outbox serve``: ``uvicorn.Server.serve()`` through ``outbox.cli_serve.run_loop``
+``outbox serve``: ``uvicorn.Server.serve()`` through ``outbox.cli.serve.run_loop``
 (uvloop when installed), the same protocol implementations (auto: httptools,
 websockets-sansio) and the same WebSocket settings as in the bench (no
 permessage-deflate, pings off).
@@ -104,7 +104,7 @@ def main() -> None:
         ws_ping_interval=600.0,
         ws_ping_timeout=600.0,
     )
-    from outbox.cli_serve import run_loop
+    from outbox.cli.serve import run_loop
 
     run_loop(uvicorn.Server(config).serve())
 

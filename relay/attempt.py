@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from relay.http import Client, HTTPError, Response
-from relay.retry import AttemptResult, parse_retry_after
-from relay.ssrf import Network, Resolver, UnsafeURL
+from outbox.relay.http import Client, HTTPError, Response
+from outbox.relay.retry import AttemptResult, parse_retry_after
+from outbox.relay.ssrf import Network, Resolver, UnsafeURL
 
 
 def make_client(

@@ -33,13 +33,13 @@ import time
 
 import psycopg
 
-from outbox.config import Settings
-from relay import delivery_db
-from relay.attempt import make_client, post
-from relay.delivery_db import AsyncConn, Job, Outcome, Release
-from relay.http import Client
-from relay.metrics import Metrics
-from relay.reconnect import (
+from outbox.relay import delivery_db
+from outbox.relay.attempt import make_client, post
+from outbox.relay.config import Settings
+from outbox.relay.delivery_db import AsyncConn, Job, Outcome, Release
+from outbox.relay.http import Client
+from outbox.relay.metrics import Metrics
+from outbox.relay.reconnect import (
     CONNECTION_ERRORS,
     backoff,
     close_quietly,
@@ -47,9 +47,9 @@ from relay.reconnect import (
     describe,
     nap,
 )
-from relay.retry import AttemptResult, RetryPolicy
-from relay.signing import sign_headers
-from relay.ssrf import Resolver
+from outbox.relay.retry import AttemptResult, RetryPolicy
+from outbox.relay.signing import sign_headers
+from outbox.relay.ssrf import Resolver
 
 log = logging.getLogger("outbox.delivery")
 

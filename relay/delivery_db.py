@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from outbox.relay.retry import AttemptResult
+from outbox.relay.signing import render_body
 from outbox.sqlfiles import query
-from relay.retry import AttemptResult
-from relay.signing import render_body
 
 AsyncConn = psycopg.AsyncConnection[Any]
 State = Literal["success", "retry", "failed", "hold"]

@@ -34,11 +34,11 @@ from typing import Any, Protocol
 import psycopg
 
 from outbox.cursor import Cursor
+from outbox.relay.feed import Batch, read_batch
+from outbox.relay.leader import LostLeadership
+from outbox.relay.metrics import Metrics
+from outbox.relay.reconnect import nap
 from outbox.sqlfiles import query
-from relay.feed import Batch, read_batch
-from relay.leader import LostLeadership
-from relay.metrics import Metrics
-from relay.reconnect import nap
 
 log = logging.getLogger("outbox.relay.dispatcher")
 

@@ -46,7 +46,7 @@ import httptools
 import httpx
 
 from outbox import __version__
-from relay.ssrf import Network, Resolver, resolve_checked, split_url
+from outbox.relay.ssrf import Network, Resolver, resolve_checked, split_url
 
 USER_AGENT = f"outbox-relay/{__version__}"
 #: Idle connections older than this are closed rather than reused: below the

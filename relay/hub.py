@@ -30,11 +30,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from outbox.config import Settings
 from outbox.events import Matcher
+from outbox.relay.config import Settings
+from outbox.relay.feed import Batch
+from outbox.relay.metrics import Metrics
 from outbox.tokens import is_live
-from relay.feed import Batch
-from relay.metrics import Metrics
 
 log = logging.getLogger("outbox.hub")
 

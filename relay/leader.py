@@ -28,8 +28,8 @@ from typing import Any
 
 import psycopg
 
+from outbox.relay.reconnect import CONNECTION_ERRORS, backoff, close_quietly, connect, describe, nap
 from outbox.sqlfiles import query
-from relay.reconnect import CONNECTION_ERRORS, backoff, close_quietly, connect, describe, nap
 
 log = logging.getLogger("outbox.relay.leader")
 

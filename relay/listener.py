@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from relay.reconnect import CONNECTION_ERRORS, backoff, close_quietly, connect, describe, nap
+from outbox.relay.reconnect import CONNECTION_ERRORS, backoff, close_quietly, connect, describe, nap
 
 log = logging.getLogger("outbox.relay.listener")
 

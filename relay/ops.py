@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from outbox.relay.signing import generate_secret
 from outbox.sqlfiles import query
-from relay.signing import generate_secret
 
 AsyncConn = psycopg.AsyncConnection[Any]
 

@@ -28,8 +28,8 @@ from typing import Any
 import psycopg
 
 from outbox.cursor import Cursor
+from outbox.relay.dispatcher import STATE_NAME as DISPATCHER_STATE
 from outbox.sqlfiles import query
-from relay.dispatcher import STATE_NAME as DISPATCHER_STATE
 
 log = logging.getLogger("outbox.relay.retention")
 

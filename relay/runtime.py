@@ -28,15 +28,15 @@ from typing import Any, Protocol
 
 import psycopg
 
-from outbox.config import Settings
 from outbox.cursor import Cursor
-from relay.dispatcher import Dispatcher, Waker
-from relay.doorbell import Doorbell
-from relay.feed import Batch, Lag, head, measure_lag, read_batch
-from relay.leader import Leadership
-from relay.listener import DELIVERIES_CHANNEL, EVENTS_CHANNEL, Listener
-from relay.metrics import Metrics
-from relay.reconnect import (
+from outbox.relay.config import Settings
+from outbox.relay.dispatcher import Dispatcher, Waker
+from outbox.relay.doorbell import Doorbell
+from outbox.relay.feed import Batch, Lag, head, measure_lag, read_batch
+from outbox.relay.leader import Leadership
+from outbox.relay.listener import DELIVERIES_CHANNEL, EVENTS_CHANNEL, Listener
+from outbox.relay.metrics import Metrics
+from outbox.relay.reconnect import (
     CONNECTION_ERRORS,
     backoff,
     close_quietly,
@@ -44,7 +44,7 @@ from relay.reconnect import (
     describe,
     nap,
 )
-from relay.retention import RETENTION_INTERVAL, retention_round
+from outbox.relay.retention import RETENTION_INTERVAL, retention_round
 
 log = logging.getLogger("outbox.relay")
 

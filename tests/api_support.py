@@ -10,7 +10,7 @@ import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
-from outbox.config import Settings
+from outbox.relay.config import Settings
 from tests.conftest import serve_app
 
 TOKEN = "test-token"

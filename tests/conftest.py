@@ -124,8 +124,8 @@ async def serve_app(
 
     import uvicorn
 
-    from api.app import create_app
-    from api.ws import uvicorn_ws_options
+    from outbox.api.app import create_app
+    from outbox.api.ws import uvicorn_ws_options
 
     port = free_port()
     settings = dataclasses.replace(settings, host="127.0.0.1", port=port)
@@ -159,7 +159,7 @@ async def serve_app(
 @pytest.fixture
 def settings(db_url: str) -> Any:
     """Settings for a test server on this test's database (fast polls, short timeouts)."""
-    from outbox.config import Settings
+    from outbox.relay.config import Settings
 
     return Settings(
         database_url=db_url,

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import psycopg
 
-from outbox.config import Settings
-from relay.feed import Batch, Event
-from relay.metrics import Metrics
-from relay.runtime import Relay
+from outbox.relay.config import Settings
+from outbox.relay.feed import Batch, Event
+from outbox.relay.metrics import Metrics
+from outbox.relay.runtime import Relay
 from tests.conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from api.endpoint import NO_TOKEN
-from outbox.config import Settings
+from outbox.api.endpoint import NO_TOKEN
+from outbox.relay.config import Settings
 from outbox.tokens import create_token, revoke_token
 from tests.conftest import serve_app
 

@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import errors
-from api.endpoint import Doc, endpoint, parse_body
-from api.schemas import RecoverRequest
-from outbox.config import Settings
+from outbox.api import errors
+from outbox.api.endpoint import Doc, endpoint, parse_body
+from outbox.api.schemas import RecoverRequest
+from outbox.relay.config import Settings
 from tests.api_support import api_client
 
 

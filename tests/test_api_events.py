@@ -13,8 +13,8 @@ import pytest
 import websockets
 
 import outbox
-from outbox.config import Settings
 from outbox.cursor import Cursor
+from outbox.relay.config import Settings
 from tests.api_support import TOKEN, add_delivery, api_client, create_webhook
 from tests.conftest import serve_app
 

@@ -8,9 +8,9 @@ import pytest
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
-from api.app import create_app
-from api.openapi import build
-from outbox.config import Settings
+from outbox.api.app import create_app
+from outbox.api.openapi import build
+from outbox.relay.config import Settings
 
 
 @pytest.fixture(scope="module")

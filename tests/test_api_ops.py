@@ -16,7 +16,7 @@ import pytest
 from standardwebhooks import Webhook as StandardWebhook
 
 import outbox
-from outbox.config import Settings
+from outbox.relay.config import Settings
 from tests.api_support import add_delivery, api_client, create_webhook
 from tests.conftest import wait_for
 from tests.webhook_receiver import running

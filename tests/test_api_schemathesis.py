@@ -28,8 +28,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-import relay.ssrf
-from outbox.config import Settings
+from outbox.relay import ssrf
+from outbox.relay.config import Settings
 from tests.api_support import AUTH, add_delivery, api_client, create_webhook
 
 MAX_EXAMPLES = 15
@@ -106,7 +106,7 @@ async def test_api_conforms_to_its_openapi_document(
         # settings), so no lookup and no webhook request leaves the machine.
         return ["127.0.0.1"]
 
-    monkeypatch.setattr(relay.ssrf, "default_resolver", loopback)
+    monkeypatch.setattr(ssrf, "default_resolver", loopback)
     async with api_client(settings) as client:
         # Some rows, so generated small ids reach real webhooks and deliveries.
         for active in (False, True):

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from outbox.demo import Traffic, setup
+from outbox.cli.demo_domain import Traffic, setup
 from tests import conftest
 from tests.conftest import free_port, serve_app, wait_for
 

@@ -20,11 +20,11 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from outbox.config import Settings, parse_schedule
-from relay import delivery_db
-from relay.delivery import DeliveryWorker
-from relay.metrics import Metrics
-from relay.signing import generate_secret
+from outbox.relay import delivery_db
+from outbox.relay.config import Settings, parse_schedule
+from outbox.relay.delivery import DeliveryWorker
+from outbox.relay.metrics import Metrics
+from outbox.relay.signing import generate_secret
 from tests.conftest import free_port, wait_for
 from tests.delivery_rows import (
     TEST_SECRET,

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from standardwebhooks.webhooks import Webhook
 
-from outbox.config import Settings
+from outbox.relay.config import Settings
 from tests.conftest import wait_for
 from tests.delivery_rows import TEST_SECRET, attempts, create_webhook, delivery, enqueue
 from tests.test_delivery import fast, status_is, worker
@@ -23,9 +23,9 @@ from tests.webhook_receiver import Hang, running
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = """
 import asyncio
-from outbox.config import Settings
-from relay.delivery import DeliveryWorker
-from relay.metrics import Metrics
+from outbox.relay.config import Settings
+from outbox.relay.delivery import DeliveryWorker
+from outbox.relay.metrics import Metrics
 asyncio.run(DeliveryWorker(Settings.from_env(), Metrics()).run())
 """
 LEASE = 2.0

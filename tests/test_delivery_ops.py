@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from relay import ops
+from outbox.relay import ops
 from tests.delivery_rows import create_webhook, delivery, enqueue, events, webhook
 
 Conn = psycopg.AsyncConnection[Any]

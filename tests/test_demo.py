@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import uvicorn
 
-from outbox.demo import (
+from outbox.cli.demo_domain import (
     EVENT_TYPES,
     Receiver,
     Traffic,
@@ -240,7 +240,7 @@ def test_standard_signature_agrees_with_the_standardwebhooks_library() -> None:
 
 
 def _sign(secret: str, event_id: int, body: bytes) -> dict[str, str]:
-    from outbox.demo import _key
+    from outbox.cli.demo_domain import _key
 
     ts = str(int(time.time()))
     msg_id = f"evt_{event_id}"
@@ -335,7 +335,7 @@ def _args(**kw: Any) -> argparse.Namespace:
 
 
 def test_options_flags_override_env_and_errors_name_the_culprit() -> None:
-    from outbox.cli_demo import options
+    from outbox.cli.demo import options
 
     env = {
         "OUTBOX_DEMO_RATE": "50",

@@ -16,8 +16,8 @@ import httpx
 import psycopg
 from websockets.asyncio.client import connect as ws_connect
 
-from outbox.demo import EVENT_TYPES
-from outbox.embedded import NOTHING_TO_RUN
+from outbox.cli.demo_domain import EVENT_TYPES
+from outbox.cli.embedded import NOTHING_TO_RUN
 
 TOKEN = "demo-test-token"
 URL_RE = re.compile(r"admin live feed:\s+(http://\S+?)/#token=(\S+)")

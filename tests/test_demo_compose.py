@@ -140,7 +140,7 @@ def test_postgres_serve_and_the_demo_profile(compose: dict[str, Any]) -> None:
 
 
 def test_commands_parse_with_our_cli(compose: dict[str, Any]) -> None:
-    from outbox import cli
+    from outbox.cli import main as cli
 
     if not cli._EXTRA_COMMANDS:
         cli._load_extra_commands()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from outbox.embedded import EmbeddedCluster, default_dir, find_bindir, locate
+from outbox.cli.embedded import EmbeddedCluster, default_dir, find_bindir, locate
 
 BINDIR = find_bindir()
 needs_binaries = pytest.mark.skipif(

@@ -135,7 +135,7 @@ async def test_interrupted_sleep_returns_at_once_and_gives_the_request_up(
     and read without waiting for its lock request to be cancelled (a cancel
     request is a new connection to the postmaster), and the request must be
     gone afterwards, so writers stop ringing. Then the relay can sleep again."""
-    from relay.doorbell import Doorbell
+    from outbox.relay.doorbell import Doorbell
 
     writer = await psycopg.AsyncConnection.connect(db_url)
     bell = Doorbell(db_url)

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from outbox.cursor import Cursor
-from relay.feed import Event, head, measure_lag, read_batch
+from outbox.relay.feed import Event, head, measure_lag, read_batch
 
 
 async def publish(conn: psycopg.AsyncConnection[Any], event_type: str) -> int:

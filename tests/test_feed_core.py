@@ -13,7 +13,7 @@ import pytest
 
 from outbox.cursor import Cursor
 from outbox.errors import CursorError
-from relay.feed import Event, head, read_batch
+from outbox.relay.feed import Event, head, read_batch
 
 
 async def drain(

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from relay import ssrf
-from relay.attempt import post
-from relay.http import (
+from outbox.relay import ssrf
+from outbox.relay.attempt import post
+from outbox.relay.http import (
     KEEPALIVE_EXPIRY,
     USER_AGENT,
     Client,

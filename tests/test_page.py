@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.pages import STATIC_DIR
+from outbox.api.pages import STATIC_DIR
 from tests.conftest import serve_app
 
 ASSETS = sorted(p for p in STATIC_DIR.iterdir() if p.is_file())

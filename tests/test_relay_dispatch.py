@@ -10,10 +10,10 @@ import psycopg
 import pytest
 
 from outbox.cursor import Cursor
-from relay.dispatcher import dispatch, load_cursor
-from relay.feed import read_batch
-from relay.leader import LostLeadership
-from relay.retention import cursor_expired, retention_round, watermark
+from outbox.relay.dispatcher import dispatch, load_cursor
+from outbox.relay.feed import read_batch
+from outbox.relay.leader import LostLeadership
+from outbox.relay.retention import cursor_expired, retention_round, watermark
 from tests.conftest import wait_for
 from tests.relay_support import (
     Recorder,

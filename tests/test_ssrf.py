@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from relay import ssrf
-from relay.http import Client, ConnectError
-from relay.ssrf import UnsafeURL, check_url
+from outbox.relay import ssrf
+from outbox.relay.http import Client, ConnectError
+from outbox.relay.ssrf import UnsafeURL, check_url
 from tests.webhook_receiver import running
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))

@@ -24,8 +24,8 @@ from websockets.uri import parse_uri
 
 from outbox.cursor import Cursor
 from outbox.publish import apublish
+from outbox.relay.hub import Hub
 from outbox.tokens import create_token, revoke_token
-from relay.hub import Hub
 from tests.conftest import RunningServer, free_port, serve_app, wait_for
 
 TOKEN = "test-token"
@@ -238,8 +238,8 @@ async def _uvicorn_with_ws_options(settings: Any) -> AsyncIterator[int]:
     """A server configured the way ``outbox serve`` is: with ``uvicorn_ws_options``."""
     import uvicorn
 
-    from api.app import create_app
-    from api.ws import uvicorn_ws_options
+    from outbox.api.app import create_app
+    from outbox.api.ws import uvicorn_ws_options
 
     port = free_port()
     config = uvicorn.Config(

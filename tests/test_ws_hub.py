@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from outbox.config import Settings
 from outbox.cursor import Cursor
 from outbox.events import Matcher
-from relay.feed import Batch, Event
-from relay.hub import Hub
-from relay.metrics import Metrics
+from outbox.relay.config import Settings
+from outbox.relay.feed import Batch, Event
+from outbox.relay.hub import Hub
+from outbox.relay.metrics import Metrics
 
 _NOW = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
 

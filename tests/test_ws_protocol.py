@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from api import ws_protocol
-from api.ws_protocol import CoalescingWebSocketProtocol, _CoalescingTransport, text_frame
+from outbox.api import ws_protocol
+from outbox.api.ws_protocol import CoalescingWebSocketProtocol, _CoalescingTransport, text_frame
 
 
 class Recorder:
@@ -90,8 +90,8 @@ async def test_other_attributes_are_the_real_transports() -> None:
 
 
 def test_serve_uses_the_coalescing_protocol() -> None:
-    from api.ws import uvicorn_ws_options
-    from outbox.config import Settings
+    from outbox.api.ws import uvicorn_ws_options
+    from outbox.relay.config import Settings
 
     assert uvicorn_ws_options(Settings())["ws"] is CoalescingWebSocketProtocol
 
@@ -192,7 +192,7 @@ async def test_one_flush_serves_every_transport_in_order_of_first_write() -> Non
 async def test_text_sender_uses_the_servers_send_when_the_app_kept_it() -> None:
     from starlette.websockets import WebSocket
 
-    from api.ws import RAW_SEND, RawSend, text_sender
+    from outbox.api.ws import RAW_SEND, RawSend, text_sender
 
     sent: list[Any] = []
 

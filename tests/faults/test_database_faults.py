@@ -23,9 +23,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from outbox.config import Settings
-from outbox.embedded import EmbeddedCluster, find_bindir
+from outbox.cli.embedded import EmbeddedCluster, find_bindir
 from outbox.migrate import migrate
+from outbox.relay.config import Settings
 from tests.conftest import serve_app, wait_for
 from tests.faults.harness import (
     Ledger,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from outbox.cli import _add_db, _db_url, _say
+from outbox.cli.main import _add_db, _db_url, _say
 
 
 def cmd_token(args: argparse.Namespace) -> int:

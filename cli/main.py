@@ -31,7 +31,7 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 
 
 def _db_url(args: argparse.Namespace) -> str:
-    from outbox.config import database_url
+    from outbox.relay.config import database_url
 
     return str(getattr(args, "database_url", None) or database_url())
 
@@ -238,7 +238,7 @@ _EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 def _load_extra_commands() -> None:
     import importlib
 
-    for mod in ("outbox.cli_serve", "outbox.cli_token", "outbox.cli_demo"):
+    for mod in ("outbox.cli.serve", "outbox.cli.token", "outbox.cli.demo"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from outbox.cli import _say
+from outbox.cli.main import _say
 from outbox.errors import ConfigError, DatabaseUnavailable, OutboxError
 
 if TYPE_CHECKING:
-    from outbox.config import Settings
+    from outbox.relay.config import Settings
 
 log = logging.getLogger("outbox.demo")
 
@@ -70,7 +70,7 @@ def _source(
 
 def options(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> DemoOptions:
     """Flags override environment variables; a bad value names the flag or the variable."""
-    from outbox.config import _float, _int, database_url, parse_duration
+    from outbox.relay.config import _float, _int, database_url, parse_duration
 
     env = os.environ if env is None else env
     rate = _float(
@@ -143,7 +143,7 @@ def resolve_database(opts: DemoOptions, env: Mapping[str, str] | None = None) ->
     typo should not silently start a private cluster. With nothing named,
     the local server is tried, then the embedded cluster.
     """
-    from outbox.embedded import NOTHING_TO_RUN, locate
+    from outbox.cli.embedded import NOTHING_TO_RUN, locate
 
     env = os.environ if env is None else env
     if not opts.embedded:
@@ -230,10 +230,9 @@ def _link_host(host: str) -> str:
 
 
 async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
-    from api.app import create_app
-    from api.ws import uvicorn_ws_options
-    from outbox.db import connect
-    from outbox.demo import (
+    from outbox.api.app import create_app
+    from outbox.api.ws import uvicorn_ws_options
+    from outbox.cli.demo_domain import (
         FLAKY_WEBHOOK,
         MAIN_WEBHOOK,
         Receiver,
@@ -241,6 +240,7 @@ async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
         register_webhook,
         summary,
     )
+    from outbox.db import connect
     from outbox.tokens import new_token
 
     env = os.environ
@@ -281,7 +281,7 @@ async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
         webhook_allow_networks=nets if loopback in nets else (*nets, loopback),
     )
     if not env.get("OUTBOX_RETRY_SCHEDULE"):
-        from outbox.config import parse_schedule
+        from outbox.relay.config import parse_schedule
 
         settings = dataclasses.replace(settings, retry_schedule=parse_schedule(DEMO_RETRY_SCHEDULE))
     app_sock = _bind(opts.host, opts.port, "--port (env OUTBOX_PORT)")
@@ -369,7 +369,7 @@ async def _report_until(
     stop: asyncio.Event,
 ) -> None:
     """Print a status line every few seconds until traffic ends, Ctrl-C, or the server dies."""
-    from outbox.demo import summary
+    from outbox.cli.demo_domain import summary
 
     started = time.monotonic()
     try:
@@ -443,10 +443,10 @@ async def _finish(task: asyncio.Task[None], grace: float) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from outbox.config import Settings
+    from outbox.cli.demo_domain import EVENT_TYPES, setup
     from outbox.db import connect
-    from outbox.demo import EVENT_TYPES, setup
     from outbox.migrate import current_version, migrate
+    from outbox.relay.config import Settings
 
     logging.basicConfig(
         level=logging.INFO,

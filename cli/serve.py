@@ -26,11 +26,11 @@ import signal
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
-from outbox.cli import _add_db, _say
+from outbox.cli.main import _add_db, _say
 from outbox.errors import ConfigError, OutboxError
 
 if TYPE_CHECKING:
-    from outbox.config import Settings
+    from outbox.relay.config import Settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -94,7 +94,7 @@ def _int_flag(lo: int, hi: int) -> Callable[[str], str]:
 
 def _duration_flag(raw: str) -> str:
     """An argparse type: a positive duration (500ms, 5s, 5m, 2h, 7d), kept as text."""
-    from outbox.config import parse_duration
+    from outbox.relay.config import parse_duration
 
     try:
         value = parse_duration(raw)
@@ -264,9 +264,9 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import GRACE, create_app
-    from api.ws import uvicorn_ws_options
-    from outbox.config import Settings
+    from outbox.api.app import GRACE, create_app
+    from outbox.api.ws import uvicorn_ws_options
+    from outbox.relay.config import Settings
 
     env = environment(args, os.environ)
     settings = Settings.from_env(env)

@@ -1,0 +1,7 @@
+"""``python -m outbox.cli`` runs the ``outbox`` command."""
+
+import sys
+
+from outbox.cli.main import main
+
+sys.exit(main())
