@@ -37,7 +37,7 @@ GRACE = 10.0
 def create_app(
     settings: Settings, *, on_fatal: Callable[[BaseException], None] | None = None
 ) -> Starlette:
-    from outbox.api import errors, events, health, openapi, pages, webhooks, ws
+    from outbox.api import errors, events, health, openapi, pages, webhooks, whoami, ws
     from outbox.relay.delivery import DeliveryWorker
     from outbox.relay.hub import Hub
     from outbox.relay.runtime import Relay
@@ -90,6 +90,7 @@ def create_app(
         *health.routes,
         *webhooks.routes,
         *events.routes,
+        *whoami.routes,
         *ws.routes,
         *pages.routes,
         *openapi.routes,

@@ -8,13 +8,24 @@ round) without a gap.
 
 from __future__ import annotations
 
+from psycopg.rows import dict_row
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from outbox.api.endpoint import Doc, endpoint, json_response, parse_query, sql, state_of
+from outbox.api.endpoint import (
+    Doc,
+    endpoint,
+    json_response,
+    parse_query,
+    path_id,
+    sql,
+    state_of,
+)
 from outbox.api.errors import ApiError, ValidationFailed
 from outbox.api.schemas import (
+    EventDeliveryList,
+    EventDeliveryOut,
     EventOut,
     EventPage,
     EventQuery,
@@ -25,7 +36,7 @@ from outbox.api.schemas import (
 from outbox.cursor import Cursor
 from outbox.errors import CursorError
 from outbox.events import Matcher
-from outbox.relay.feed import read_batch
+from outbox.relay.feed import head, read_batch
 from outbox.relay.retention import cursor_expired
 
 # With a filter that matches little, keep reading until something matches,
@@ -33,6 +44,7 @@ from outbox.relay.retention import cursor_expired
 MAX_PAGES_PER_REQUEST = 10
 # /event-types looks at this many of the most recent events.
 EVENT_TYPES_WINDOW = 100_000
+EVENT_NOT_FOUND = "Event not found"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 EXPIRED = (
     "cursor expired: events after it were removed by retention (OUTBOX_RETENTION); "
@@ -46,23 +58,22 @@ EXPIRED = (
         {200: EventPage},
         query=EventQuery,
         errors={410: "the cursor is older than retention"},
-        description="No since= starts at the oldest retained event. Pass next_cursor "
-        "as since= to continue; the cursors are the same as /ws's, so "
+        description="No since= (or an empty one) starts at the oldest retained event. "
+        "Pass next_cursor as since= to continue; the cursors are the same as /ws's, so "
         "/ws?since=next_cursor continues live. Events may repeat (same id), "
         "never go missing. event_type takes comma-separated names or "
-        "patterns (user.*, *). 410 when the cursor is older than retention.",
+        "patterns (user.*, *). 410 when the cursor is older than retention. "
+        "order=desc reads history newest first: the newest events that before= "
+        "(default: now) has emitted; its next_cursor continues live on /ws with no "
+        "gap and no repeat, its prev_cursor (as before=) pages further back.",
     )
 )
 async def list_events(request: Request) -> Response:
     q = parse_query(request, EventQuery)
-    cursor = Cursor(0)
-    if q.since:
-        try:
-            cursor = Cursor.decode(q.since)
-        except CursorError:
-            raise ValidationFailed.one(
-                "since", "malformed cursor: use an event's cursor or a next_cursor"
-            ) from None
+    if q.order == "desc":
+        return await _list_newest_first(request, q)
+    # An empty since= (a client's empty saved cursor) is the start, like none.
+    cursor = _cursor(q.since, "since") if q.since else Cursor(0)
     match = Matcher(q.patterns())
     items: list[EventOut] = []
     has_more = True
@@ -73,12 +84,99 @@ async def list_events(request: Request) -> Response:
             batch = await read_batch(db, cursor, q.limit)
             cursor = batch.end
             items += [EventOut.model_validate(e.as_dict()) for e in batch.events if match(e.type)]
-            if not batch.events:
+            # A short page is the end of the log as of this read (a full one
+            # may be followed by more, so only it says has_more).
+            if not batch.more:
                 has_more = False
                 break
             if items:
                 break
     return json_response(EventPage(items=items, next_cursor=cursor.encode(), has_more=has_more))
+
+
+def _cursor(text: str, field: str) -> Cursor:
+    try:
+        return Cursor.decode(text)
+    except CursorError:
+        raise ValidationFailed.one(
+            field, "malformed cursor: use an event's cursor or a next_cursor"
+        ) from None
+
+
+async def _list_newest_first(request: Request, q: EventQuery) -> Response:
+    """History for a console: the newest events ``before`` has emitted, newest first.
+
+    Without ``before``, the cursor is "now" (:func:`head`) and comes back as
+    ``next_cursor``: ``/ws?since=next_cursor`` then sends exactly the events
+    this answer could not contain. ``prev_cursor`` continues further back.
+    """
+    match = Matcher(q.patterns())
+    items: list[EventOut] = []
+    async with state_of(request).pool.connection() as db:
+        top = _cursor(q.before, "before") if q.before else await head(db)
+        cursor = top
+        has_more = True
+        for _ in range(MAX_PAGES_PER_REQUEST):
+            async with db.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    sql("events_emitted_desc"),
+                    {
+                        "after": cursor.after,
+                        "pending": [str(x) for x in cursor.pending],
+                        "xmax": str(cursor.xmax),
+                        "limit": q.limit,
+                    },
+                )
+                rows = await cur.fetchall()
+            for r in rows:
+                if match(r["type"]):
+                    # Resuming after this event: everything above its id, and
+                    # whatever top saw in progress.
+                    after = Cursor(r["id"], top.xmax, top.pending).encode()
+                    items.append(
+                        EventOut.model_validate(
+                            {**r, "timestamp": r["created_at"].isoformat(), "cursor": after}
+                        )
+                    )
+            if rows:
+                cursor = Cursor(rows[-1]["id"] - 1, top.xmax, top.pending)
+            if len(rows) < q.limit:
+                has_more = False
+                break
+            if items:
+                break
+    return json_response(
+        EventPage(
+            items=items[: q.limit],
+            next_cursor=top.encode(),
+            has_more=has_more,
+            prev_cursor=cursor.encode() if has_more else None,
+        )
+    )
+
+
+@endpoint(
+    Doc(
+        "The deliveries of one event, to every webhook",
+        {200: EventDeliveryList},
+        errors={404: "Event not found"},
+        description="Replays included (replay > 0). Empty when no webhook matched "
+        "the event (or its deliveries were removed by retention).",
+    )
+)
+async def event_deliveries(request: Request) -> Response:
+    event_id = path_id(request, "event_id")
+    async with state_of(request).pool.connection() as db:
+        async with db.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql("event_deliveries"), {"id": event_id})
+            rows = await cur.fetchall()
+        if not rows:
+            cur2 = await db.execute(sql("event_exists"), {"id": event_id})
+            if await cur2.fetchone() is None:
+                raise ApiError(404, EVENT_NOT_FOUND)
+    return json_response(
+        EventDeliveryList(items=[EventDeliveryOut.model_validate(r) for r in rows])
+    )
 
 
 @endpoint(
@@ -150,6 +248,7 @@ def _gauge(existing: str, name: str, help: str, values: dict[str, int]) -> str:
 
 routes: list[BaseRoute] = [
     Route("/events", list_events, methods=["GET"]),
+    Route("/events/{event_id}/deliveries", event_deliveries, methods=["GET"]),
     Route("/event-types", list_event_types, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
 ]

@@ -69,6 +69,8 @@ Url = Annotated[
 Secret = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_secret)]
 Description = Annotated[str, Field(max_length=2000)]
 PayloadFormat = Literal["raw", "envelope"]
+SeedSignature = Literal["old", "new"]
+Order = Literal["asc", "desc"]
 DeliveryStatus = Literal["pending", "success", "failed"]
 Limit = Annotated[int, Field(ge=1, le=200)]
 Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
@@ -176,9 +178,29 @@ class RecoverRequest(RequestModel):
 
 
 class RotateRequest(RequestModel):
-    """``POST /webhooks/{id}/rotate-secret``: how long the old secret keeps signing too."""
+    """``POST /webhooks/{id}/rotate-secret``: how long the old secret keeps signing too,
+    and which secret signs the seed's ``X-Webhook-Signature`` meanwhile."""
 
     overlap_seconds: int | None = Field(default=None, ge=0, le=MAX_OVERLAP_SECONDS)
+    seed_signature: SeedSignature | None = Field(
+        default=None,
+        description="'old' (default): X-Webhook-Signature keeps the previous secret until "
+        "the overlap ends, then switches; 'new': it switches now",
+    )
+
+
+class ReplayRequest(RequestModel):
+    """``POST /webhooks/{id}/replay``: new deliveries of the events in a range.
+
+    ``since``/``until`` are each a cursor (an event's ``cursor`` or a
+    ``next_cursor``: the events after it / up to it, exactly as ``/ws`` and
+    ``/events`` read them) or an ISO 8601 time (``created_at >= since``,
+    ``< until``; without a zone, UTC). ``dry_run`` counts without queueing.
+    """
+
+    since: Annotated[str, Field(min_length=1, max_length=8192)]
+    until: Annotated[str, Field(min_length=1, max_length=8192)] | None = None
+    dry_run: bool = False
 
 
 # -- queries ----------------------------------------------------------------
@@ -193,13 +215,28 @@ class WebhookQuery(QueryModel):
 
 class DeliveryQuery(QueryModel):
     status: DeliveryStatus | None = None
+    order: Order = Field(
+        default="asc", description="by id: asc (the seed's) or desc (newest first)"
+    )
     limit: Limit = 50
     offset: Offset = 0
 
 
 class EventQuery(QueryModel):
     # Bounded so that a URL stays within what the HTTP server accepts (16 KiB).
-    since: str | None = Field(default=None, max_length=8192)
+    since: str | None = Field(
+        default=None, max_length=8192, description="asc: start after this cursor (empty: the start)"
+    )
+    before: str | None = Field(
+        default=None,
+        max_length=8192,
+        description="desc: the newest events this cursor has emitted (empty or absent: now)",
+    )
+    order: Order = Field(
+        default="asc",
+        description="asc: oldest first from since=; desc: newest first, for history "
+        "(next_cursor then continues live on /ws, prev_cursor pages further back)",
+    )
     event_type: str | None = Field(default=None, max_length=2048)
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
@@ -242,6 +279,10 @@ class WebhookOut(SQLModel):
     previous_secret_expires_at: datetime | None = Field(
         description="while set and in the future, the previous secret signs too"
     )
+    seed_signature: SeedSignature = Field(
+        default="old",
+        description="during a rotation overlap, the secret that signs X-Webhook-Signature",
+    )
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Self:
@@ -252,6 +293,22 @@ class WebhookWithSecret(WebhookOut):
     """Returned only by create and rotate-secret: the signing secret, shown this once."""
 
     secret: str
+
+
+class RotationOut(SQLModel):
+    """When each signature header switches to the new secret."""
+
+    overlap_ends_at: datetime | None = Field(
+        description="until then the previous secret still signs; null: no overlap"
+    )
+    webhook_signature: str = Field(description="Standard Webhooks webhook-signature")
+    x_webhook_signature: str = Field(description="the seed's X-Webhook-Signature")
+
+
+class RotatedWebhook(WebhookWithSecret):
+    """rotate-secret: the new secret (shown this once) and when each header switches."""
+
+    rotation: RotationOut
 
 
 class WebhookPage(SQLModel):
@@ -286,6 +343,15 @@ class DeliveryOut(SQLModel):
     updated_at: datetime
     delivered_at: datetime | None
     next_retry_at: datetime | None
+    replay: int = Field(default=0, description="0: the delivery; n: the n-th replay of the event")
+
+
+class EventDeliveryOut(DeliveryOut):
+    webhook_name: str
+
+
+class EventDeliveryList(SQLModel):
+    items: list[EventDeliveryOut]
 
 
 class DeliveryPage(SQLModel):
@@ -306,10 +372,32 @@ class AttemptOut(SQLModel):
     response_body: str | None
     error_class: str | None
     error_message: str | None
+    request_headers: dict[str, str] | None = Field(
+        default=None, description="as sent, signature values redacted; null before 004"
+    )
+    response_headers: dict[str, str] | None = Field(
+        default=None, description="as received (lower-case names)"
+    )
 
 
 class AttemptList(SQLModel):
     items: list[AttemptOut]
+
+
+class ReplayResult(SQLModel):
+    queued: int = Field(description="new deliveries created (0 on a dry run)")
+    matched: int = Field(description="events in the range that this webhook subscribes to")
+    dry_run: bool
+
+
+class WhoAmI(SQLModel):
+    """What the presented token may do, so a client (the console) can adapt."""
+
+    name: str = Field(description="the token's name (bootstrap: OUTBOX_API_TOKEN)")
+    scope: Literal["admin", "read", "feed"]
+    events: list[str] | None = Field(
+        default=None, description="feed tokens: the event patterns it may read (null: all)"
+    )
 
 
 class RecoverResult(SQLModel):
@@ -329,7 +417,13 @@ class EventOut(SQLModel):
 class EventPage(SQLModel):
     items: list[EventOut]
     next_cursor: str = Field(description="pass as since= to continue; same cursor as /ws")
-    has_more: bool = Field(description="false once the page reached the end of the log")
+    has_more: bool = Field(
+        description="asc: false once the page reached the end of the log; "
+        "desc: false once no older event is left"
+    )
+    prev_cursor: str | None = Field(
+        default=None, description="desc: pass as before= for the next older page"
+    )
 
 
 class TrackedRule(SQLModel):

@@ -11,7 +11,7 @@ rotate-secret.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -39,7 +39,11 @@ from outbox.api.schemas import (
     DeliveryQuery,
     RecoverRequest,
     RecoverResult,
+    ReplayRequest,
+    ReplayResult,
+    RotatedWebhook,
     RotateRequest,
+    RotationOut,
     WebhookCreate,
     WebhookOut,
     WebhookPage,
@@ -49,10 +53,13 @@ from outbox.api.schemas import (
     WebhookWithSecret,
     merge_patterns,
 )
+from outbox.cursor import Cursor
+from outbox.errors import CursorError
 from outbox.relay import ops
 from outbox.relay.config import Settings
 from outbox.relay.signing import generate_secret
 from outbox.relay.ssrf import UnsafeURL, check_url
+from outbox.sqlfiles import query
 
 AsyncConn = psycopg.AsyncConnection[Any]
 DELIVERY_NOT_FOUND = "Delivery not found"
@@ -275,18 +282,20 @@ async def delete_webhook(request: Request) -> Response:
         {200: DeliveryPage},
         query=DeliveryQuery,
         errors=WEBHOOK_NOT_FOUND,
-        description="Ordered by id (oldest first), so pages stay put while new "
-        "deliveries arrive; payload comes from the event.",
+        description="Ordered by id: oldest first (order=asc, the default), so pages "
+        "stay put while new deliveries arrive, or newest first (order=desc); "
+        "payload comes from the event.",
     )
 )
 async def list_deliveries(request: Request) -> Response:
     webhook_id = path_id(request, "webhook_id")
     q = parse_query(request, DeliveryQuery)
     params = {"webhook_id": webhook_id, "status": q.status, "limit": q.limit, "offset": q.offset}
+    page_where = "delivery_page_where_desc" if q.order == "desc" else "delivery_page_where"
     async with state_of(request).pool.connection() as db:
         await _require_webhook(db, webhook_id)
         async with db.cursor(row_factory=dict_row) as cur:
-            await cur.execute(sql("delivery_select") + "\n" + sql("delivery_page_where"), params)
+            await cur.execute(sql("delivery_select") + "\n" + sql(page_where), params)
             rows = await cur.fetchall()
         cur2 = await db.execute(sql("delivery_count"), params)
         total_row = await cur2.fetchone()
@@ -386,12 +395,17 @@ async def recover(request: Request) -> Response:
 @endpoint(
     Doc(
         "Rotate the signing secret",
-        {200: WebhookWithSecret},
+        {200: RotatedWebhook},
         body=RotateRequest,
         body_required=False,
         errors=WEBHOOK_NOT_FOUND,
-        description="Returns the new secret, shown this once. During the overlap "
-        "(default OUTBOX_ROTATION_OVERLAP) requests are signed with both secrets.",
+        description="Returns the new secret, shown this once, and `rotation`: when "
+        "each signature header switches. During the overlap (overlap_seconds, "
+        "default OUTBOX_ROTATION_OVERLAP) webhook-signature carries a signature "
+        "with each secret; X-Webhook-Signature has room for one: with "
+        "seed_signature 'old' (the default) the previous secret signs it until "
+        "the overlap ends, with 'new' the new secret signs it at once. Overlap 0: "
+        "both switch now.",
     )
 )
 async def rotate_secret(request: Request) -> Response:
@@ -399,14 +413,119 @@ async def rotate_secret(request: Request) -> Response:
     webhook_id = path_id(request, "webhook_id")
     body = await parse_body(request, RotateRequest, required=False)
     overlap = st.settings.rotation_overlap
+    seed = "old"
     if body is not None and body.overlap_seconds is not None:
         overlap = timedelta(seconds=body.overlap_seconds)
-    async with st.pool.connection() as db:
+    if body is not None and body.seed_signature is not None:
+        seed = body.seed_signature
+    async with st.pool.connection() as db, db.transaction():
         if await ops.rotate_secret(db, webhook_id, overlap) is None:
             raise ApiError(404, NOT_FOUND)
+        await db.execute(
+            sql("webhook_set_seed_signature"), {"id": webhook_id, "seed_signature": seed}
+        )
         row = await _fetch_webhook(db, webhook_id, secret=True)
-    out = WebhookWithSecret.from_row(row)
+    ends = row["previous_secret_expires_at"]
+    now_text = "now (no overlap)"
+    at = f"at {ends.isoformat()}" if ends else now_text
+    rotation = RotationOut(
+        overlap_ends_at=ends,
+        webhook_signature=(
+            f"signed with both secrets until {ends.isoformat()}, then with the new one only"
+            if ends
+            else "signed with the new secret only, from now"
+        ),
+        x_webhook_signature=(
+            f"signed with the previous secret until {ends.isoformat()}, then with the new one"
+            if ends and seed == "old"
+            else f"signed with the new secret from now (the previous one stops {at})"
+            if ends
+            else "signed with the new secret from now"
+        ),
+    )
+    out = RotatedWebhook.model_validate(
+        {**WebhookWithSecret.from_row(row).model_dump(), "rotation": rotation}
+    )
     return json_response(out)
+
+
+# Replays bigger than this are refused (422 naming since): narrow the range.
+MAX_REPLAY = 100_000
+
+
+def _bound(text: str, field: str) -> tuple[Cursor | None, datetime | None]:
+    """A replay bound: a cursor, or else an ISO 8601 time (UTC without a zone)."""
+    try:
+        return Cursor.decode(text), None
+    except CursorError:
+        pass
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise ValidationFailed.one(
+            field, "use an event's cursor (or a next_cursor) or an ISO 8601 time"
+        ) from None
+    return None, at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+@endpoint(
+    Doc(
+        "Replay a range of events to this webhook",
+        {202: ReplayResult, 200: ReplayResult},
+        body=ReplayRequest,
+        errors=WEBHOOK_NOT_FOUND,
+        description="New deliveries of the events in the range that this webhook "
+        "subscribes to now, also those already delivered (each a new delivery, "
+        f"replay n > 0; at most {MAX_REPLAY} per request). dry_run: true counts "
+        "them (200) without queueing anything. Deliveries of an inactive webhook "
+        "wait until it is active again.",
+    )
+)
+async def replay(request: Request) -> Response:
+    webhook_id = path_id(request, "webhook_id")
+    body = await parse_body(request, ReplayRequest)
+    assert body is not None
+    since_c, since_t = _bound(body.since, "since")
+    until_c, until_t = (None, None) if body.until is None else _bound(body.until, "until")
+    if since_t and until_t and until_t <= since_t:
+        raise ValidationFailed.one("until", "must be after since")
+    params: dict[str, Any] = {
+        "webhook_id": webhook_id,
+        "since_after": since_c.after if since_c else None,
+        "since_pending": [str(x) for x in since_c.pending] if since_c else [],
+        "since_xmax": str(since_c.xmax) if since_c else "0",
+        "until_after": until_c.after if until_c else None,
+        "until_pending": [str(x) for x in until_c.pending] if until_c else [],
+        "until_xmax": str(until_c.xmax) if until_c else "0",
+        "since_time": since_t,
+        "until_time": until_t,
+        "cap": MAX_REPLAY + 1,
+    }
+    async with state_of(request).pool.connection() as db, db.transaction():
+        await _require_webhook(db, webhook_id)
+        cur = await db.execute(sql("replay_range"), params)
+        rows = await cur.fetchall()
+        if len(rows) > MAX_REPLAY:
+            raise ValidationFailed.one(
+                "since", f"the range holds more than {MAX_REPLAY} events: narrow it (until)"
+            )
+        if body.dry_run:
+            return json_response(ReplayResult(queued=0, matched=len(rows), dry_run=True))
+        queued = 0
+        if rows:
+            ins = await db.execute(
+                sql("replay_insert"),
+                {
+                    "webhook_id": webhook_id,
+                    "event_ids": [r[0] for r in rows],
+                    "event_types": [r[1] for r in rows],
+                    "replays": [r[2] for r in rows],
+                },
+            )
+            queued = ins.rowcount
+            if queued:
+                await db.execute(query("deliveries_wake"))
+    return json_response(ReplayResult(queued=queued, matched=len(rows), dry_run=False), 202)
 
 
 routes: list[BaseRoute] = [
@@ -426,4 +545,5 @@ routes: list[BaseRoute] = [
     ),
     Route("/webhooks/{webhook_id}/recover", recover, methods=["POST"]),
     Route("/webhooks/{webhook_id}/rotate-secret", rotate_secret, methods=["POST"]),
+    Route("/webhooks/{webhook_id}/replay", replay, methods=["POST"]),
 ]

@@ -231,7 +231,9 @@ def _parse_query(websocket: WebSocket) -> tuple[Matcher, Cursor | None]:
         matcher = Matcher(patterns or None)
     since = None
     raw_since = params.get("since")
-    if raw_since is not None:
+    # An empty since= (a first-time client's empty saved cursor) means "from
+    # now", exactly like no since at all.
+    if raw_since:
         try:
             since = Cursor.decode(raw_since)
         except CursorError:

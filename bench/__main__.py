@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("python -m bench: interrupted; cleaned up", file=sys.stderr)
             return 130
     environment["load_average_end"] = env.load_average()
-    print(table(results, markdown=args.markdown))
+    print(table(results, markdown=args.markdown, smoke=args.smoke))
     if json_path:
         doc: dict[str, Any] = {
             "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -127,8 +127,15 @@ def spread_text(s: Spread) -> str:
     return f"{_num(s.median)} ({_num(s.low)} to {_num(s.high)})"
 
 
-def table(results: list[ScenarioResult], *, markdown: bool = False) -> str:
-    """Every metric as target vs measured; median (min to max) over repetitions."""
+SMOKE_VERDICT = "smoke: sizes too small for targets"
+
+
+def table(results: list[ScenarioResult], *, markdown: bool = False, smoke: bool = False) -> str:
+    """Every metric as target vs measured; median (min to max) over repetitions.
+
+    A smoke run's tiny sizes measure nothing a target could judge: its
+    verdicts say so instead of "met" or "MISSED".
+    """
     head = ["scenario", "metric", "unit", "target", "measured", "baseline", "verdict"]
     rows: list[list[str]] = []
     for r in results:
@@ -137,6 +144,8 @@ def table(results: list[ScenarioResult], *, markdown: bool = False) -> str:
             rows.append([r.key.upper(), f"FAILED: {error}", "", "", "", "", "ERROR"])
         for m in r.metrics:
             verdict = {True: "met", False: "MISSED", None: ""}[m.passed]
+            if smoke and m.passed is not None:
+                verdict = SMOKE_VERDICT
             rows.append(
                 [
                     r.key.upper(),

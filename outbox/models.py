@@ -158,6 +158,9 @@ class Webhook(SQLModel, table=True):
     failing_since: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     success_count: int = Field(default=0, sa_column=_count())
     failure_count: int = Field(default=0, sa_column=_count())
+    seed_signature: str = Field(
+        default="old", sa_column=Column(Text, nullable=False, server_default=text("'old'"))
+    )
 
 
 class Delivery(SQLModel, table=True):
@@ -185,6 +188,7 @@ class Delivery(SQLModel, table=True):
     created_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
     updated_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
     delivered_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    replay: int = Field(default=0, sa_column=_int(nullable=False, default="0"))
 
 
 class DeliveryAttempt(SQLModel, table=True):
@@ -203,6 +207,12 @@ class DeliveryAttempt(SQLModel, table=True):
     response_body: str | None = Field(default=None, sa_column=_text(nullable=True))
     error_class: str | None = Field(default=None, sa_column=_text(nullable=True))
     error_message: str | None = Field(default=None, sa_column=_text(nullable=True))
+    request_headers: dict[str, str] | None = Field(
+        default=None, sa_column=Column(JSONB, nullable=True)
+    )
+    response_headers: dict[str, str] | None = Field(
+        default=None, sa_column=Column(JSONB, nullable=True)
+    )
 
 
 class ApiToken(SQLModel, table=True):

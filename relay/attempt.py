@@ -63,6 +63,7 @@ async def post(
         result.error_message = _text(str(exc)) or type(exc).__name__
     else:
         result.status = response.status
+        result.response_headers = {k: _text(v) for k, v in response.headers.items()}
         # A multi-byte character cut by the cap becomes U+FFFD.
         result.body = _text(response.body.decode("utf-8", "replace")) if body_cap > 0 else ""
         _describe_status(result, response)

@@ -48,7 +48,7 @@ from outbox.relay.reconnect import (
     nap,
 )
 from outbox.relay.retry import AttemptResult, RetryPolicy
-from outbox.relay.signing import sign_headers
+from outbox.relay.signing import redact, sign_headers
 from outbox.relay.ssrf import Resolver
 
 log = logging.getLogger("outbox.delivery")
@@ -349,6 +349,7 @@ class DeliveryWorker:
                     secret=job.secret,
                     previous_secret=job.previous_secret,
                     timestamp=int(time.time()),
+                    seed_secret=job.seed_secret,
                 )
                 self._in_flight += 1
                 try:
@@ -363,6 +364,7 @@ class DeliveryWorker:
                     )
                 finally:
                     self._in_flight -= 1
+            result.request_headers = redact(headers)
             job.attempt += 1
             return result
 

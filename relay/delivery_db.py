@@ -10,6 +10,7 @@ No HTTP request ever runs while this module holds a transaction open.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -41,6 +42,7 @@ class Job:
     secret: str
     previous_secret: str | None
     payload_format: str
+    seed_secret: str | None = None  # signs X-Webhook-Signature (rotation choice)
     _body: bytes | None = field(default=None, repr=False)
 
     @property
@@ -96,6 +98,10 @@ async def claim(
     return [Job(*row) for row in await cur.fetchall()]
 
 
+def _json(headers: dict[str, str] | None) -> str | None:
+    return None if headers is None else json.dumps(headers)
+
+
 def _columns(rows: list[tuple[Any, ...]], names: tuple[str, ...]) -> dict[str, list[Any]]:
     cols: dict[str, list[Any]] = {n: [] for n in names}
     for row in rows:
@@ -114,6 +120,8 @@ _ATTEMPT_COLS = (
     "response_body",
     "error_class",
     "error_message",
+    "request_headers",
+    "response_headers",
 )
 _RECORD_COLS = (
     "id",
@@ -194,6 +202,8 @@ async def flush(
                             o.result.body,
                             o.result.error_class,
                             o.result.error_message,
+                            _json(o.result.request_headers),
+                            _json(o.result.response_headers),
                         )
                         for o in outcomes
                     ],

@@ -40,6 +40,10 @@ class AttemptResult:
     error_class: str | None = None
     error_message: str | None = None
     retry_after: float | None = None
+    # For the console's inspector (sql/004_console.sql): what was sent, with
+    # signature values redacted, and the response's headers.
+    request_headers: dict[str, str] | None = None
+    response_headers: dict[str, str] | None = None
 
     @property
     def ok(self) -> bool:

@@ -96,12 +96,15 @@ def sign_headers(
     secret: str,
     previous_secret: str | None,
     timestamp: int,
+    seed_secret: str | None = None,
 ) -> dict[str, str]:
     """Every header of one attempt (the timestamp is the attempt's own).
 
     While a rotated-out ``previous_secret`` is still valid, ``webhook-signature``
     carries a signature with each secret, space-separated, as Standard
-    Webhooks allows; the seed header has room for one, the current secret's.
+    Webhooks allows. The seed header has room for one: ``seed_secret`` (the
+    webhook's ``seed_signature`` choice during a rotation; the current
+    secret when None).
     """
     msg_id = webhook_message_id(event_id)
     signature = standard_signature(signing_key(secret), msg_id, timestamp, body)
@@ -112,8 +115,17 @@ def sign_headers(
         "content-type": "application/json",
         "x-webhook-event": event_type,
         "x-webhook-id": str(webhook_id),
-        "x-webhook-signature": seed_signature(secret, body),
+        "x-webhook-signature": seed_signature(seed_secret or secret, body),
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signature,
     }
+
+
+SIGNATURE_HEADERS = ("x-webhook-signature", "webhook-signature")
+REDACTED = "[redacted]"
+
+
+def redact(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` as the console shows them: signature values replaced."""
+    return {k: REDACTED if k.lower() in SIGNATURE_HEADERS else v for k, v in headers.items()}

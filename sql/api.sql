@@ -9,7 +9,8 @@
 -- Every column a client may see. The secrets are deliberately absent.
 id, name, url, event_types, payload_format, is_active, description,
 disabled_reason, created_at, updated_at, last_triggered_at, last_success_at,
-failing_since, success_count, failure_count, previous_secret_expires_at
+failing_since, success_count, failure_count, previous_secret_expires_at,
+seed_signature
 
 -- name: webhook_where
 -- event_type: an exact name finds the webhooks that would receive it (exact,
@@ -77,7 +78,8 @@ FROM outbox.deliveries
 -- finished delivery; its payload is then null.
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, e.payload,
        d.response_status, d.response_body, d.status, d.error_message,
-       d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at
+       d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
+       d.replay
 FROM outbox.deliveries d
 LEFT JOIN outbox.events e ON e.id = d.event_id
 
@@ -98,7 +100,8 @@ WHERE d.webhook_id = %(webhook_id)s AND d.id = %(id)s
 
 -- name: attempt_list
 SELECT a.id, a.delivery_id, a.attempt_number, a.started_at, a.duration_ms,
-       a.outcome, a.response_status, a.response_body, a.error_class, a.error_message
+       a.outcome, a.response_status, a.response_body, a.error_class, a.error_message,
+       a.request_headers, a.response_headers
 FROM outbox.delivery_attempts a
 WHERE a.delivery_id = %(delivery_id)s
 ORDER BY a.attempt_number, a.id
@@ -136,3 +139,97 @@ SELECT EXISTS (SELECT 1 FROM outbox.api_tokens WHERE revoked_at IS NULL)
 UPDATE outbox.api_tokens SET last_used_at = now()
 WHERE id = %(id)s AND revoked_at IS NULL
   AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+
+-- name: events_emitted_desc
+-- The newest events a cursor has emitted (GET /events?order=desc), newest
+-- first: id <= after, minus the transactions the cursor saw in progress
+-- (pending xids, or at/above its xmax) — exactly the complement of what
+-- /ws?since=CURSOR sends, so history read here and the live feed meet with
+-- no gap and no repeat. A backward primary-key scan. key/traceparent are
+-- read through to_jsonb so this works on schemas with and without them.
+SELECT e.id, e.event_type AS type, e.payload, e.created_at,
+       to_jsonb(e) ->> 'key' AS key, to_jsonb(e) ->> 'traceparent' AS traceparent
+FROM outbox.events e
+WHERE e.id <= %(after)s
+  AND NOT (e.xid = ANY (%(pending)s::text[]::xid8[]) OR e.xid >= %(xmax)s::text::xid8)
+ORDER BY e.id DESC
+LIMIT %(limit)s
+
+-- name: event_exists
+SELECT 1 FROM outbox.events WHERE id = %(id)s
+
+-- name: event_deliveries
+-- Every delivery of one event, to every webhook (replays included), with the
+-- webhook's name; deliveries_webhook_event_key leads with event_id.
+SELECT d.id, d.webhook_id, w.name AS webhook_name, d.event_id, d.event_type, e.payload,
+       d.response_status, d.response_body, d.status, d.error_message,
+       d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
+       d.replay
+FROM outbox.deliveries d
+JOIN outbox.webhooks w ON w.id = d.webhook_id
+LEFT JOIN outbox.events e ON e.id = d.event_id
+WHERE d.event_id = %(id)s
+ORDER BY d.webhook_id, d.replay
+
+-- name: delivery_page_where_desc
+-- Newest first, the console's default: deliveries_webhook_id_idx is
+-- (webhook_id, id DESC). Offsets shift as new deliveries arrive; the
+-- console reloads page one instead of paging while live.
+WHERE d.webhook_id = %(webhook_id)s
+  AND (%(status)s::text IS NULL OR d.status = %(status)s::text)
+ORDER BY d.id DESC
+LIMIT %(limit)s OFFSET %(offset)s
+
+-- name: replay_range
+-- The events of a replay range that the webhook subscribes to now, and the
+-- replay number each new delivery gets (one more than the highest so far
+-- for that event and webhook; 0 when the event has none yet, e.g. it came
+-- before the webhook existed). The range: since/until as cursors (the
+-- events a cursor has not emitted / has emitted, as /ws and /events read
+-- them) or as times (created_at >= since, < until); NULL bounds are open.
+-- Routing as the dispatcher's (sql/queries.sql dispatch_batch): no
+-- webhook.test, no webhook.* event about this webhook itself.
+WITH w AS (
+    SELECT id, event_types FROM outbox.webhooks WHERE id = %(webhook_id)s
+), picked AS (
+    SELECT e.id, e.event_type
+    FROM outbox.events e, w
+    WHERE (%(since_after)s::bigint IS NULL
+           OR e.id > %(since_after)s::bigint
+           OR e.xid = ANY (%(since_pending)s::text[]::xid8[])
+           OR e.xid >= %(since_xmax)s::text::xid8)
+      AND (%(until_after)s::bigint IS NULL
+           OR (e.id <= %(until_after)s::bigint
+               AND NOT (e.xid = ANY (%(until_pending)s::text[]::xid8[])
+                        OR e.xid >= %(until_xmax)s::text::xid8)))
+      AND (%(since_time)s::timestamptz IS NULL OR e.created_at >= %(since_time)s::timestamptz)
+      AND (%(until_time)s::timestamptz IS NULL OR e.created_at < %(until_time)s::timestamptz)
+      AND e.event_type <> 'webhook.test'
+      AND (e.event_type = ANY (w.event_types)
+           OR '*' = ANY (w.event_types)
+           OR EXISTS (SELECT 1 FROM unnest(w.event_types) AS p (pattern)
+                      WHERE right(p.pattern, 2) = '.*'
+                        AND starts_with(e.event_type, left(p.pattern, -1))))
+      AND NOT (starts_with(e.event_type, 'webhook.')
+               AND e.payload ->> 'webhook_id' = w.id::text)
+    ORDER BY e.id
+    LIMIT %(cap)s
+)
+SELECT p.id, p.event_type,
+       coalesce((SELECT max(d.replay) + 1 FROM outbox.deliveries d
+                 WHERE d.event_id = p.id AND d.webhook_id = %(webhook_id)s), 0) AS replay
+FROM picked p
+ORDER BY p.id
+
+-- name: replay_insert
+-- The new deliveries of a replay, due now, in event order. ON CONFLICT: a
+-- concurrent replay (or the dispatcher, for replay 0) got there first.
+INSERT INTO outbox.deliveries (webhook_id, event_id, event_type, replay)
+SELECT %(webhook_id)s, r.event_id, r.event_type, r.replay
+FROM unnest(%(event_ids)s::bigint[], %(event_types)s::text[], %(replays)s::int[])
+     WITH ORDINALITY AS r (event_id, event_type, replay, ord)
+ORDER BY r.ord
+ON CONFLICT ON CONSTRAINT deliveries_webhook_event_key DO NOTHING
+
+-- name: webhook_set_seed_signature
+UPDATE outbox.webhooks SET seed_signature = %(seed_signature)s WHERE id = %(id)s

@@ -84,7 +84,7 @@ WHERE webhook_id = %(webhook_id)s AND status = 'failed' AND created_at >= %(sinc
 -- name: ops_send_test
 -- Publish a webhook.test event and its delivery to this one webhook, in the
 -- caller's transaction. The dispatcher may match the event to this webhook
--- too; the (webhook_id, event_id) key makes its insert a no-op.
+-- too; the (event_id, webhook_id, replay) key makes its insert a no-op.
 WITH w AS (
     SELECT id, name FROM outbox.webhooks WHERE id = %(webhook_id)s
 ), ev AS (
@@ -96,7 +96,7 @@ WITH w AS (
 )
 INSERT INTO outbox.deliveries (webhook_id, event_id, event_type)
 SELECT webhook_id, event_id, 'webhook.test' FROM ev
-ON CONFLICT (webhook_id, event_id) DO NOTHING
+ON CONFLICT ON CONSTRAINT deliveries_webhook_event_key DO NOTHING
 RETURNING id;
 
 -- name: ops_rotate_secret
@@ -260,7 +260,11 @@ WITH due AS (
 SELECT c.id, c.webhook_id, c.event_id, c.event_type, c.attempt_number + 1, c.due_at,
        e.payload, e.created_at, w.url, w.secret,
        CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END,
-       w.payload_format
+       w.payload_format,
+       -- X-Webhook-Signature during a rotation: the previous secret while it
+       -- is valid when the operator chose seed_signature 'old' (sql/004).
+       CASE WHEN w.previous_secret_expires_at > now() AND w.seed_signature = 'old'
+            THEN w.previous_secret ELSE w.secret END
 FROM claimed c
 JOIN outbox.webhooks w ON w.id = c.webhook_id
 LEFT JOIN outbox.events e ON e.id = c.event_id;
@@ -270,14 +274,18 @@ LEFT JOIN outbox.events e ON e.id = c.event_id;
 -- meanwhile (its webhook was deleted) has no row to refer to any more.
 INSERT INTO outbox.delivery_attempts
     (delivery_id, attempt_number, started_at, duration_ms, outcome,
-     response_status, response_body, error_class, error_message)
+     response_status, response_body, error_class, error_message,
+     request_headers, response_headers)
 SELECT r.delivery_id, r.attempt_number, to_timestamp(r.started_at), r.duration_ms, r.outcome,
-       r.response_status, r.response_body, r.error_class, r.error_message
+       r.response_status, r.response_body, r.error_class, r.error_message,
+       r.request_headers::jsonb, r.response_headers::jsonb
 FROM unnest(%(delivery_id)s::bigint[], %(attempt_number)s::int[], %(started_at)s::float8[],
             %(duration_ms)s::float8[], %(outcome)s::text[], %(response_status)s::int[],
-            %(response_body)s::text[], %(error_class)s::text[], %(error_message)s::text[])
+            %(response_body)s::text[], %(error_class)s::text[], %(error_message)s::text[],
+            %(request_headers)s::text[], %(response_headers)s::text[])
      AS r(delivery_id, attempt_number, started_at, duration_ms, outcome,
-          response_status, response_body, error_class, error_message)
+          response_status, response_body, error_class, error_message,
+          request_headers, response_headers)
 WHERE EXISTS (SELECT 1 FROM outbox.deliveries d WHERE d.id = r.delivery_id);
 
 -- name: delivery_record

@@ -61,7 +61,8 @@ async def test_events_page_through_the_whole_log(
     assert e["timestamp"].endswith("+00:00")
 
     events, cursor, pages = await read_all(client, "limit=10")
-    assert [e["id"] for e in events] == ids and pages == 4
+    # 10 + 10 + a short last page of 5 that already says has_more false.
+    assert [e["id"] for e in events] == ids and pages == 3
     # At the end: nothing new, the cursor stays usable.
     again = (await client.get(f"/events?since={cursor}")).json()
     assert (again["items"], again["has_more"]) == ([], False)

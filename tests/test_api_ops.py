@@ -101,6 +101,8 @@ async def test_attempts_of_a_delivery_in_order(
         "response_body",
         "error_class",
         "error_message",
+        "request_headers",
+        "response_headers",
     }
     assert (items[0]["delivery_id"], items[0]["duration_ms"]) == (delivery, 12.5)
     empty = add_delivery(conn, hook["id"], status="pending")

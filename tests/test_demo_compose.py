@@ -158,3 +158,12 @@ def test_the_inline_dockerfile_copies_files_that_exist(compose: dict[str, Any]) 
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:
                 assert (ROOT / src).exists(), src
+
+
+def test_postgres_is_published_on_a_port_that_does_not_clash_with_a_local_server() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    ports = compose["services"]["postgres"].get("ports", [])
+    for port in ports:
+        host = re.sub(r"\$\{[A-Z_]+:-(\d+)\}", r"\1", port).split(":")
+        assert host[0] == "127.0.0.1", port
+        assert host[1] != "5432", f"{port}: clashes with a PostgreSQL already on 5432"

@@ -163,3 +163,33 @@ def test_check_secret() -> None:
     for bad, why in [("", "empty"), ("   ", "empty"), ("whsec_!!!", "base64")]:
         with pytest.raises(ValueError, match=why):
             check_secret(bad)
+
+
+@pytest.mark.parametrize("secret", ["my-secret-key", generate_secret()], ids=["plain", "whsec"])
+def test_readme_verify_snippet_works_for_every_kind_of_secret(secret: str) -> None:
+    """README's receiver snippet, run as written, for a chosen and a generated secret."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- verify-snippet -->", 1)[1].split("<!-- /verify-snippet -->")[0]
+    code = block.split("```python", 1)[1].rsplit("```", 1)[0]
+    body = json.dumps({"user_id": 7}, sort_keys=True).encode()
+    headers = sign_headers(
+        body=body,
+        event_id=42,
+        event_type="user.created",
+        webhook_id=1,
+        secret=secret,
+        previous_secret=None,
+        timestamp=int(time.time()),
+    )
+
+    class FakeRequest:
+        pass
+
+    request = FakeRequest()
+    request.body = body  # type: ignore[attr-defined]
+    request.headers = headers  # type: ignore[attr-defined]
+    scope: dict[str, Any] = {"secret": secret, "request": request}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    assert scope["event"] == {"user_id": 7}
