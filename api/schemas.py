@@ -412,6 +412,10 @@ class EventOut(SQLModel):
     payload: Any
     timestamp: str
     cursor: str
+    key: str | None = Field(description="the event's key (outbox track --key, publish key=)")
+    traceparent: str | None = Field(
+        description="the writer's W3C trace context (SET LOCAL outbox.traceparent)"
+    )
 
 
 class EventPage(SQLModel):

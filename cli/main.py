@@ -84,6 +84,7 @@ def cmd_track(args: argparse.Namespace) -> int:
                 when=when,
                 columns=args.columns,
                 exclude=args.exclude or (),
+                key=args.key or (),
             )
         )
     with connect(_db_url(args)) as conn:
@@ -129,6 +130,8 @@ def cmd_tracked(args: argparse.Namespace) -> int:
             extra.append("columns " + ",".join(r.columns))
         if r.exclude:
             extra.append("exclude " + ",".join(r.exclude))
+        if r.key:
+            extra.append("key " + ",".join(r.key))
         tail = f"  [{'; '.join(extra)}]" if extra else ""
         _say(f"{r.table:30} {r.operation:6} -> {r.event_type}{tail}")
     return 0
@@ -206,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_csv,
         default=(),
         help="payload leaves these columns out (e.g. password_hash)",
+    )
+    p.add_argument(
+        "--key",
+        metavar="COL,...",
+        type=_csv,
+        default=(),
+        help="the event's key: the row's value of COL (several joined with ':'); "
+        "webhooks with ordering 'key' deliver one key's events in order",
     )
     _add_db(p)
     p.set_defaults(func=cmd_track)

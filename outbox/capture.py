@@ -36,6 +36,21 @@ RING = (
     f"        PERFORM pg_notify('{NOTIFY_CHANNEL}', '');\n"
     "    END IF;"
 )
+# The writer's trace context (sql/005_event_key_trace.sql): one
+# current_setting() per trigger call; only a set value is checked (by
+# outbox.trace_context, which drops an invalid one with a WARNING). The
+# variables are qualified by the block label so that no column of the
+# tracked table can shadow them.
+TRACE_DECLARE = (
+    "    tp text := nullif(current_setting('outbox.traceparent', true), '');\n    ts text;"
+)
+TRACE_READ = (
+    "    IF outbox_capture.tp IS NOT NULL THEN\n"
+    "        SELECT c.traceparent, c.tracestate INTO outbox_capture.tp, outbox_capture.ts\n"
+    "        FROM outbox.trace_context(outbox_capture.tp,"
+    " current_setting('outbox.tracestate', true), true) AS c;\n"
+    "    END IF;"
+)
 OPERATIONS = ("insert", "update", "delete")
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"outbox capture").digest()[:8], "big", signed=True)
 
@@ -52,6 +67,7 @@ class Rule:
     columns: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     level: str | None = None  # "row" | "statement"; None: statement for insert/delete
+    key: tuple[str, ...] = ()  # --key: the row's value(s), joined with ':'
 
 
 @dataclass(frozen=True)
@@ -132,6 +148,12 @@ def compile_rule(
     _check_columns("--of", rule.of, known, table)
     _check_columns("--columns", rule.columns or (), known, table)
     _check_columns("--exclude", rule.exclude, known, table)
+    _check_columns("--key", rule.key, known, table)
+    for c in rule.key:
+        if c in rule.exclude or (rule.columns is not None and c not in rule.columns):
+            raise CaptureError(
+                f"--key: column {c!r} is kept out of the payload; a key would publish its value"
+            )
 
     def q(name: str) -> str:
         return sql.Identifier(name).as_string(conn)
@@ -170,6 +192,7 @@ def compile_rule(
     if rule.when:
         conditions.append(f"({rule.when})")
 
+    key_expr = _key_expr(conn, row, rule.key)
     key = _short_hash(schema, table, rule.operation, rule.event_type)
     trigger_name = _ident(f"outbox_{rule.operation}_{rule.event_type.replace('.', '_')}")
     function_name = _ident(f"capture_{table}_{rule.operation}_{key}_{FUNCTION_VERSION}")
@@ -184,15 +207,28 @@ def compile_rule(
         # NEW.col / OLD.col in --when and the payload refer to the alias.
         alias = row.lower()
         where = f"\n    WHERE ({' AND '.join(conditions)})" if conditions else ""
-        select = f"SELECT {event_lit}, {payload}\n    FROM outbox_rows AS {alias}{where}"
-        _check_select(conn, select.replace("outbox_rows", target), rule)
+        select = (
+            f"SELECT {event_lit}, {payload}, {key_expr}, outbox_capture.tp, outbox_capture.ts"
+            f"\n    FROM outbox_rows AS {alias}{where}"
+        )
+        _check_select(
+            conn,
+            select.replace("outbox_rows", target).replace(
+                "outbox_capture.tp, outbox_capture.ts", "NULL::text, NULL::text"
+            ),
+            rule,
+        )
         transition = "OLD" if rule.operation == "delete" else "NEW"
         ddl = f"""
 CREATE OR REPLACE FUNCTION {qualified}() RETURNS trigger
 LANGUAGE plpgsql AS $outbox$
 #variable_conflict use_column
+<<outbox_capture>>
+DECLARE
+{TRACE_DECLARE}
 BEGIN
-    INSERT INTO outbox.events (event_type, payload)
+{TRACE_READ}
+    INSERT INTO outbox.events (event_type, payload, key, traceparent, tracestate)
     {select};
     IF FOUND THEN
         {RING}
@@ -213,8 +249,13 @@ CREATE TRIGGER {q(trigger_name)}
     ddl = f"""
 CREATE OR REPLACE FUNCTION {qualified}() RETURNS trigger
 LANGUAGE plpgsql AS $outbox$
+<<outbox_capture>>
+DECLARE
+{TRACE_DECLARE}
 BEGIN
-    INSERT INTO outbox.events (event_type, payload) VALUES ({event_lit}, {payload});
+{TRACE_READ}
+    INSERT INTO outbox.events (event_type, payload, key, traceparent, tracestate)
+    VALUES ({event_lit}, {payload}, {key_expr}, outbox_capture.tp, outbox_capture.ts);
     {RING}
     RETURN NULL;
 END
@@ -225,6 +266,18 @@ CREATE TRIGGER {q(trigger_name)}
     EXECUTE FUNCTION {qualified}();
 """
     return trigger_name, function_name, ddl
+
+
+def _key_expr(conn: psycopg.Connection, row: str, cols: Sequence[str]) -> str:
+    """The event key: one column as text, or several joined with ':' (a NULL
+    part is empty); NULL when every part is NULL."""
+    if not cols:
+        return "NULL::text"
+    parts = [f"({row}.{sql.Identifier(c).as_string(conn)})::text" for c in cols]
+    if len(parts) == 1:
+        return parts[0]
+    joined = ", ':', ".join(parts)
+    return f"CASE WHEN num_nonnulls({', '.join(parts)}) > 0 THEN concat({joined}) END"
 
 
 def _level(rule: Rule) -> str:
@@ -310,13 +363,14 @@ def track(conn: psycopg.Connection, rules: Sequence[Rule]) -> list[TrackedRule]:
                         """
                         INSERT INTO outbox.capture_rules
                             (table_schema, table_name, operation, event_type, of_columns,
-                             when_sql, columns, exclude_columns, trigger_name, function_name,
-                             definition_hash)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                             when_sql, columns, exclude_columns, key_columns, trigger_name,
+                             function_name, definition_hash)
+                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                         ON CONFLICT ON CONSTRAINT capture_rules_table_op_event_key DO UPDATE SET
                             of_columns = EXCLUDED.of_columns, when_sql = EXCLUDED.when_sql,
                             columns = EXCLUDED.columns,
                             exclude_columns = EXCLUDED.exclude_columns,
+                            key_columns = EXCLUDED.key_columns,
                             trigger_name = EXCLUDED.trigger_name,
                             function_name = EXCLUDED.function_name,
                             definition_hash = EXCLUDED.definition_hash
@@ -330,6 +384,7 @@ def track(conn: psycopg.Connection, rules: Sequence[Rule]) -> list[TrackedRule]:
                             rule.when,
                             list(rule.columns) if rule.columns is not None else None,
                             list(rule.exclude),
+                            list(rule.key),
                             trig,
                             func,
                             digest,
@@ -344,6 +399,7 @@ def track(conn: psycopg.Connection, rules: Sequence[Rule]) -> list[TrackedRule]:
                         when=rule.when,
                         columns=rule.columns,
                         exclude=rule.exclude,
+                        key=rule.key,
                         trigger_name=trig,
                         function_name=func,
                         changed=changed,
@@ -410,7 +466,7 @@ def _split_table(conn: psycopg.Connection, table: str) -> tuple[str, str]:
 def tracked(conn: psycopg.Connection) -> list[TrackedRule]:
     rows = conn.execute(
         "SELECT table_schema, table_name, operation, event_type, of_columns, when_sql,"
-        " columns, exclude_columns, trigger_name, function_name"
+        " columns, exclude_columns, trigger_name, function_name, key_columns"
         " FROM outbox.capture_rules ORDER BY table_schema, table_name, operation, event_type"
     ).fetchall()
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -426,6 +482,7 @@ def tracked(conn: psycopg.Connection) -> list[TrackedRule]:
             exclude=tuple(r[7]),
             trigger_name=r[8],
             function_name=r[9],
+            key=tuple(r[10]),
         )
         for r in rows
     ]

@@ -102,6 +102,9 @@ class Event(SQLModel, table=True):
     event_type: str = Field(sa_column=_text(nullable=False))
     payload: Any = Field(sa_column=Column(JSONB, nullable=False))
     created_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+    key: str | None = Field(default=None, sa_column=_text(nullable=True))
+    traceparent: str | None = Field(default=None, sa_column=_text(nullable=True))
+    tracestate: str | None = Field(default=None, sa_column=_text(nullable=True))
 
 
 class CaptureRule(SQLModel, table=True):
@@ -127,6 +130,9 @@ class CaptureRule(SQLModel, table=True):
     function_name: str = Field(sa_column=_text(nullable=False))
     definition_hash: str = Field(sa_column=_text(nullable=False))
     created_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+    key_columns: list[str] = Field(
+        default_factory=list, sa_column=_text_array(nullable=False, empty_default=True)
+    )
 
 
 class Webhook(SQLModel, table=True):

@@ -1,8 +1,12 @@
 """Publish events from application code, inside the caller's transaction.
 
 The event commits or rolls back with that transaction. All three helpers
-call the SQL function ``outbox.publish(event_type, payload)``, which draws
-the transaction id before the event id and rings the NOTIFY doorbell.
+call the SQL function ``outbox.publish(event_type, payload, key,
+traceparent)``, which draws the transaction id before the event id and
+rings the NOTIFY doorbell. ``key`` orders per-key delivery; ``traceparent``
+(W3C) overrides the transaction's ``outbox.traceparent`` setting (see
+:mod:`outbox.tracing`). An invalid traceparent is dropped with a warning,
+never fails the write.
 """
 
 from __future__ import annotations
@@ -15,23 +19,48 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from outbox.events import check_event_type
+from outbox.tracing import checked_traceparent
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-_SQL = "SELECT outbox.publish(%s, %s)"
+_SQL = "SELECT outbox.publish(%s, %s, %s::text, %s::text)"
+
+
+def _args(
+    event_type: str, key: str | None, traceparent: str | None
+) -> tuple[str | None, str | None]:
+    check_event_type(event_type)
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"key must be a str or None, not {type(key).__name__}")
+    return key, checked_traceparent(traceparent) if traceparent is not None else None
 
 
 @overload
 def publish(
-    conn: psycopg.AsyncConnection[Any], event_type: str, payload: Any
+    conn: psycopg.AsyncConnection[Any],
+    event_type: str,
+    payload: Any,
+    *,
+    key: str | None = None,
+    traceparent: str | None = None,
 ) -> Coroutine[Any, Any, int]: ...
 @overload
-def publish(conn: psycopg.Connection[Any] | Session, event_type: str, payload: Any) -> int: ...
+def publish(
+    conn: psycopg.Connection[Any] | Session,
+    event_type: str,
+    payload: Any,
+    *,
+    key: str | None = None,
+    traceparent: str | None = None,
+) -> int: ...
 def publish(
     conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | Session,
     event_type: str,
     payload: Any,
+    *,
+    key: str | None = None,
+    traceparent: str | None = None,
 ) -> int | Coroutine[Any, Any, int]:
     """Publish ``payload`` as ``event_type`` in the caller's transaction.
 
@@ -39,36 +68,57 @@ def publish(
     connection (returns an awaitable) and a SQLModel/SQLAlchemy session.
     """
     if isinstance(conn, psycopg.AsyncConnection):
-        return apublish(conn, event_type, payload)
+        return apublish(conn, event_type, payload, key=key, traceparent=traceparent)
     if not isinstance(conn, psycopg.Connection):
-        return publish_session(conn, event_type, payload)
-    return publish_sync(conn, event_type, payload)
+        return publish_session(conn, event_type, payload, key=key, traceparent=traceparent)
+    return publish_sync(conn, event_type, payload, key=key, traceparent=traceparent)
 
 
-def publish_sync(conn: psycopg.Connection[Any], event_type: str, payload: Any) -> int:
+def publish_sync(
+    conn: psycopg.Connection[Any],
+    event_type: str,
+    payload: Any,
+    *,
+    key: str | None = None,
+    traceparent: str | None = None,
+) -> int:
     """Publish on a sync psycopg connection; returns the event id."""
-    check_event_type(event_type)
-    row = conn.execute(_SQL, (event_type, Jsonb(payload))).fetchone()
+    key, tp = _args(event_type, key, traceparent)
+    row = conn.execute(_SQL, (event_type, Jsonb(payload), key, tp)).fetchone()
     assert row is not None
     return int(row[0])
 
 
-async def apublish(conn: psycopg.AsyncConnection[Any], event_type: str, payload: Any) -> int:
+async def apublish(
+    conn: psycopg.AsyncConnection[Any],
+    event_type: str,
+    payload: Any,
+    *,
+    key: str | None = None,
+    traceparent: str | None = None,
+) -> int:
     """Publish on an async psycopg connection; returns the event id."""
-    check_event_type(event_type)
-    cur = await conn.execute(_SQL, (event_type, Jsonb(payload)))
+    key, tp = _args(event_type, key, traceparent)
+    cur = await conn.execute(_SQL, (event_type, Jsonb(payload), key, tp))
     row = await cur.fetchone()
     assert row is not None
     return int(row[0])
 
 
-def publish_session(session: Session, event_type: str, payload: Any) -> int:
+def publish_session(
+    session: Session,
+    event_type: str,
+    payload: Any,
+    *,
+    key: str | None = None,
+    traceparent: str | None = None,
+) -> int:
     """Publish through a SQLModel/SQLAlchemy session; returns the event id."""
     from sqlalchemy import text
 
-    check_event_type(event_type)
+    key, tp = _args(event_type, key, traceparent)
     result = session.execute(
-        text("SELECT outbox.publish(:t, CAST(:p AS jsonb))"),
-        {"t": event_type, "p": json.dumps(payload)},
+        text("SELECT outbox.publish(:t, CAST(:p AS jsonb), CAST(:k AS text), CAST(:tp AS text))"),
+        {"t": event_type, "p": json.dumps(payload), "k": key, "tp": tp},
     )
     return int(result.scalar_one())

@@ -43,6 +43,9 @@ class Job:
     previous_secret: str | None
     payload_format: str
     seed_secret: str | None = None  # signs X-Webhook-Signature (rotation choice)
+    key: str | None = None
+    traceparent: str | None = None  # the writer's W3C trace context
+    tracestate: str | None = None
     _body: bytes | None = field(default=None, repr=False)
 
     @property
@@ -61,6 +64,7 @@ class Job:
                 event_id=self.event_id,
                 event_type=self.event_type,
                 created_at=self.created_at,
+                key=self.key,
             )
         return self._body
 

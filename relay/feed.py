@@ -57,7 +57,10 @@ class Event:
         "_pos",
         "created_at",
         "id",
+        "key",
         "payload_json",
+        "traceparent",
+        "tracestate",
         "type",
         "xid",
     )
@@ -70,12 +73,18 @@ class Event:
         payload_json: str,
         created_at: datetime,
         cursor: str = "",
+        key: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> None:
         self.id = id
         self.xid = xid
         self.type = type
         self.payload_json = payload_json
         self.created_at = created_at
+        self.key = key
+        self.traceparent = traceparent
+        self.tracestate = tracestate
         self._cursor = cursor
         self._cursors: _TxnCursors | None = None
         self._pos = 0
@@ -116,7 +125,11 @@ class Event:
                 + str(self.id)
                 + ',"cursor":"'
                 + self.cursor
-                + '"}'
+                + '","key":'
+                + (json.dumps(self.key) if self.key is not None else "null")
+                + ',"traceparent":'
+                + (json.dumps(self.traceparent) if self.traceparent is not None else "null")
+                + "}"
             )
         return self._frame
 
@@ -127,6 +140,8 @@ class Event:
             "payload": self.payload,
             "timestamp": self.timestamp,
             "cursor": self.cursor,
+            "key": self.key,
+            "traceparent": self.traceparent,
         }
 
     def __repr__(self) -> str:
@@ -159,8 +174,9 @@ def parse_snapshot(text: str) -> tuple[int, int, tuple[int, ...]]:
     return int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x)
 
 
-# A feed_read row: (kind, id, xid, event_type, payload, created_at).
-Row = tuple[str, int, int, str, str, datetime]
+# A feed_read row: (kind, id, xid, event_type, payload, created_at, key,
+# traceparent, tracestate).
+Row = tuple[str, int, int, str, str, datetime, str | None, str | None, str | None]
 
 
 async def read_batch(
@@ -257,7 +273,10 @@ def _order(rows: list[Row], start: Cursor, end: Cursor) -> list[Event]:
         if i + 1 == len(rows) or rows[i + 1][2] != r[2]
     ]
     cursors = _TxnCursors(txns, start, end)
-    events = [Event(r[1], r[2], r[3], r[4], r[5]) for r in rows]
+    events = [
+        Event(r[1], r[2], r[3], r[4], r[5], key=r[6], traceparent=r[7], tracestate=r[8])
+        for r in rows
+    ]
     j = 0  # index of the transaction the current event belongs to
     for i, e in enumerate(events):
         last_of_txn = i + 1 == len(events) or events[i + 1].xid != e.xid

@@ -74,7 +74,13 @@ def standard_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> 
 
 
 def render_body(
-    payload: Any, *, payload_format: str, event_id: int, event_type: str, created_at: datetime
+    payload: Any,
+    *,
+    payload_format: str,
+    event_id: int,
+    event_type: str,
+    created_at: datetime,
+    key: str | None = None,
 ) -> bytes:
     """The request body: the payload itself, or the ``envelope`` around it."""
     if payload_format == "envelope":
@@ -82,6 +88,7 @@ def render_body(
             "id": webhook_message_id(event_id),
             "type": event_type,
             "timestamp": created_at.isoformat(),
+            "key": key,
             "data": payload,
         }
     return json.dumps(payload, sort_keys=True).encode("utf-8")

@@ -145,10 +145,8 @@ WHERE id = %(id)s AND revoked_at IS NULL
 -- first: id <= after, minus the transactions the cursor saw in progress
 -- (pending xids, or at/above its xmax) — exactly the complement of what
 -- /ws?since=CURSOR sends, so history read here and the live feed meet with
--- no gap and no repeat. A backward primary-key scan. key/traceparent are
--- read through to_jsonb so this works on schemas with and without them.
-SELECT e.id, e.event_type AS type, e.payload, e.created_at,
-       to_jsonb(e) ->> 'key' AS key, to_jsonb(e) ->> 'traceparent' AS traceparent
+-- no gap and no repeat. A backward primary-key scan.
+SELECT e.id, e.event_type AS type, e.payload, e.created_at, e.key, e.traceparent
 FROM outbox.events e
 WHERE e.id <= %(after)s
   AND NOT (e.xid = ANY (%(pending)s::text[]::xid8[]) OR e.xid >= %(xmax)s::text::xid8)

@@ -19,13 +19,13 @@
 WITH snap AS MATERIALIZED (
     SELECT pg_current_snapshot()::text AS s
 ), page AS MATERIALIZED (
-    SELECT id, xid, event_type, payload, created_at
+    SELECT id, xid, event_type, payload, created_at, key, traceparent, tracestate
     FROM outbox.events
     WHERE id > %(after)s
     ORDER BY id
     LIMIT %(limit)s
 ), late AS MATERIALIZED (
-    SELECT id, xid, event_type, payload, created_at
+    SELECT id, xid, event_type, payload, created_at, key, traceparent, tracestate
     FROM outbox.events
     WHERE (xid = ANY (%(pending)s::text[]::xid8[]) OR xid >= %(xmax)s::text::xid8)
       AND id <= %(after)s
@@ -40,13 +40,16 @@ WITH snap AS MATERIALIZED (
     WHERE page_end.n >= %(limit)s
       AND (SELECT max(e.id) FROM outbox.events e WHERE e.xid = t.xid) > page_end.max_id
 )
-SELECT 's', NULL::bigint, NULL::bigint, s, NULL::text, NULL::timestamptz FROM snap
+SELECT 's', NULL::bigint, NULL::bigint, s, NULL::text, NULL::timestamptz,
+       NULL::text, NULL::text, NULL::text FROM snap
 UNION ALL
-SELECT 'p', id, xid::text::bigint, event_type, payload::text, created_at FROM page
+SELECT 'p', id, xid::text::bigint, event_type, payload::text, created_at,
+       key, traceparent, tracestate FROM page
 UNION ALL
-SELECT 'l', id, xid::text::bigint, event_type, payload::text, created_at FROM late
+SELECT 'l', id, xid::text::bigint, event_type, payload::text, created_at,
+       key, traceparent, tracestate FROM late
 UNION ALL
-SELECT 'c', NULL, xid::text::bigint, NULL, NULL, NULL FROM continuing;
+SELECT 'c', NULL, xid::text::bigint, NULL, NULL, NULL, NULL, NULL, NULL FROM continuing;
 
 -- name: feed_head
 -- The cursor of "now": the largest visible id, and the snapshot's view of
@@ -264,7 +267,8 @@ SELECT c.id, c.webhook_id, c.event_id, c.event_type, c.attempt_number + 1, c.due
        -- X-Webhook-Signature during a rotation: the previous secret while it
        -- is valid when the operator chose seed_signature 'old' (sql/004).
        CASE WHEN w.previous_secret_expires_at > now() AND w.seed_signature = 'old'
-            THEN w.previous_secret ELSE w.secret END
+            THEN w.previous_secret ELSE w.secret END,
+       e.key, e.traceparent, e.tracestate
 FROM claimed c
 JOIN outbox.webhooks w ON w.id = c.webhook_id
 LEFT JOIN outbox.events e ON e.id = c.event_id;

@@ -18,7 +18,7 @@ from outbox.relay.config import Settings
 from tests.api_support import TOKEN, add_delivery, api_client, create_webhook
 from tests.conftest import serve_app
 
-EVENT_KEYS = {"id", "type", "payload", "timestamp", "cursor"}
+EVENT_KEYS = {"id", "type", "payload", "timestamp", "cursor", "key", "traceparent"}
 
 
 @pytest.fixture

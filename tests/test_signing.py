@@ -97,6 +97,7 @@ def test_envelope_body() -> None:
         "id": "evt_42",
         "type": "user.created",
         "timestamp": "2024-01-15T10:30:00+00:00",
+        "key": None,  # CONTRACT "Keys and per-key order": null when none
         "data": PAYLOAD,
     }
     assert body == json.dumps(json.loads(body), sort_keys=True).encode()
