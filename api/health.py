@@ -23,10 +23,9 @@ from starlette.routing import BaseRoute, Route
 from outbox.api.state import AppState
 from outbox.cursor import Cursor
 from outbox.errors import CursorError
-from outbox.relay.dispatcher import STATE_NAME as DISPATCHER_STATE
+from outbox.relay.dispatcher import load_cursor
 from outbox.relay.feed import measure_lag
 from outbox.relay.reconnect import describe
-from outbox.sqlfiles import query
 
 # A health check must answer even when the database does not.
 TIMEOUT = 2.0
@@ -36,9 +35,7 @@ async def _database(state: AppState, cursor: Cursor | None) -> dict[str, Any]:
     """Lags measured on a pooled connection; raises when the database is unreachable."""
     async with state.pool.connection(timeout=TIMEOUT) as conn:
         feed = (await measure_lag(conn, cursor)).as_dict() if cursor else None
-        cur = await conn.execute(query("relay_state_get"), {"name": DISPATCHER_STATE})
-        row = await cur.fetchone()
-        stored = Cursor.decode(row[0]) if row else Cursor(0)
+        stored, _ = await load_cursor(conn)
         dispatch = await measure_lag(conn, stored)
     return {"feed_lag": feed, "dispatch_lag": dispatch.as_dict()}
 

@@ -59,7 +59,6 @@ from outbox.relay import ops
 from outbox.relay.config import Settings
 from outbox.relay.signing import generate_secret
 from outbox.relay.ssrf import UnsafeURL, check_url
-from outbox.sqlfiles import query
 
 AsyncConn = psycopg.AsyncConnection[Any]
 DELIVERY_NOT_FOUND = "Delivery not found"
@@ -524,7 +523,7 @@ async def replay(request: Request) -> Response:
             )
             queued = ins.rowcount
             if queued:
-                await db.execute(query("deliveries_wake"))
+                await ops.wake(db)
     return json_response(ReplayResult(queued=queued, matched=len(rows), dry_run=False), 202)
 
 

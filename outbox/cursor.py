@@ -61,5 +61,18 @@ class Cursor:
             raise CursorError("invalid cursor")
         return value
 
+    def params(self) -> dict[str, int | str | list[str]]:
+        """The cursor as the parameters ``after``, ``xmax`` and ``pending`` of
+        the SQL that reads after it (sql/feed.sql, sql/retention.sql).
+
+        The xids go as text (the SQL casts them ``::text::xid8``): psycopg has
+        no adapter for xid8, and a bigint would not cast to it.
+        """
+        return {
+            "after": self.after,
+            "xmax": str(self.xmax),
+            "pending": [str(x) for x in self.pending],
+        }
+
     def __str__(self) -> str:
         return self.encode()

@@ -3,7 +3,10 @@
 ``sql/`` at the repository root is the single source of truth for the schema;
 ``outbox/sql`` is a symlink to it, so a built wheel carries the same files as
 package data and a non-editable install finds them too.
-A named-query file holds blocks that start with ``-- name: query_name``.
+Every other ``.sql`` file holds the named statements of one consumer (for
+example ``feed.sql`` for relay/feed.py): blocks that start with
+``-- name: query_name``, each a whole statement. Comments above a block's
+SQL stay part of it; they say why the statement is written as it is.
 """
 
 from __future__ import annotations
@@ -37,16 +40,19 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 @functools.cache
-def queries(filename: str = "queries.sql") -> dict[str, str]:
-    """Parse a named-query file into ``{name: sql}``."""
+def queries(filename: str) -> dict[str, str]:
+    """Parse a named-query file into ``{name: sql}`` (once per process)."""
     text = (sql_dir() / filename).read_text(encoding="utf-8")
     parts = _NAME_RE.split(text)
     # parts = [preamble, name1, body1, name2, body2, ...]
     out: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in out:
+            raise RuntimeError(f"sql/{filename}: two statements named {name!r}")
         out[name] = body.strip().rstrip(";")
     return out
 
 
-def query(name: str, filename: str = "queries.sql") -> str:
+def query(name: str, filename: str) -> str:
+    """The statement ``name`` of ``sql/<filename>``; KeyError if there is none."""
     return queries(filename)[name]

@@ -13,22 +13,25 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.rows import class_row, scalar_row
 
 from outbox.relay.retry import AttemptResult
 from outbox.relay.signing import render_body
+from outbox.rows import record_row
 from outbox.sqlfiles import query
 
 AsyncConn = psycopg.AsyncConnection[Any]
 State = Literal["success", "retry", "failed", "hold"]
+_SQL = "delivery.sql"
 
 
 @dataclass(slots=True)
 class Job:
-    """One claimed delivery and everything needed to send it."""
+    """One claimed delivery and everything needed to send it (a ``delivery_claim`` row)."""
 
     id: int
     webhook_id: int
@@ -46,7 +49,7 @@ class Job:
     key: str | None = None
     traceparent: str | None = None  # the writer's W3C trace context
     tracestate: str | None = None
-    _body: bytes | None = field(default=None, repr=False)
+    _body: bytes | None = field(default=None, init=False, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -92,14 +95,22 @@ class Flushed:
     disabled: int = 0  # webhooks disabled now
 
 
+class _Recorded(NamedTuple):
+    """A delivery row ``delivery_record`` wrote (fenced-out ones return none)."""
+
+    id: int
+    status: str
+
+
 async def claim(
     conn: AsyncConn, *, worker: str, limit: int, lease: timedelta, skip: list[int]
 ) -> list[Job]:
-    cur = await conn.execute(
-        query("delivery_claim"),
+    cur = conn.cursor(row_factory=class_row(Job))
+    await cur.execute(
+        query("delivery_claim", _SQL),
         {"worker": worker, "limit": limit, "lease": lease, "skip": skip},
     )
-    return [Job(*row) for row in await cur.fetchall()]
+    return await cur.fetchall()
 
 
 def _json(headers: dict[str, str] | None) -> str | None:
@@ -193,7 +204,7 @@ async def flush(
     async with conn.transaction():
         if outcomes:
             await conn.execute(
-                query("delivery_insert_attempts"),
+                query("delivery_insert_attempts", _SQL),
                 _columns(
                     [
                         (
@@ -214,8 +225,9 @@ async def flush(
                     _ATTEMPT_COLS,
                 ),
             )
-            cur = await conn.execute(
-                query("delivery_record"),
+            recorded = conn.cursor(row_factory=record_row(_Recorded))
+            await recorded.execute(
+                query("delivery_record", _SQL),
                 _columns(
                     [
                         (
@@ -234,15 +246,16 @@ async def flush(
                     _RECORD_COLS,
                 ),
             )
-            rows = await cur.fetchall()
+            rows = await recorded.fetchall()
             done.recorded = len(rows)
-            done.failed = sorted(i for i, status in rows if status == "failed")
+            done.failed = sorted(r.id for r in rows if r.status == "failed")
             await conn.execute(
-                query("delivery_webhook_stats"), _columns(_webhook_stats(outcomes), _STATS_COLS)
+                query("delivery_webhook_stats", _SQL),
+                _columns(_webhook_stats(outcomes), _STATS_COLS),
             )
             gone = sorted({o.job.webhook_id for o in outcomes if o.result.gone})
             cur = await conn.execute(
-                query("delivery_disable_webhooks"),
+                query("delivery_disable_webhooks", _SQL),
                 {
                     "ids": sorted({o.job.webhook_id for o in outcomes}),
                     "gone": gone,
@@ -251,16 +264,17 @@ async def flush(
             )
             done.disabled = len(await cur.fetchall())
             if done.failed:
-                await conn.execute(query("delivery_publish_failed"), {"ids": done.failed})
+                await conn.execute(query("delivery_publish_failed", _SQL), {"ids": done.failed})
         if releases:
             await conn.execute(
-                query("delivery_release"),
+                query("delivery_release", _SQL),
                 _columns([(r.job.id, r.job.lease, r.delay) for r in releases], _RELEASE_COLS),
             )
     return done
 
 
 async def pending_count(conn: AsyncConn) -> int:
-    cur = await conn.execute(query("delivery_pending_count"))
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0
+    cur = conn.cursor(row_factory=scalar_row)
+    await cur.execute(query("delivery_pending_count", _SQL))
+    count = await cur.fetchone()
+    return int(count) if count is not None else 0

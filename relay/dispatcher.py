@@ -1,7 +1,7 @@
 """The dispatcher (leader only): feed batches -> delivery rows.
 
 It reads the feed from its own cursor, persisted in ``outbox.relay_state``
-(name ``dispatcher``), and for each batch runs ONE statement, hence one
+(name :data:`outbox.names.DISPATCHER_STATE`), and for each batch runs ONE statement, hence one
 transaction, that
 
 * moves the stored cursor from the value it read to the batch's end
@@ -29,20 +29,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import psycopg
+from psycopg.rows import scalar_row
 
 from outbox.cursor import Cursor
+from outbox.names import DELIVERIES_CHANNEL, DISPATCHER_STATE
 from outbox.relay.feed import Batch, read_batch
 from outbox.relay.leader import LostLeadership
 from outbox.relay.metrics import Metrics
 from outbox.relay.reconnect import nap
+from outbox.rows import record_row
 from outbox.sqlfiles import query
 
 log = logging.getLogger("outbox.relay.dispatcher")
 
-STATE_NAME = "dispatcher"
 # After a round that dispatched something, wait this long before the next
 # read. Under load the feed loop wakes the dispatcher after every batch it
 # reads (every millisecond or two); each round is a read and a write
@@ -56,13 +58,20 @@ class Waker(Protocol):
     def wake(self) -> None: ...
 
 
+class _Dispatched(NamedTuple):
+    moved: int
+    created: int
+    rang: int
+
+
 async def load_cursor(conn: psycopg.AsyncConnection[Any]) -> tuple[Cursor, str | None]:
     """The stored dispatcher cursor and its raw value (``Cursor(0)``, None if absent)."""
-    cur = await conn.execute(query("relay_state_get"), {"name": STATE_NAME})
-    row = await cur.fetchone()
-    if row is None:
+    cur = conn.cursor(row_factory=scalar_row)
+    await cur.execute(query("relay_state_get", "relay_state.sql"), {"name": DISPATCHER_STATE})
+    value = await cur.fetchone()
+    if value is None:
         return Cursor(0), None
-    return Cursor.decode(row[0]), str(row[0])
+    return Cursor.decode(value), str(value)
 
 
 async def dispatch(conn: psycopg.AsyncConnection[Any], batch: Batch, stored: str | None) -> int:
@@ -73,22 +82,23 @@ async def dispatch(conn: psycopg.AsyncConnection[Any], batch: Batch, stored: str
     :class:`LostLeadership` when the stored cursor is no longer ``stored``.
     """
     events = batch.events
-    cur = await conn.execute(
-        query("dispatch_batch"),
+    cur = conn.cursor(row_factory=record_row(_Dispatched))
+    await cur.execute(
+        query("dispatch_batch", "dispatch.sql"),
         {
-            "name": STATE_NAME,
+            "name": DISPATCHER_STATE,
             "old": stored,
             "new": batch.end.encode(),
             "ids": [e.id for e in events],
             "types": [e.type for e in events],
+            "channel": DELIVERIES_CHANNEL,
         },
     )
     row = await cur.fetchone()
     assert row is not None
-    moved, created = int(row[0]), int(row[1])
-    if not moved:
+    if not row.moved:
         raise LostLeadership("the dispatcher cursor was moved by another relay")
-    return created
+    return int(row.created)
 
 
 class Dispatcher:
@@ -119,12 +129,8 @@ class Dispatcher:
 
         Connection errors propagate: the leader steps down and campaigns again.
         """
-        # Safe without synchronous commit: the cursor and its delivery rows
-        # commit together, so a server crash that loses the last commits
-        # rolls both back to an earlier consistent state and the batch is
-        # dispatched again. Anything that acts on a delivery row (the sender)
-        # commits synchronously, which flushes this WAL first.
-        await conn.execute("SET synchronous_commit = off")
+        # synchronous_commit off: why it is safe is in sql/dispatch.sql.
+        await conn.execute(query("dispatcher_session", "dispatch.sql"))
         cursor, stored = await load_cursor(conn)
         self.cursor = cursor
         log.info("dispatching from cursor after id %s", cursor.after)

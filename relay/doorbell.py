@@ -23,11 +23,11 @@ from typing import Any
 
 import psycopg
 
-log = logging.getLogger("outbox.relay.doorbell")
+from outbox.names import DOORBELL_KEY
+from outbox.sqlfiles import query
 
-# sha256("outbox doorbell")[:8] as a signed bigint; the same literal is in
-# sql/003_doorbell.sql and outbox/capture.py.
-DOORBELL_KEY = 9202151523130794729
+log = logging.getLogger("outbox.relay.doorbell")
+_SQL = "doorbell.sql"
 
 
 class Doorbell:
@@ -74,7 +74,8 @@ class Doorbell:
             log.warning("doorbell connection failed: %s", str(exc).strip().splitlines()[0])
             return "failed"
         lock = asyncio.create_task(
-            conn.execute("SELECT pg_advisory_lock(%s)", (DOORBELL_KEY,)), name="doorbell-lock"
+            conn.execute(query("doorbell_lock", _SQL), {"key": DOORBELL_KEY}),
+            name="doorbell-lock",
         )
         woken = asyncio.create_task(interrupt.wait(), name="doorbell-interrupt")
         try:
@@ -110,9 +111,8 @@ class Doorbell:
 
     async def _unlock(self, conn: psycopg.AsyncConnection[Any]) -> None:
         try:
-            # unlock_all, not unlock: session locks nest, and the connection
-            # is ours alone.
-            await conn.execute("SELECT pg_advisory_unlock_all()")
+            # unlock_all (sql/doorbell.sql says why).
+            await conn.execute(query("doorbell_unlock", _SQL))
         except psycopg.Error as exc:
             # Losing the connection releases the lock as well.
             log.warning("doorbell unlock failed (%s); dropping the connection", exc)

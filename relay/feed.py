@@ -38,12 +38,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
 from outbox.cursor import Cursor, encode_parts
+from outbox.rows import record_row
 from outbox.sqlfiles import query
+
+_SQL = "feed.sql"
 
 
 class Event:
@@ -174,9 +177,28 @@ def parse_snapshot(text: str) -> tuple[int, int, tuple[int, ...]]:
     return int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x)
 
 
-# A feed_read row: (kind, id, xid, event_type, payload, created_at, key,
-# traceparent, tracestate).
-Row = tuple[str, int, int, str, str, datetime, str | None, str | None, str | None]
+class Row(NamedTuple):
+    """A ``feed_read`` row; ``kind`` says which of its parts (see sql/feed.sql)."""
+
+    kind: str  # 's' snapshot, 'p' page, 'l' late, 'c' continues past the page
+    id: int
+    xid: int
+    event_type: str  # for 's': the snapshot as text
+    payload: str
+    created_at: datetime
+    key: str | None
+    traceparent: str | None
+    tracestate: str | None
+
+
+class _Head(NamedTuple):
+    snapshot: str
+    max_id: int
+
+
+class _LagRow(NamedTuple):
+    events: int
+    oldest_seconds: float
 
 
 async def read_batch(
@@ -185,49 +207,45 @@ async def read_batch(
     """Read the next batch after ``cursor`` (at most ``limit`` page rows).
 
     One statement, so one snapshot and one round trip (``feed_read`` in
-    sql/queries.sql). ``conn`` must be idle; on an autocommit connection the
+    sql/feed.sql). ``conn`` must be idle; on an autocommit connection the
     statement is its own transaction, otherwise it is wrapped in one.
     """
-    params = {
-        "after": cursor.after,
-        "limit": limit,
-        "pending": [str(x) for x in cursor.pending],
-        "xmax": str(cursor.xmax),
-    }
+    params = {**cursor.params(), "limit": limit}
     rows: list[Row]
+    cur = conn.cursor(row_factory=record_row(Row))
     if conn.autocommit:
-        cur = await conn.execute(query("feed_read"), params)
+        await cur.execute(query("feed_read", _SQL), params)
         rows = await cur.fetchall()
     else:
         async with conn.transaction():
-            cur = await conn.execute(query("feed_read"), params)
+            await cur.execute(query("feed_read", _SQL), params)
             rows = await cur.fetchall()
-    page = [r for r in rows if r[0] == "p"]
-    late = [r for r in rows if r[0] == "l"]
-    beyond = {r[2] for r in rows if r[0] == "c"}
-    snapshot = next(r[3] for r in rows if r[0] == "s")
+    page = [r for r in rows if r.kind == "p"]
+    late = [r for r in rows if r.kind == "l"]
+    beyond = {r.xid for r in rows if r.kind == "c"}
+    snapshot = next(r.event_type for r in rows if r.kind == "s")
     _, xmax, xip = parse_snapshot(snapshot)
     page.sort(key=_row_id)
     full = len(page) >= limit
     held: set[int] = set()
     if beyond:
         keep = _cut(page, beyond)
-        paged = {r[2] for r in page}
+        paged = {r.xid for r in page}
         page = page[:keep]
-        kept = {r[2] for r in page}
+        kept = {r.xid for r in page}
         # A late transaction none of whose rows are kept but that continues
         # past the cut stays pending, held back whole: the read that reaches
         # its last row emits all of it.
-        held = {r[2] for r in late if r[2] not in kept and (r[2] in beyond or r[2] in paged)}
+        held = {r.xid for r in late if r.xid not in kept and (r.xid in beyond or r.xid in paged)}
         if held:
-            late = [r for r in late if r[2] not in held]
-    new_after = page[-1][1] if page else cursor.after
+            late = [r for r in late if r.xid not in held]
+    new_after = page[-1].id if page else cursor.after
     end = Cursor(new_after, xmax, tuple(sorted(held.union(xip))))
     return Batch(_order(late + page, cursor, end), cursor, end, full)
 
 
 def _row_id(row: Row) -> int:
-    return row[1]
+    return row.id
 
 
 def _cut(page: list[Row], beyond: set[int]) -> int:
@@ -239,16 +257,16 @@ def _cut(page: list[Row], beyond: set[int]) -> int:
     past the page there is no such ``k``: the whole page is kept and that
     transaction is emitted across batches, in id order.
     """
-    if not page or page[0][2] in beyond:
+    if not page or page[0].xid in beyond:
         return len(page)
     last: dict[int, int] = {}
     for i, r in enumerate(page):
-        last[r[2]] = i
+        last[r.xid] = i
     past = len(page)
     reach = -1
     keep = 0
     for i, r in enumerate(page):
-        xid = r[2]
+        xid = r.xid
         reach = max(reach, past if xid in beyond else last[xid])
         if reach == i:
             keep = i + 1
@@ -262,19 +280,28 @@ def _order(rows: list[Row], start: Cursor, end: Cursor) -> list[Event]:
     top: dict[int, int] = {}
     low: dict[int, int] = {}
     for r in rows:
-        if r[1] > top.get(r[2], -1):
-            top[r[2]] = r[1]
-        if r[1] < low.get(r[2], r[1] + 1):
-            low[r[2]] = r[1]
-    rows.sort(key=lambda r: (top[r[2]], r[1]))
+        if r.id > top.get(r.xid, -1):
+            top[r.xid] = r.id
+        if r.id < low.get(r.xid, r.id + 1):
+            low[r.xid] = r.id
+    rows.sort(key=lambda r: (top[r.xid], r.id))
     txns = [
-        (r[2], low[r[2]], top[r[2]])
+        (r.xid, low[r.xid], top[r.xid])
         for i, r in enumerate(rows)
-        if i + 1 == len(rows) or rows[i + 1][2] != r[2]
+        if i + 1 == len(rows) or rows[i + 1].xid != r.xid
     ]
     cursors = _TxnCursors(txns, start, end)
     events = [
-        Event(r[1], r[2], r[3], r[4], r[5], key=r[6], traceparent=r[7], tracestate=r[8])
+        Event(
+            r.id,
+            r.xid,
+            r.event_type,
+            r.payload,
+            r.created_at,
+            key=r.key,
+            traceparent=r.traceparent,
+            tracestate=r.tracestate,
+        )
         for r in rows
     ]
     j = 0  # index of the transaction the current event belongs to
@@ -353,11 +380,12 @@ class _TxnCursors:
 async def head(conn: psycopg.AsyncConnection[Any]) -> Cursor:
     """The cursor of "now": resuming from it yields only events not yet visible."""
     async with conn.transaction():
-        cur = await conn.execute(query("feed_head"))
+        cur = conn.cursor(row_factory=record_row(_Head))
+        await cur.execute(query("feed_head", _SQL))
         row = await cur.fetchone()
     assert row is not None
-    _, xmax, xip = parse_snapshot(row[0])
-    return Cursor(int(row[1]), xmax, xip)
+    _, xmax, xip = parse_snapshot(row.snapshot)
+    return Cursor(int(row.max_id), xmax, xip)
 
 
 # Counting unread events stops here: a huge backlog costs a bounded scan.
@@ -381,15 +409,8 @@ class Lag:
 
 async def measure_lag(conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> Lag:
     """How far ``cursor`` is behind (``feed_lag``: a bounded count, one round trip)."""
-    cur = await conn.execute(
-        query("feed_lag"),
-        {
-            "after": cursor.after,
-            "pending": [str(x) for x in cursor.pending],
-            "xmax": str(cursor.xmax),
-            "cap": LAG_CAP,
-        },
-    )
+    cur = conn.cursor(row_factory=record_row(_LagRow))
+    await cur.execute(query("feed_lag", _SQL), {**cursor.params(), "cap": LAG_CAP})
     row = await cur.fetchone()
     assert row is not None
-    return Lag(int(row[0]), float(row[1]) if row[0] else 0.0)
+    return Lag(int(row.events), float(row.oldest_seconds) if row.events else 0.0)

@@ -2,7 +2,7 @@
 
 Several ``outbox serve`` processes may share one database; exactly one of
 them, the leader, creates delivery rows and applies retention. The leader is
-whoever holds the session-level advisory lock :data:`LEADER_LOCK_KEY`.
+whoever holds the session-level advisory lock :data:`outbox.names.LEADER_KEY`.
 
 The leader's work runs *on the lock's own session*: if that session dies
 (process killed, ``pg_terminate_backend``, network loss) the server releases
@@ -20,24 +20,19 @@ cursor and the unique (webhook, event) key make that harmless.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
+from psycopg.rows import scalar_row
 
+from outbox.names import LEADER_KEY
 from outbox.relay.reconnect import CONNECTION_ERRORS, backoff, close_quietly, connect, describe, nap
 from outbox.sqlfiles import query
 
 log = logging.getLogger("outbox.relay.leader")
-
-# Fixed and arbitrary: "outbox relay leader" as a signed 64-bit key. Advisory
-# locks are per database, so relays of different databases never compete.
-LEADER_LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"outbox relay leader").digest()[:8], "big", signed=True
-)
 
 LeaderWork = Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
 
@@ -66,7 +61,7 @@ class Leadership:
         *,
         application_name: str = "outbox leader",
         retry_interval: float = 1.0,
-        key: int = LEADER_LOCK_KEY,
+        key: int = LEADER_KEY,
     ) -> None:
         self.url = url
         self.work = work
@@ -113,10 +108,10 @@ class Leadership:
 
     async def _campaign(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         """Wait until the lock is ours (True) or the relay stops (False)."""
+        cur = conn.cursor(row_factory=scalar_row)
         while not self._stopping.is_set():
-            cur = await conn.execute(query("leader_try_lock"), {"key": self.key})
-            row = await cur.fetchone()
-            if row is not None and row[0]:
+            await cur.execute(query("leader_try_lock", "leader.sql"), {"key": self.key})
+            if await cur.fetchone():
                 return True
             await nap(self._stopping, self.retry_interval)
         return False

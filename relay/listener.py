@@ -24,11 +24,10 @@ import psycopg
 from psycopg import sql
 
 from outbox.relay.reconnect import CONNECTION_ERRORS, backoff, close_quietly, connect, describe, nap
+from outbox.sqlfiles import query
 
 log = logging.getLogger("outbox.relay.listener")
-
-EVENTS_CHANNEL = "outbox_events"
-DELIVERIES_CHANNEL = "outbox_deliveries"
+_SQL = "listener.sql"
 
 # How often an otherwise silent listener proves its connection is alive. A
 # dead server is usually noticed at once (the socket closes); this catches a
@@ -91,8 +90,9 @@ class Listener:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
                 conn = await connect(self.url, self.application_name)
+                listen = sql.SQL(query("listen", _SQL))
                 for channel in self.channels:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    await conn.execute(listen.format(channel=sql.Identifier(channel)))
                 self.backend_pid = conn.info.backend_pid
                 self.state = "connected"
                 self.connected_since = time.time()
@@ -128,7 +128,7 @@ class Listener:
             if self._stopping.is_set():
                 return
             async with asyncio.timeout(PING_TIMEOUT):
-                await conn.execute("SELECT 1")
+                await conn.execute(query("ping", _SQL))
 
     async def stop(self) -> None:
         self._stopping.set()

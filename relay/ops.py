@@ -17,17 +17,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, scalar_row
 
+from outbox.names import DELIVERIES_CHANNEL
 from outbox.relay.signing import generate_secret
 from outbox.sqlfiles import query
 
 AsyncConn = psycopg.AsyncConnection[Any]
+_SQL = "ops.sql"
 
 
-async def _wake(conn: AsyncConn) -> None:
+async def wake(conn: AsyncConn) -> None:
+    """Ring the deliveries doorbell (at commit): every worker looks for due work."""
     # NOTIFY is delivered at commit, so a rolled-back action rings nothing.
-    await conn.execute(query("deliveries_wake"))
+    await conn.execute(query("deliveries_wake", _SQL), {"channel": DELIVERIES_CHANNEL})
 
 
 async def retry_delivery(
@@ -41,12 +44,12 @@ async def retry_delivery(
     """
     params = {"webhook_id": webhook_id, "delivery_id": delivery_id}
     async with conn.transaction():
-        await conn.execute(query("ops_retry_delivery"), params)
+        await conn.execute(query("ops_retry_delivery", _SQL), params)
         async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query("ops_delivery"), params)
+            await cur.execute(query("ops_delivery", _SQL), params)
             row = await cur.fetchone()
         if row is not None:
-            await _wake(conn)
+            await wake(conn)
     return row
 
 
@@ -54,11 +57,11 @@ async def recover_failed(conn: AsyncConn, webhook_id: int, since: datetime) -> i
     """Re-queue the webhook's failed deliveries created at or after ``since``; return how many."""
     async with conn.transaction():
         cur = await conn.execute(
-            query("ops_recover_failed"), {"webhook_id": webhook_id, "since": since}
+            query("ops_recover_failed", _SQL), {"webhook_id": webhook_id, "since": since}
         )
         count = cur.rowcount
         if count:
-            await _wake(conn)
+            await wake(conn)
     return count
 
 
@@ -68,12 +71,13 @@ async def send_test(conn: AsyncConn, webhook_id: int) -> int | None:
     ``None`` if there is no such webhook (nothing is published then).
     """
     async with conn.transaction():
-        cur = await conn.execute(query("ops_send_test"), {"webhook_id": webhook_id})
-        row = await cur.fetchone()
-        if row is None:
+        cur = conn.cursor(row_factory=scalar_row)
+        await cur.execute(query("ops_send_test", _SQL), {"webhook_id": webhook_id})
+        delivery_id = await cur.fetchone()
+        if delivery_id is None:
             return None
-        await _wake(conn)
-    return int(row[0])
+        await wake(conn)
+    return int(delivery_id)
 
 
 async def rotate_secret(conn: AsyncConn, webhook_id: int, overlap: timedelta) -> str | None:
@@ -86,7 +90,7 @@ async def rotate_secret(conn: AsyncConn, webhook_id: int, overlap: timedelta) ->
     secret = generate_secret()
     async with conn.transaction():
         cur = await conn.execute(
-            query("ops_rotate_secret"),
+            query("ops_rotate_secret", _SQL),
             {"webhook_id": webhook_id, "overlap": overlap, "secret": secret},
         )
         if cur.rowcount == 0:

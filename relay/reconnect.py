@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 
+from outbox.sqlfiles import query
+
 # Detect a silently dead peer (a network blip, a frozen host) in about
 # KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT seconds instead of the
 # operating system's default of two hours. The client side covers our reads;
@@ -64,12 +66,13 @@ async def connect(url: str, application_name: str) -> psycopg.AsyncConnection[An
         keepalives_interval=KEEPALIVE_INTERVAL,
         keepalives_count=KEEPALIVE_COUNT,
     )
-    # Server-side keepalives (ignored on Unix-domain sockets, where there is no
-    # network to lose).
     await conn.execute(
-        f"SET tcp_keepalives_idle = {KEEPALIVE_IDLE}; "
-        f"SET tcp_keepalives_interval = {KEEPALIVE_INTERVAL}; "
-        f"SET tcp_keepalives_count = {KEEPALIVE_COUNT}"
+        query("server_keepalives", "reconnect.sql"),
+        {
+            "idle": str(KEEPALIVE_IDLE),
+            "interval": str(KEEPALIVE_INTERVAL),
+            "count": str(KEEPALIVE_COUNT),
+        },
     )
     return conn
 

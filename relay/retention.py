@@ -11,9 +11,10 @@ batches (each its own short transaction, no long locks):
   stored cursor, or written by a transaction its cursor still waits for) and
   never one a pending delivery still needs (``deliveries_pending_event_idx``).
 
-Each event batch records the largest id it deleted as the
-``retention_watermark`` in ``outbox.relay_state``, in the same transaction:
-a resume cursor below the watermark may have lost events, so
+Each event batch records the largest id it deleted as the retention
+watermark (:data:`outbox.names.RETENTION_WATERMARK`) in ``outbox.relay_state``,
+in the same transaction: a resume cursor below the watermark may have lost
+events, so
 :func:`cursor_expired` refuses it (``/ws`` and ``GET /events`` ask).
 """
 
@@ -23,17 +24,20 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
+from psycopg.rows import scalar_row
 
 from outbox.cursor import Cursor
-from outbox.relay.dispatcher import STATE_NAME as DISPATCHER_STATE
+from outbox.names import RETENTION_WATERMARK
+from outbox.relay.dispatcher import load_cursor
+from outbox.rows import record_row
 from outbox.sqlfiles import query
 
 log = logging.getLogger("outbox.relay.retention")
 
-WATERMARK_NAME = "retention_watermark"
+_SQL = "retention.sql"
 RETENTION_INTERVAL = 60.0
 RETENTION_BATCH = 5000
 # Per round and per table; what is left waits for the next round.
@@ -47,11 +51,22 @@ class RetentionResult:
     watermark: int = 0
 
 
+class _EventBatch(NamedTuple):
+    """What one ``retention_events`` batch did."""
+
+    scanned: int
+    last_id: int | None
+    deleted: int
+    watermark: str | None  # the new watermark, None when unchanged
+    reached_recent: bool
+
+
 async def watermark(conn: psycopg.AsyncConnection[Any]) -> int:
     """The largest event id retention has deleted (0 if none)."""
-    cur = await conn.execute(query("relay_state_get"), {"name": WATERMARK_NAME})
-    row = await cur.fetchone()
-    return int(row[0]) if row is not None else 0
+    cur = conn.cursor(row_factory=scalar_row)
+    await cur.execute(query("relay_state_get", "relay_state.sql"), {"name": RETENTION_WATERMARK})
+    value = await cur.fetchone()
+    return int(value) if value is not None else 0
 
 
 async def cursor_expired(conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> bool:
@@ -74,44 +89,41 @@ async def retention_round(
     """
     deliveries = 0
     for _ in range(max_batches):
-        cur = await conn.execute(query("retention_deliveries"), {"keep": keep, "limit": batch})
+        cur = await conn.execute(
+            query("retention_deliveries", _SQL), {"keep": keep, "limit": batch}
+        )
         deliveries += max(cur.rowcount, 0)
         if cur.rowcount < batch or not keep_going():
             break
 
     events = 0
     mark = await watermark(conn)
-    cur = await conn.execute(query("relay_state_get"), {"name": DISPATCHER_STATE})
-    row = await cur.fetchone()
+    dispatched, stored = await load_cursor(conn)
     # Nothing dispatched yet: every event is still needed.
-    if row is not None and keep_going():
+    if stored is not None and keep_going():
         # A stale read is safe: the stored cursor only moves forward, and an
         # older one protects more events, never fewer.
-        dispatched = Cursor.decode(row[0])
+        params = {
+            **dispatched.params(),
+            "keep": keep,
+            "limit": batch,
+            "watermark": RETENTION_WATERMARK,
+        }
         after = 0
+        cur = conn.cursor(row_factory=record_row(_EventBatch))
         for _ in range(max_batches):
-            cur = await conn.execute(
-                query("retention_events"),
-                {
-                    "from": after,
-                    "max_id": dispatched.after,
-                    "pending": [str(x) for x in dispatched.pending],
-                    "xmax": str(dispatched.xmax),
-                    "keep": keep,
-                    "limit": batch,
-                },
-            )
+            await cur.execute(query("retention_events", _SQL), {**params, "from": after})
             r = await cur.fetchone()
             assert r is not None
-            scanned, last_id, deleted, new_mark, reached_recent = r
-            events += int(deleted)
-            if new_mark is not None:
-                mark = max(mark, int(new_mark))
+            events += int(r.deleted)
+            if r.watermark is not None:
+                mark = max(mark, int(r.watermark))
             # Ids grow with time, so the first event too young to delete ends
             # the walk; so does the end of what the dispatcher has handled.
-            if reached_recent or scanned < batch or not keep_going():
+            if r.reached_recent or r.scanned < batch or not keep_going():
                 break
-            after = int(last_id)
+            assert r.last_id is not None
+            after = int(r.last_id)
     if events or deliveries:
         log.info(
             "retention deleted %d events and %d finished deliveries (watermark %d)",

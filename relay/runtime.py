@@ -29,12 +29,13 @@ from typing import Any, Protocol
 import psycopg
 
 from outbox.cursor import Cursor
+from outbox.names import DELIVERIES_CHANNEL, EVENTS_CHANNEL
 from outbox.relay.config import Settings
 from outbox.relay.dispatcher import Dispatcher, Waker
 from outbox.relay.doorbell import Doorbell
 from outbox.relay.feed import Batch, Lag, head, measure_lag, read_batch
 from outbox.relay.leader import Leadership
-from outbox.relay.listener import DELIVERIES_CHANNEL, EVENTS_CHANNEL, Listener
+from outbox.relay.listener import Listener
 from outbox.relay.metrics import Metrics
 from outbox.relay.reconnect import (
     CONNECTION_ERRORS,

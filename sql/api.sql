@@ -185,7 +185,7 @@ LIMIT %(limit)s OFFSET %(offset)s
 -- before the webhook existed). The range: since/until as cursors (the
 -- events a cursor has not emitted / has emitted, as /ws and /events read
 -- them) or as times (created_at >= since, < until); NULL bounds are open.
--- Routing as the dispatcher's (sql/queries.sql dispatch_batch): no
+-- Routing as the dispatcher's (sql/dispatch.sql dispatch_batch): no
 -- webhook.test, no webhook.* event about this webhook itself.
 WITH w AS (
     SELECT id, event_types FROM outbox.webhooks WHERE id = %(webhook_id)s

@@ -1,0 +1,158 @@
+-- The delivery worker's statements (relay/delivery_db.py): one claim, and
+-- one flush transaction of a few statements per batch of attempts. Arrays
+-- passed as parameters are columns of a batch, unnested into rows, so the
+-- round trips do not grow with the batch.
+
+-- name: delivery_claim
+-- Claim due deliveries of active webhooks: FOR UPDATE OF d SKIP LOCKED lets
+-- any number of workers claim at once without waiting for or doubling each
+-- other (webhook rows are read, not locked). The claim moves due_at to the
+-- end of the lease, so a crashed worker's deliveries become due again; the
+-- new due_at is also the claim's fencing token (see delivery_record).
+-- Webhooks whose endpoint this worker already has enough of are skipped.
+-- A delivery whose event is gone (LEFT JOIN) comes back with a NULL payload.
+WITH due AS (
+    SELECT d.id
+    FROM outbox.deliveries d
+    JOIN outbox.webhooks w ON w.id = d.webhook_id
+    WHERE d.status = 'pending' AND d.due_at <= now() AND w.is_active
+      AND d.webhook_id <> ALL(%(skip)s::bigint[])
+    ORDER BY d.due_at
+    LIMIT %(limit)s
+    FOR UPDATE OF d SKIP LOCKED
+), claimed AS (
+    UPDATE outbox.deliveries d
+    SET due_at = now() + %(lease)s, locked_by = %(worker)s
+    FROM due
+    WHERE d.id = due.id
+    RETURNING d.id, d.webhook_id, d.event_id, d.event_type, d.attempt_number, d.due_at
+)
+SELECT c.id, c.webhook_id, c.event_id, c.event_type,
+       c.attempt_number + 1 AS attempt, c.due_at AS lease,
+       e.payload, e.created_at, w.url, w.secret,
+       CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END
+           AS previous_secret,
+       w.payload_format,
+       -- X-Webhook-Signature during a rotation: the previous secret while it
+       -- is valid when the operator chose seed_signature 'old' (sql/004).
+       CASE WHEN w.previous_secret_expires_at > now() AND w.seed_signature = 'old'
+            THEN w.previous_secret ELSE w.secret END AS seed_secret,
+       e.key, e.traceparent, e.tracestate
+FROM claimed c
+JOIN outbox.webhooks w ON w.id = c.webhook_id
+LEFT JOIN outbox.events e ON e.id = c.event_id;
+
+-- name: delivery_insert_attempts
+-- Every attempt, one row each, many per round trip. A delivery deleted
+-- meanwhile (its webhook was deleted) has no row to refer to any more.
+INSERT INTO outbox.delivery_attempts
+    (delivery_id, attempt_number, started_at, duration_ms, outcome,
+     response_status, response_body, error_class, error_message,
+     request_headers, response_headers)
+SELECT r.delivery_id, r.attempt_number, to_timestamp(r.started_at), r.duration_ms, r.outcome,
+       r.response_status, r.response_body, r.error_class, r.error_message,
+       r.request_headers::jsonb, r.response_headers::jsonb
+FROM unnest(%(delivery_id)s::bigint[], %(attempt_number)s::int[], %(started_at)s::float8[],
+            %(duration_ms)s::float8[], %(outcome)s::text[], %(response_status)s::int[],
+            %(response_body)s::text[], %(error_class)s::text[], %(error_message)s::text[],
+            %(request_headers)s::text[], %(response_headers)s::text[])
+     AS r(delivery_id, attempt_number, started_at, duration_ms, outcome,
+          response_status, response_body, error_class, error_message,
+          request_headers, response_headers)
+WHERE EXISTS (SELECT 1 FROM outbox.deliveries d WHERE d.id = r.delivery_id);
+
+-- name: delivery_record
+-- The delivery rows after their latest attempt, fenced by the lease: a row
+-- whose due_at is no longer our claim's was re-claimed after our lease ran
+-- out (or re-queued by an operator) and is not ours to write. "hold" keeps
+-- the claim (another attempt follows in memory); "delay" is the wait before
+-- the next attempt (NULL: none follows).
+UPDATE outbox.deliveries d
+SET status = r.status,
+    attempt_number = greatest(d.attempt_number, r.attempt_number),
+    due_at = CASE WHEN r.hold THEN d.due_at
+                  ELSE now() + make_interval(secs => coalesce(r.delay, 0)) END,
+    next_retry_at = now() + make_interval(secs => r.delay),
+    locked_by = CASE WHEN r.hold THEN d.locked_by END,
+    response_status = r.response_status,
+    response_body = r.response_body,
+    error_message = r.error_message,
+    delivered_at = CASE WHEN r.status = 'success' THEN now() END,
+    updated_at = now()
+FROM unnest(%(id)s::bigint[], %(lease)s::timestamptz[], %(status)s::text[],
+            %(attempt_number)s::int[], %(delay)s::float8[], %(hold)s::bool[],
+            %(response_status)s::int[], %(response_body)s::text[], %(error_message)s::text[])
+     AS r(id, lease, status, attempt_number, delay, hold, response_status, response_body,
+          error_message)
+WHERE d.id = r.id AND d.due_at = r.lease AND d.status = 'pending'
+RETURNING d.id, d.status;
+
+-- name: delivery_release
+-- Give claimed deliveries back unattempted (shutdown, or more than this
+-- worker takes for one endpoint), due after "delay" seconds.
+UPDATE outbox.deliveries d
+SET due_at = now() + make_interval(secs => r.delay), locked_by = NULL, updated_at = now()
+FROM unnest(%(id)s::bigint[], %(lease)s::timestamptz[], %(delay)s::float8[]) AS r(id, lease, delay)
+WHERE d.id = r.id AND d.due_at = r.lease AND d.status = 'pending';
+
+-- name: delivery_webhook_stats
+-- Counters and the continuous-failure clock, one row per webhook per flush.
+-- Rows are locked in id order first (FOR NO KEY UPDATE: it does not block
+-- the dispatcher's foreign-key checks) so that concurrent flushes touching
+-- the same webhooks cannot deadlock. failing_since: the first failure after
+-- the latest success; a success clears it unless a newer failure is known.
+WITH r AS (
+    SELECT * FROM unnest(%(webhook_id)s::bigint[], %(ok)s::int[], %(failed)s::int[],
+                         %(last_at)s::float8[], %(last_ok_at)s::float8[],
+                         %(first_fail_at)s::float8[], %(fail_after_ok)s::float8[])
+        AS r(webhook_id, ok, failed, last_at, last_ok_at, first_fail_at, fail_after_ok)
+), locked AS (
+    SELECT w.id FROM outbox.webhooks w JOIN r ON r.webhook_id = w.id
+    ORDER BY w.id FOR NO KEY UPDATE OF w
+)
+UPDATE outbox.webhooks w
+SET success_count = w.success_count + r.ok,
+    failure_count = w.failure_count + r.failed,
+    last_triggered_at = greatest(w.last_triggered_at, to_timestamp(r.last_at)),
+    last_success_at = greatest(w.last_success_at, to_timestamp(r.last_ok_at)),
+    failing_since = CASE
+        WHEN r.last_ok_at IS NULL THEN coalesce(w.failing_since, to_timestamp(r.first_fail_at))
+        WHEN w.failing_since > to_timestamp(r.last_ok_at) THEN w.failing_since
+        ELSE to_timestamp(r.fail_after_ok) END
+FROM r
+WHERE w.id = r.webhook_id AND w.id IN (SELECT id FROM locked);
+
+-- name: delivery_disable_webhooks
+-- Disable endpoints that answered 410 Gone, or that have failed without a
+-- single success for OUTBOX_DISABLE_AFTER, and publish webhook.disabled for
+-- each in the same transaction. Only rows still active change, so each
+-- endpoint is disabled (and announced) once.
+WITH disabled AS (
+    UPDATE outbox.webhooks w
+    SET is_active = false, updated_at = now(),
+        disabled_reason = CASE
+            WHEN w.id = ANY(%(gone)s::bigint[]) THEN 'the endpoint answered 410 Gone'
+            ELSE 'no successful delivery since ' || w.failing_since::text
+                 || ' (OUTBOX_DISABLE_AFTER ' || %(disable_after)s::interval::text || ')' END
+    WHERE w.id = ANY(%(ids)s::bigint[]) AND w.is_active
+      AND (w.id = ANY(%(gone)s::bigint[]) OR w.failing_since <= now() - %(disable_after)s::interval)
+    RETURNING w.id, w.name, w.url, w.disabled_reason, w.failing_since
+)
+SELECT outbox.publish('webhook.disabled', jsonb_build_object(
+           'webhook_id', id, 'name', name, 'url', url, 'reason', disabled_reason,
+           'failing_since', failing_since)) AS event_id
+FROM disabled ORDER BY id;
+
+-- name: delivery_publish_failed
+-- webhook.delivery_failed for deliveries this flush moved to failed.
+SELECT outbox.publish('webhook.delivery_failed', jsonb_build_object(
+           'delivery_id', d.id, 'webhook_id', d.webhook_id, 'event_id', d.event_id,
+           'event_type', d.event_type, 'attempts', d.attempt_number,
+           'response_status', d.response_status, 'error_message', d.error_message))
+FROM outbox.deliveries d
+WHERE d.id = ANY(%(ids)s::bigint[])
+ORDER BY d.id;
+
+-- name: delivery_pending_count
+-- For the pending-deliveries gauge (index-only on deliveries_due_idx).
+SELECT count(*) AS pending FROM outbox.deliveries WHERE status = 'pending';

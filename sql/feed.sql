@@ -1,0 +1,81 @@
+-- The feed reader's statements (relay/feed.py). Each block starts with
+-- "-- name: NAME". Cursor parameters come from Cursor.params(): "after" the
+-- largest id emitted, "xmax" and "pending" (xids as text, cast to xid8)
+-- what the previous read saw as still in progress.
+
+-- name: feed_read
+-- The whole feed read (relay/feed.py) as ONE statement: one round trip, and
+-- one snapshot for every part of it (in READ COMMITTED a statement runs on a
+-- single snapshot, which pg_current_snapshot() reports). Rows come back
+-- tagged by kind (xids as bigint: an xid8 is epoch << 32 | xid):
+--   's'  the snapshot, 'xmin:xmax:xip,...' (in the event_type column);
+--   'p'  the page: visible rows above the cursor, by id (primary-key scan);
+--   'l'  late rows: at or below the cursor, written by transactions the
+--        previous read saw as in progress (pending xids, or xid >= its xmax:
+--        xmax is latestCompletedXid + 1, so a running transaction can already
+--        hold an xid at or above it) that have committed since;
+--   'c'  transactions of a full page, or late ones, with rows past the page:
+--        the reader cuts the page so that each transaction comes out whole.
+-- The xid lookups use events_xid_id_idx (sql/002): both conditions are index
+-- conditions, and "rows past the page" is one probe per transaction however
+-- large the transaction.
+WITH snap AS MATERIALIZED (
+    SELECT pg_current_snapshot()::text AS s
+), page AS MATERIALIZED (
+    SELECT id, xid, event_type, payload, created_at, key, traceparent, tracestate
+    FROM outbox.events
+    WHERE id > %(after)s
+    ORDER BY id
+    LIMIT %(limit)s
+), late AS MATERIALIZED (
+    SELECT id, xid, event_type, payload, created_at, key, traceparent, tracestate
+    FROM outbox.events
+    WHERE (xid = ANY (%(pending)s::text[]::xid8[]) OR xid >= %(xmax)s::text::xid8)
+      AND id <= %(after)s
+), page_end AS (
+    SELECT count(*) AS n, max(id) AS max_id FROM page
+), continuing AS (
+    -- "The transaction's largest id" is one backward probe of the (xid, id)
+    -- index whatever the statistics say; an EXISTS (... id > page end) may be
+    -- planned as a join or a scan over every row past the page.
+    SELECT t.xid
+    FROM page_end, (SELECT xid FROM page UNION SELECT xid FROM late) AS t
+    WHERE page_end.n >= %(limit)s
+      AND (SELECT max(e.id) FROM outbox.events e WHERE e.xid = t.xid) > page_end.max_id
+)
+SELECT 's' AS kind, NULL::bigint AS id, NULL::bigint AS xid, s AS event_type,
+       NULL::text AS payload, NULL::timestamptz AS created_at,
+       NULL::text AS key, NULL::text AS traceparent, NULL::text AS tracestate
+FROM snap
+UNION ALL
+SELECT 'p', id, xid::text::bigint, event_type, payload::text, created_at,
+       key, traceparent, tracestate FROM page
+UNION ALL
+SELECT 'l', id, xid::text::bigint, event_type, payload::text, created_at,
+       key, traceparent, tracestate FROM late
+UNION ALL
+SELECT 'c', NULL, xid::text::bigint, NULL, NULL, NULL, NULL, NULL, NULL FROM continuing;
+
+-- name: feed_head
+-- The cursor of "now": the largest visible id, and the snapshot's view of
+-- what is still in progress (any such transaction may own an id below it).
+SELECT pg_current_snapshot()::text AS snapshot,
+       coalesce((SELECT max(id) FROM outbox.events), 0) AS max_id;
+
+-- name: feed_lag
+-- What this cursor has not read yet: visible rows above it (counted up to a
+-- cap, so a huge backlog costs a bounded index scan) plus late rows of the
+-- transactions it waits for; and the age of the oldest of them.
+WITH unread AS (
+    (SELECT id, created_at FROM outbox.events
+     WHERE id > %(after)s
+     ORDER BY id
+     LIMIT %(cap)s)
+    UNION ALL
+    SELECT id, created_at FROM outbox.events
+    WHERE (xid = ANY (%(pending)s::text[]::xid8[]) OR xid >= %(xmax)s::text::xid8)
+      AND id <= %(after)s
+)
+SELECT count(*) AS events,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds
+FROM unread;

@@ -1,0 +1,11 @@
+-- Statements every dedicated relay connection runs (relay/reconnect.py).
+
+-- name: server_keepalives
+-- The same keepalives on the server side as on the client's, for this
+-- session: the server then drops a lost leader's session, and with it the
+-- leader's advisory lock, within seconds instead of the operating system's
+-- two hours. Ignored on Unix-domain sockets, where there is no network to
+-- lose. set_config(..., false): for the session, not the transaction.
+SELECT set_config('tcp_keepalives_idle', %(idle)s, false),
+       set_config('tcp_keepalives_interval', %(interval)s, false),
+       set_config('tcp_keepalives_count', %(count)s, false);
