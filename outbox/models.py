@@ -1,7 +1,7 @@
 """SQLModel table models for schema ``outbox``: a typed view of the SQL.
 
 ``sql/001_schema.sql`` is the one source of truth: these classes only map
-onto it (``tests/test_models.py`` proves that columns, types, nullability,
+onto it (``tests/db/test_models.py`` proves that columns, types, nullability,
 identities and primary keys agree with the live schema). Never call
 ``SQLModel.metadata.create_all`` for them; run ``outbox migrate``.
 

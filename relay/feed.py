@@ -14,7 +14,7 @@ CACHE 1 so ids are drawn in one global order):
     that transaction is visible in S, rolled back, or still in progress as
     far as S is concerned: listed in S's xip, or at/above S's xmax (xmax is
     latestCompletedXid + 1, not the next xid to be assigned, so a running
-    transaction may hold an xid >= xmax; tests/test_schema.py caught this).
+    transaction may hold an xid >= xmax; tests/db/test_schema.py caught this).
 
 A read in snapshot S therefore emits the visible rows above the cursor's
 ``after`` plus the rows at or below it of the transactions the cursor

@@ -21,8 +21,8 @@ from outbox.migrate import migrate
 from soak.rss import RssSampler
 from tests.faults.harness import Hook, Ledger, Verdict, Writer, add_hook, settle, writing
 from tests.faults.wsclients import ResumingClient, connected, running_clients
-from tests.relay_support import ServeProcess
-from tests.webhook_receiver import Action, Reply, Request, running
+from tests.support.receivers import Action, Reply, Request, running
+from tests.support.relay import ServeProcess
 
 ADMIN_URL = os.environ.get("OUTBOX_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVE_ENV = {

@@ -30,7 +30,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from outbox.events import Matcher
 from tests.faults.wsclients import ResumingClient
-from tests.webhook_receiver import Receiver, Request
+from tests.support.receivers import Receiver, Request
 
 # Standard Webhooks receivers reject timestamps more than 5 minutes off.
 TIMESTAMP_TOLERANCE = 300.0

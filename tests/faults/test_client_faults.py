@@ -13,10 +13,11 @@ import httpx
 import psycopg
 from websockets.asyncio.client import connect
 
-from tests.conftest import serve_app, wait_for
 from tests.faults.harness import Ledger, Writer, add_hook, fast_settings, settle, writing
 from tests.faults.wsclients import ResumingClient, connected, running_clients
-from tests.webhook_receiver import running
+from tests.support.receivers import running
+from tests.support.servers import serve_app
+from tests.support.waiting import wait_for
 
 AUTH = {"Authorization": "Bearer test-token"}
 

@@ -26,7 +26,6 @@ from psycopg.types.json import Jsonb
 from outbox.cli.embedded import EmbeddedCluster, find_bindir
 from outbox.migrate import migrate
 from outbox.relay.config import Settings
-from tests.conftest import serve_app, wait_for
 from tests.faults.harness import (
     Ledger,
     Writer,
@@ -37,7 +36,9 @@ from tests.faults.harness import (
     writing,
 )
 from tests.faults.wsclients import ResumingClient, connected, running_clients
-from tests.webhook_receiver import running
+from tests.support.receivers import running
+from tests.support.servers import serve_app
+from tests.support.waiting import wait_for
 
 BINDIR = find_bindir()
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import psycopg
 
-from tests.conftest import wait_for
 from tests.faults.harness import Hook, Ledger, Verdict, Writer, add_hook, settle, writing
 from tests.faults.wsclients import ResumingClient, connected, running_clients
-from tests.relay_support import ServeProcess, serve_processes
-from tests.webhook_receiver import Action, Hang, Receiver, Reply, Request, running
+from tests.support.receivers import Action, Hang, Receiver, Reply, Request, running
+from tests.support.relay import ServeProcess, serve_processes
+from tests.support.waiting import wait_for
 
 SERVE_ENV = {
     "OUTBOX_LEASE": "2s",

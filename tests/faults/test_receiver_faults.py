@@ -1,4 +1,4 @@
-"""Receivers that misbehave in ways tests/test_delivery.py does not cover:
+"""Receivers that misbehave in ways tests/db/test_delivery.py does not cover:
 refusing connections for a while, and dripping a body slower than the
 timeout. The whole app runs in-process (no fault here needs a real process);
 the oracle judges every event."""
@@ -9,7 +9,6 @@ from typing import Any
 
 import psycopg
 
-from tests.conftest import serve_app, wait_for
 from tests.faults.harness import (
     Ledger,
     Writer,
@@ -20,7 +19,9 @@ from tests.faults.harness import (
     writing,
 )
 from tests.faults.wsclients import ResumingClient, connected, running_clients
-from tests.webhook_receiver import Drip, Reply, Request, running
+from tests.support.receivers import Drip, Reply, Request, running
+from tests.support.servers import serve_app
+from tests.support.waiting import wait_for
 
 
 async def test_receiver_refusing_connections_then_back(

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from tests.relay_support import ROOT
+from tests.support.relay import ROOT
 
 
 def test_short_soak_passes_the_oracle() -> None:

@@ -1,0 +1,1 @@
+"""Database tier: needs PostgreSQL (see tests/support/tiers.py)."""

@@ -1,0 +1,1 @@
+"""End-to-end tier: real servers, subprocesses, a browser (see tests/support/tiers.py)."""

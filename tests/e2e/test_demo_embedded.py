@@ -1,0 +1,119 @@
+"""The embedded default: a private cluster made, reused and stopped by `outbox demo`.
+
+Skipped when no PostgreSQL server binaries are installed. As root (CI) the
+cluster runs as the `postgres` system user, so its directory must be one
+that user can reach: a fresh 0755 directory under /tmp.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from outbox.cli.embedded import EmbeddedCluster, find_bindir, locate
+
+BINDIR = find_bindir()
+needs_binaries = pytest.mark.skipif(
+    BINDIR is None, reason="no PostgreSQL server binaries (initdb, pg_ctl, postgres) installed"
+)
+
+
+# One directory for the module: initdb (with fsync) costs seconds, so the
+# second test reuses the cluster the first one made.
+@pytest.fixture(scope="module")
+def cluster_dir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="outbox-emb-", dir="/tmp"))
+    base.chmod(0o755)
+    root = base / "pg"
+    try:
+        yield root
+    finally:
+        if BINDIR is not None and (root / "data" / "postmaster.pid").exists():
+            # A failed test must not leave a server behind.
+            EmbeddedCluster(BINDIR, root, log=lambda _: None)._run(
+                [str(BINDIR / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"]
+            )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def demo(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OUTBOX_", "PG"))}
+    env.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "outbox.cli",
+            "demo",
+            "--embedded",
+            "--data-dir",
+            str(root),
+            "--port",
+            "0",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def running(root: Path) -> bool:
+    assert BINDIR is not None
+    res = EmbeddedCluster(BINDIR, root, log=lambda _: None)._run(
+        [str(BINDIR / "pg_ctl"), "-D", str(root / "data"), "status"]
+    )
+    return res.returncode == 0
+
+
+@needs_binaries
+def test_demo_creates_reuses_and_stops_its_private_cluster(cluster_dir: Path) -> None:
+    first = demo("--duration", "1s", "--rate", "20", root=cluster_dir)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "creating the embedded cluster" in first.stdout
+    assert "every event of this run was delivered" in first.stdout
+    assert "database: embedded PostgreSQL" in first.stdout
+    assert "stopped the embedded cluster" in first.stdout
+    assert not running(cluster_dir)
+    if os.geteuid() == 0:
+        assert "as system user 'postgres'" in first.stdout
+    # No TCP port: only a unix socket in a private directory.
+    conf = (cluster_dir / "data" / "postmaster.opts").read_text()
+    assert "listen_addresses=" in conf
+
+    second = demo("--no-traffic", "--duration", "1s", root=cluster_dir)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "creating the embedded cluster" not in second.stdout  # reused
+    assert "stopped the embedded cluster" in second.stdout
+    assert not running(cluster_dir)
+
+
+@needs_binaries
+def test_a_cluster_that_is_already_running_is_reused_and_left_running(
+    cluster_dir: Path,
+) -> None:
+    owner = locate(root=cluster_dir, log=lambda _: None)
+    assert owner is not None
+    url = owner.start()
+    try:
+        res = demo("--no-traffic", "--duration", "1s", root=cluster_dir)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "reusing the embedded cluster already running" in res.stdout
+        assert running(cluster_dir)
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT count(*) FROM outbox.capture_rules").fetchone()
+        assert row is not None and row[0] == 7
+    finally:
+        owner.stop()
+    assert not running(cluster_dir)

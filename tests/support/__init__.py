@@ -1,0 +1,1 @@
+"""Test helpers and fixture plugins (see tests/conftest.py)."""

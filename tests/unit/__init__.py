@@ -1,0 +1,1 @@
+"""Unit tier: no PostgreSQL (see tests/support/tiers.py)."""
