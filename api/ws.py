@@ -45,6 +45,7 @@ from outbox.events import Matcher, is_pattern
 from outbox.relay.config import Settings
 from outbox.relay.feed import read_batch
 from outbox.relay.hub import POLICY_VIOLATION, TRY_AGAIN_LATER, Client
+from outbox.relay.reconnect import describe
 from outbox.relay.retention import cursor_expired
 
 log = logging.getLogger("outbox.ws")
@@ -66,21 +67,32 @@ class _Refused(Exception):
 
 
 def uvicorn_ws_options(settings: Settings) -> dict[str, Any]:
-    """The uvicorn options that enforce the WebSocket settings at the protocol level.
+    """The uvicorn options that enforce the settings at the protocol level.
 
-    Protocol pings and the inbound size limit live in the server, not in the
-    app; ``outbox serve`` (and the test server) pass these to ``uvicorn.Config``.
+    Protocol pings, the inbound size limit, the buffer bound of what the
+    server writes on its own (pongs), the request head limits and the
+    connection ceiling live in the server, not in the app; ``outbox serve``
+    (and the test server) pass these to ``uvicorn.Config``.
     """
-    from outbox.api.ws_protocol import CoalescingWebSocketProtocol
+    from outbox.api.http_protocol import http_options
+    from outbox.api.ws_protocol import bounded_protocol
 
     return {
         # One socket write per client per loop turn (api/ws_protocol.py).
-        "ws": CoalescingWebSocketProtocol,
+        "ws": bounded_protocol(settings.ws_max_queue_bytes),
         "ws_max_size": settings.ws_max_message,
         "ws_ping_interval": settings.ws_ping_interval,
         "ws_ping_timeout": settings.ws_ping_interval,
         "ws_per_message_deflate": settings.ws_per_message_deflate,
+        **http_options(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+            max_connections=settings.max_connections,
+        ),
     }
+
+
+uvicorn_options = uvicorn_ws_options
 
 
 RAW_SEND = "outbox.raw_send"
@@ -175,12 +187,15 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         await websocket.close(POLICY_VIOLATION, "Origin not allowed")
         return
     try:
-        token, reason = await authenticate(websocket, allow_query=True)
-    except (psycopg.Error, PoolTimeout) as exc:
-        log.warning("/ws refused: database unavailable: %s", exc)
-        await websocket.send_denial_response(
-            JSONResponse({"detail": "Database unavailable"}, status_code=503)
-        )
+        # The handshake waits for nothing longer than this (a slow database).
+        async with asyncio.timeout(state.settings.ws_handshake_timeout):
+            token, reason = await authenticate(websocket, allow_query=True)
+    except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
+        detail = "Database unavailable"
+        if isinstance(exc, TimeoutError):
+            detail = "handshake timed out (OUTBOX_WS_HANDSHAKE_TIMEOUT); try again"
+        log.warning("/ws refused: %s: %s", detail, describe(exc))
+        await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=503))
         return
     if token is None:
         # A close before accept is an HTTP 403 with no body. (A denial

@@ -23,6 +23,14 @@ uvicorn's own pause/resume (``writable``) still follows the real transport's
 buffer, and ``close()`` writes what is collected first (asyncio's close then
 flushes its buffer before the socket closes); ``abort()`` drops it, as the
 real ``abort()`` drops its buffer.
+
+What the server writes on its own counts too (:func:`bounded_protocol`):
+protocol pongs answer a client's pings outside any flow control, so a client
+that floods pings and never reads would grow the write buffer without end.
+Past the bound it is closed with 1013, like a client whose queue of events
+overflows (relay/hub.py). A close frame is written even while the socket is
+backed up (it goes out behind the backlog), and a closed connection whose
+peer never reads what is left is dropped after :data:`LINGER` seconds.
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ from websockets.protocol import State
 # a fan-out sends each text to every client within one loop turn, so only
 # the frames of the last few batches are ever looked up again.
 _FRAME_CACHE_BYTES = 4 * 1024 * 1024
+
+# Seconds a closed connection may take to hand its last bytes to its peer.
+LINGER = 10.0
+TRY_AGAIN_LATER = 1013
 _frames: dict[str, bytes] = {}
 _frames_size = 0
 
@@ -107,12 +119,17 @@ def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
 class _CoalescingTransport:
     """Stands in for the socket transport: ``write`` collects, one flush per loop turn."""
 
-    __slots__ = ("_flusher", "_pending", "_real")
+    __slots__ = ("_flusher", "_loop", "_pending", "_real")
 
     def __init__(self, real: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._real = real
+        self._loop = loop
         self._flusher = _flusher(loop)
         self._pending: list[bytes] = []
+
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the kernel."""
+        return sum(map(len, self._pending)) + self._real.get_write_buffer_size()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
@@ -132,7 +149,12 @@ class _CoalescingTransport:
 
     def close(self) -> None:
         self.flush()
+        closing = self._real.is_closing()
         self._real.close()
+        if not closing:
+            # asyncio's close waits for the peer to read the buffer; one that
+            # never reads would hold the socket forever.
+            self._loop.call_later(LINGER, self._real.abort)
 
     def abort(self) -> None:
         self._pending.clear()
@@ -174,4 +196,50 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
             ):
                 self.transport.write(text_frame(text))
                 return
+        elif message["type"] == "websocket.close" and self.handshake_complete:
+            # The last frame: behind the backlog, without waiting for room.
+            self.writable.set()
         await super().send(message)
+
+
+def bounded_protocol(max_buffered: int) -> type[CoalescingWebSocketProtocol]:
+    """The protocol class for ``uvicorn.Config(ws=...)`` with a write-buffer bound."""
+
+    class BoundedWebSocketProtocol(CoalescingWebSocketProtocol):
+        _overflowed = False
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            transport = self.transport
+            if (
+                self.handshake_complete
+                and not self._overflowed
+                and isinstance(transport, _CoalescingTransport)
+                and transport.buffered() > max_buffered
+            ):
+                self._overflow()
+
+        def _overflow(self) -> None:
+            """Send 1013 behind the backlog, ignore what the client sends from now
+            on, and close once it has read (or after uvicorn's close timeout).
+
+            Closing at once would reset the connection (unread input), and the
+            client would never see why.
+            """
+            self._overflowed = True
+            reason = f"too far behind (more than {max_buffered} bytes unread); resume later"
+            if not self.close_sent:
+                self.queue.put_nowait(
+                    {"type": "websocket.disconnect", "code": TRY_AGAIN_LATER, "reason": reason}
+                )
+            # A close frame (unless one was sent already); input is discarded after it.
+            self.conn.fail(TRY_AGAIN_LATER, reason)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+            if self.close_timer is None:
+                self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+
+    return BoundedWebSocketProtocol

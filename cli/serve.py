@@ -18,52 +18,68 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import logging
 import os
-import re
 import signal
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from outbox.cli.main import _add_db, _say
 from outbox.errors import ConfigError, OutboxError
+from outbox.redact import redact
 
 if TYPE_CHECKING:
     from outbox.relay.config import Settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|api_key)=)[^&\s\"']*")
-
-
-def redact(text: str) -> str:
-    """Hide the values of ``token=`` and ``api_key=`` query parameters."""
-    return _SECRET_QUERY.sub(r"\1***", text)
-
-
 class RedactSecrets(logging.Filter):
-    """Keeps ``/ws?token=...`` and ``?api_key=...`` values out of the logs.
+    """Keeps secrets out of the logs, at every level (outbox/redact.py says what).
 
     uvicorn logs the path with its query string (access lines, and WebSocket
-    handshakes on ``uvicorn.error``); the arguments are redacted one by one
-    so the access formatter still gets its five fields.
+    handshakes on ``uvicorn.error``), websockets logs handshake headers at
+    debug level, and an exception's text may carry a URL with a password.
+    Access lines are redacted argument by argument so the access formatter
+    still gets its five fields; every other record is formatted, redacted
+    and stored as its final message (with its traceback, redacted too).
     """
 
+    def __init__(self, literals: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.literals = tuple(x for x in literals if x)
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        lit = self.literals
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+            record.args = tuple(redact(a, lit) if isinstance(a, str) else a for a in record.args)
+        else:
+            try:
+                message = record.getMessage()
+            except Exception:  # a bad format string: log what there is
+                message = f"{record.msg!r} {record.args!r}"
+            record.msg, record.args = redact(message, lit), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, lit)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, lit)
         return True
 
 
-def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging setup, plus the redaction filter and our own loggers."""
+def log_config(level: str, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """uvicorn's logging setup, plus the redaction filter and our own loggers.
+
+    ``secrets`` are literal values to hide wherever they appear (the
+    bootstrap API token). Libraries' own loggers (psycopg, httpx, ...) reach
+    the same handler, filtered too, from warning up.
+    """
     from uvicorn.config import LOGGING_CONFIG
 
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"redact": {"()": RedactSecrets}}
+    config["filters"] = {"redact": {"()": RedactSecrets, "literals": tuple(secrets)}}
     for handler in config["handlers"].values():
         handler["filters"] = ["redact"]
     config["loggers"]["outbox"] = {
@@ -71,6 +87,7 @@ def log_config(level: str) -> dict[str, Any]:
         "level": level.upper(),
         "propagate": False,
     }
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
     return config
 
 
@@ -131,6 +148,10 @@ _EPILOG = """environment (a flag overrides its variable):
   OUTBOX_DISABLE_AFTER        disable an endpoint failing this long (5d)
   OUTBOX_WEBHOOK_ALLOW_NETWORKS  CIDRs webhook URLs may resolve to although private
   OUTBOX_WS_ALLOWED_ORIGINS   browser Origins allowed on /ws (same host)
+  OUTBOX_HEADER_TIMEOUT       a request head must arrive within this (10s)
+  OUTBOX_MAX_HEADER_BYTES     largest request head, 431 above it (32768)
+  OUTBOX_MAX_CONNECTIONS      open connections, WebSockets included; 503 above (4096)
+  OUTBOX_WS_HANDSHAKE_TIMEOUT  a /ws handshake must finish within this (10s)
   OUTBOX_LOG_LEVEL            critical, error, warning, info, debug (info)
   OUTBOX_LOOP                 asyncio: do not use uvloop even when installed (auto)
 
@@ -242,6 +263,45 @@ def _preflight(url: str, migrate_first: bool) -> None:
         )
 
 
+def _secrets(settings: Settings) -> tuple[str, ...]:
+    """Literal values no log line may contain."""
+    from urllib.parse import urlsplit
+
+    values = [settings.api_token or ""]
+    try:
+        values.append(urlsplit(settings.database_url).password or "")
+    except ValueError:
+        pass
+    return tuple(v for v in values if v)
+
+
+def raise_fd_limit(settings: Settings) -> None:
+    """Let the process hold ``OUTBOX_MAX_CONNECTIONS`` sockets and its own.
+
+    The soft descriptor limit is often 1,024; raise it to the hard limit. If
+    even that cannot hold the connection ceiling plus the database pools,
+    say so: past it, accept() fails and nothing, not even ``/health``, is
+    reachable until connections close.
+    """
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    needed = settings.max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logging.getLogger("outbox.serve").warning(
+            "the descriptor limit (%d) is below OUTBOX_MAX_CONNECTIONS (%d) plus what the"
+            " process needs for itself; lower OUTBOX_MAX_CONNECTIONS or raise `ulimit -n`",
+            soft,
+            settings.max_connections,
+        )
+
+
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop when it is installed (uvicorn[standard] brings it).
 
@@ -273,6 +333,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check(settings)
     level = _log_level(env)
     _preflight(settings.database_url, args.migrate)
+    raise_fd_limit(settings)
 
     failures: list[BaseException] = []
     servers: list[uvicorn.Server] = []
@@ -287,7 +348,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         lifespan="on",
-        log_config=log_config(level),
+        log_config=log_config(level, _secrets(settings)),
         log_level=level,
         access_log=not args.no_access_log,
         timeout_graceful_shutdown=int(GRACE),

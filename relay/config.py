@@ -92,6 +92,13 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}: invalid boolean {raw!r} (use true or false)")
 
 
+def _positive(value: timedelta, name: str) -> float:
+    seconds = value.total_seconds()
+    if seconds <= 0:
+        raise ConfigError(f"{name}: must be more than zero")
+    return seconds
+
+
 def database_url(env: Mapping[str, str] | None = None) -> str:
     """``OUTBOX_DATABASE_URL``, then ``DATABASE_URL``, then libpq's ``PG*`` defaults."""
     env = os.environ if env is None else env
@@ -126,6 +133,11 @@ class Settings:
     max_request_body: int = 1024 * 1024
     rotation_overlap: timedelta = timedelta(hours=24)
     notify: bool = True
+    # What one client connection may cost (api/http_protocol.py, api/ws.py).
+    header_timeout: float = 10.0
+    max_header_bytes: int = 32 * 1024
+    max_connections: int = 4096
+    ws_handshake_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -168,4 +180,10 @@ class Settings:
             max_request_body=_int(env, "OUTBOX_MAX_REQUEST_BODY", 1024 * 1024, 1024, 1 << 30),
             rotation_overlap=dur("OUTBOX_ROTATION_OVERLAP", "24h"),
             notify=_bool(env, "OUTBOX_NOTIFY", True),
+            header_timeout=_positive(dur("OUTBOX_HEADER_TIMEOUT", "10s"), "OUTBOX_HEADER_TIMEOUT"),
+            max_header_bytes=_int(env, "OUTBOX_MAX_HEADER_BYTES", 32 * 1024, 1024, 1 << 20),
+            max_connections=_int(env, "OUTBOX_MAX_CONNECTIONS", 4096, 16, 1_000_000),
+            ws_handshake_timeout=_positive(
+                dur("OUTBOX_WS_HANDSHAKE_TIMEOUT", "10s"), "OUTBOX_WS_HANDSHAKE_TIMEOUT"
+            ),
         )

@@ -124,11 +124,18 @@ class Client:
         self._flushing: asyncio.Task[None] | None = None
 
     def send_control(self, text: str) -> None:
-        """Queue a reply (pong, subscribed, error) behind the events already queued."""
+        """Queue a reply (pong, subscribed, error) behind the events already queued.
+
+        Replies count against the same bound as events: a client that sends
+        requests and never reads the answers is dropped like a slow reader.
+        """
         if self.closed.is_set():
             return
         self.queue.append((0, text))
         self.nbytes += len(text)
+        if self._hub.over_bound(self):
+            self._hub.drop_laggard(self)
+            return
         self.kick()
 
     def go_live(self, send: Send, already_sent: set[int] | None = None) -> None:
@@ -298,15 +305,26 @@ class Hub:
             queued += len(items)
             client.kick()
         for client in laggards:
-            log.info("dropping a WebSocket client %d frames behind", len(client.queue))
-            client.close(
-                TRY_AGAIN_LATER,
-                f"too far behind (more than {max_frames} events or {max_bytes} bytes queued);"
-                " resume with your last cursor",
-            )
-            self.metrics.ws_dropped.inc()
+            self.drop_laggard(client)
         if queued:
             self.metrics.ws_messages.inc(queued)
+
+    def over_bound(self, client: Client) -> bool:
+        """Has ``client``'s queue (events and replies alike) passed its bound?"""
+        return (
+            len(client.queue) > self.settings.ws_max_queue
+            or client.nbytes > self.settings.ws_max_queue_bytes
+        )
+
+    def drop_laggard(self, client: Client) -> None:
+        """Close a client that does not read fast enough (1013, resume later)."""
+        log.info("dropping a WebSocket client %d frames behind", len(client.queue))
+        client.close(
+            TRY_AGAIN_LATER,
+            f"too far behind (more than {self.settings.ws_max_queue} frames or "
+            f"{self.settings.ws_max_queue_bytes} bytes queued); resume with your last cursor",
+        )
+        self.metrics.ws_dropped.inc()
 
     async def run(self, pool: AsyncConnectionPool[Any]) -> None:
         """Background duty: close the sockets of revoked tokens within seconds."""
