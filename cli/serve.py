@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
+
 class RedactSecrets(logging.Filter):
     """Keeps secrets out of the logs, at every level (outbox/redact.py says what).
 
@@ -268,10 +269,8 @@ def _secrets(settings: Settings) -> tuple[str, ...]:
     from urllib.parse import urlsplit
 
     values = [settings.api_token or ""]
-    try:
+    with contextlib.suppress(ValueError):
         values.append(urlsplit(settings.database_url).password or "")
-    except ValueError:
-        pass
     return tuple(v for v in values if v)
 
 

@@ -40,7 +40,9 @@ _USERINFO = re.compile(
     r"(?i)(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<user>[^:/?#@\s\"']*)"
     r"(?::(?P<password>[^/?#@\s\"']*))?@"
 )
-_CONNINFO = re.compile(r"(?i)\b(?P<key>password|passwd)(?P<sep>\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s'\"]+)")
+_CONNINFO = re.compile(
+    r"(?i)\b(?P<key>password|passwd)(?P<sep>\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s'\"]+)"
+)
 _TOKEN_SCHEMES = ("nats", "tls", "redis", "rediss")
 _SHAPED = re.compile(r"\b(?:obx|whsec)_[A-Za-z0-9+/=_-]{8,}")
 
