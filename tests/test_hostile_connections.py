@@ -192,7 +192,7 @@ async def test_a_client_that_floods_and_never_reads_is_closed_with_1013(
         try:
             deadline = time.monotonic() + 60
             sent = await asyncio.to_thread(
-                flood, s, FLOODS[kind], max_bytes=40 * 1024 * 1024, deadline=deadline
+                flood, s, FLOODS[kind], max_bytes=16 * 1024 * 1024, deadline=deadline
             )
             assert sent > 0
             code = await asyncio.to_thread(read_close_code, s, 30.0)
