@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from outbox.tokens import create_token
-from tests.hostile import (
+from tests.support.hostile import (
     closed_by_peer,
     connect,
     flood,
@@ -28,7 +28,7 @@ from tests.hostile import (
     ws_frame,
     ws_handshake,
 )
-from tests.relay_support import ServeProcess, serve_processes
+from tests.support.relay import ServeProcess, serve_processes
 
 IDLE = 1500
 
@@ -131,7 +131,7 @@ async def test_connections_past_the_ceiling_get_a_clear_503(db_url: str, tmp_pat
             status, _ = await _get(p.base_url + "/health")
             return status == 200
 
-        from tests.conftest import wait_for
+        from tests.support.waiting import wait_for
 
         await wait_for(healthy, timeout=10, interval=0.1, what="health after the flood")
 
