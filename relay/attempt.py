@@ -1,12 +1,21 @@
-"""One webhook HTTP attempt: POST the signed body, read a capped response.
+"""One webhook HTTP attempt: POST the signed body, stream a bounded response.
 
-Every failure becomes an :class:`~relay.retry.AttemptResult` (never an
-exception), classified by the error's class name: ``Timeout`` (the
-attempt's deadline), ``UnsafeURL`` (the SSRF guard), ``ConnectError``,
-``ReadError``, ``RemoteProtocolError``, ``LocalProtocolError``
-(:mod:`relay.http`). A 3xx is a failure too: redirects are never followed
-(the target would escape the SSRF check and the receiver's idempotency
-contract).
+The request goes through the shared ``httpx.AsyncClient`` of
+:mod:`relay.webhook_client`. The response is streamed: the first
+``body_cap`` bytes are kept (what the delivery row stores), and the body is
+read to its end only up to ``read_limit`` bytes, so the connection can be
+kept alive and the response is known to be complete. One deadline bounds
+the whole attempt, from resolving the name to the last body byte.
+
+Success is a complete, valid 2xx. Everything else becomes a failed
+:class:`~relay.retry.AttemptResult` (never an exception), classified by
+class name: ``Timeout`` (the deadline, also when the head arrived but the
+body did not finish), ``UnsafeURL`` (the SSRF guard), ``ResponseTooLarge``
+(body over ``read_limit``), ``ResponseHeadTooLarge``, ``UnsolicitedResponse``
+(:mod:`relay.webhook_client`) or httpx's ``ConnectError``, ``ReadError``,
+``RemoteProtocolError``, ``LocalProtocolError``, ``ProxyError``. A 3xx is a
+failure too: redirects are never followed (the target would escape the SSRF
+check and the receiver's idempotency contract).
 """
 
 from __future__ import annotations
@@ -14,26 +23,18 @@ from __future__ import annotations
 import asyncio
 import time
 
-from outbox.relay.http import Client, HTTPError, Response
+import httpx
+
 from outbox.relay.retry import AttemptResult, parse_retry_after
-from outbox.relay.ssrf import Network, Resolver, UnsafeURL
+from outbox.relay.ssrf import UnsafeURL
+from outbox.relay.webhook_client import ResponseTooLarge, translate
 
-
-def make_client(
-    *,
-    timeout: float,
-    max_connections: int,
-    allow: tuple[Network, ...],
-    resolver: Resolver | None = None,
-) -> Client:
-    """The one shared client: keep-alive pool, guarded connects, no redirects, no proxies."""
-    return Client(
-        allow=allow, resolver=resolver, timeout=timeout, max_idle_per_origin=max_connections
-    )
+#: The most of a response body that is read (and discarded past the stored cap).
+READ_LIMIT = 1024 * 1024
 
 
 async def post(
-    client: Client,
+    client: httpx.AsyncClient,
     url: str,
     body: bytes,
     headers: dict[str, str],
@@ -41,33 +42,58 @@ async def post(
     attempt: int,
     deadline: float,
     body_cap: int,
+    read_limit: int = READ_LIMIT,
+    age: float = 0.0,
 ) -> AttemptResult:
     """POST once; the whole attempt (connect, send, response, body) ends by ``deadline``.
 
-    ``deadline`` is on the event loop clock. Once the response head is in,
-    the deadline only cuts the body short: the status stands.
+    ``deadline`` is on the event loop clock; ``age`` is the delivery's age
+    at the start (seconds since its event), kept on the result for the policy.
     """
     loop = asyncio.get_running_loop()
     started, t0 = time.time(), loop.time()
     result = AttemptResult(attempt=attempt, started_at=started, duration=0.0)
+    kept = bytearray()
     try:
-        response = await client.post(url, body, headers, deadline=deadline, body_cap=body_cap)
+        async with asyncio.timeout_at(deadline):
+            async with client.stream("POST", url, content=body, headers=headers) as response:
+                result.status = response.status_code
+                result.response_headers = {k: _text(v) for k, v in response.headers.items()}
+                if response.status_code in (429, 503):
+                    result.retry_after = parse_retry_after(response.headers.get("retry-after"))
+                received = 0
+                async for chunk in response.aiter_raw():
+                    received += len(chunk)
+                    if len(kept) < body_cap:
+                        kept += chunk[: body_cap - len(kept)]
+                    if received > read_limit:
+                        raise ResponseTooLarge(
+                            f"response body longer than {read_limit} bytes", request=None
+                        )
     except TimeoutError:
         result.error_class = "Timeout"
-        result.error_message = f"no response within {deadline - t0:.3g}s"
+        what = "response body incomplete" if result.status is not None else "no response"
+        result.error_message = f"{what} within {deadline - t0:.3g}s"
     except UnsafeURL as exc:
         result.error_class = "UnsafeURL"
         result.error_message = exc.reason
-    except HTTPError as exc:
-        result.error_class = type(exc).__name__
-        result.error_message = _text(str(exc)) or type(exc).__name__
-    else:
-        result.status = response.status
-        result.response_headers = {k: _text(v) for k, v in response.headers.items()}
+    except (httpx.HTTPError, OSError) as exc:
+        error = translate(exc)
+        result.error_class = type(error).__name__
+        result.error_message = _text(str(error)) or result.error_class
+        if isinstance(error, UnsafeURL):
+            result.error_message = error.reason
+    if result.status is not None and body_cap > 0:
         # A multi-byte character cut by the cap becomes U+FFFD.
-        result.body = _text(response.body.decode("utf-8", "replace")) if body_cap > 0 else ""
+        result.body = _text(bytes(kept).decode("utf-8", "replace"))
+    elif result.status is not None:
+        result.body = ""
+    if result.status is not None and result.error_class is None:
         _describe_status(result, response)
+    elif result.status is not None and result.error_message:
+        result.error_message = f"HTTP {result.status}, then: {result.error_message}"
     result.duration = loop.time() - t0
+    result.age = age + result.duration
     return result
 
 
@@ -76,13 +102,11 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\ufffd")
 
 
-def _describe_status(result: AttemptResult, response: Response) -> None:
-    status = response.status
+def _describe_status(result: AttemptResult, response: httpx.Response) -> None:
+    status = response.status_code
     if 200 <= status < 300:
         return
     result.error_message = f"HTTP {status}"
     if 300 <= status < 400:
         location = response.headers.get("location", "")
         result.error_message += f": redirect to {_text(location)!r} not followed"
-    elif status in (429, 503):
-        result.retry_after = parse_retry_after(response.headers.get("retry-after"))

@@ -12,13 +12,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from outbox.errors import ConfigError
+from outbox.relay.retry import Exponential, Schedule
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
+_EXPONENTIAL_RE = re.compile(r"^\s*exp(?:onential)?\(([^,()]+),([^,()]+),([^,()]+)\)\s*$", re.I)
 
 
 def parse_duration(text: str, *, name: str = "duration") -> timedelta:
@@ -30,8 +33,22 @@ def parse_duration(text: str, *, name: str = "duration") -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def parse_schedule(text: str, *, name: str = "OUTBOX_RETRY_SCHEDULE") -> tuple[timedelta, ...]:
-    """Parse a comma-separated list of delays between attempts."""
+def parse_schedule(text: str, *, name: str = "OUTBOX_RETRY_SCHEDULE") -> Schedule:
+    """Parse a comma-separated list of delays between attempts, or its exponential form.
+
+    ``exponential(5s,10h,8)``: 8 attempts, waits growing from 5 s by doubling
+    up to 10 h, each drawn at random below that (full jitter).
+    """
+    m = _EXPONENTIAL_RE.match(text)
+    if m is not None:
+        first = parse_duration(m.group(1).strip(), name=name)
+        maximum = parse_duration(m.group(2).strip(), name=name)
+        count = m.group(3).strip()
+        if not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"{name}: {text!r}: the attempt count must be a positive integer")
+        if first.total_seconds() <= 0 or maximum < first:
+            raise ConfigError(f"{name}: {text!r}: need 0 < first delay <= max delay")
+        return Exponential(first, maximum, int(count))
     parts = [p for p in (s.strip() for s in text.split(",")) if p]
     if not parts:
         raise ConfigError(f"{name}: empty retry schedule {text!r}")
@@ -52,6 +69,24 @@ def parse_networks(
                 f"{name}: invalid network {part!r} (use CIDR, e.g. 10.0.0.0/8)"
             ) from None
     return tuple(nets)
+
+
+def parse_proxy(text: str, *, name: str = "OUTBOX_WEBHOOK_PROXY") -> str | None:
+    """An ``http://`` or ``https://`` proxy URL (userinfo allowed), or ``None`` when empty."""
+    text = text.strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+        shown = text.replace(parts.password, "***") if parts.password else text
+        raise ConfigError(
+            f"{name}: invalid proxy {shown!r} (use http://host:port or https://host:port)"
+        )
+    return text
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -111,12 +146,12 @@ class Settings:
     api_token: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    retry_schedule: tuple[timedelta, ...] = field(
-        default_factory=lambda: parse_schedule(DEFAULT_RETRY_SCHEDULE)
-    )
+    retry_schedule: Schedule = field(default_factory=lambda: parse_schedule(DEFAULT_RETRY_SCHEDULE))
+    retry_max_age: timedelta | None = None
     webhook_timeout: float = 15.0
     disable_after: timedelta = timedelta(days=5)
     webhook_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    webhook_proxy: str | None = None
     ws_allowed_origins: tuple[str, ...] = ()
     retention: timedelta = timedelta(days=7)
     poll_interval: float = 1.0
@@ -159,9 +194,11 @@ class Settings:
             retry_schedule=parse_schedule(
                 env.get("OUTBOX_RETRY_SCHEDULE") or DEFAULT_RETRY_SCHEDULE
             ),
+            retry_max_age=dur("OUTBOX_RETRY_MAX_AGE", "0s") or None,
             webhook_timeout=_float(env, "OUTBOX_WEBHOOK_TIMEOUT", 15.0, 0.01, 3600.0),
             disable_after=dur("OUTBOX_DISABLE_AFTER", "5d"),
             webhook_allow_networks=parse_networks(env.get("OUTBOX_WEBHOOK_ALLOW_NETWORKS", "")),
+            webhook_proxy=parse_proxy(env.get("OUTBOX_WEBHOOK_PROXY", "")),
             ws_allowed_origins=origins,
             retention=dur("OUTBOX_RETENTION", "7d"),
             poll_interval=dur("OUTBOX_POLL_INTERVAL", "1s").total_seconds(),

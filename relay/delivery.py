@@ -31,13 +31,13 @@ import secrets
 import socket
 import time
 
+import httpx
 import psycopg
 
 from outbox.relay import delivery_db
-from outbox.relay.attempt import make_client, post
+from outbox.relay.attempt import post
 from outbox.relay.config import Settings
 from outbox.relay.delivery_db import AsyncConn, Job, Outcome, Release
-from outbox.relay.http import Client
 from outbox.relay.metrics import Metrics
 from outbox.relay.reconnect import (
     CONNECTION_ERRORS,
@@ -47,9 +47,10 @@ from outbox.relay.reconnect import (
     describe,
     nap,
 )
-from outbox.relay.retry import AttemptResult, RetryPolicy
+from outbox.relay.retry import AttemptResult, RetryPolicy, Stored
 from outbox.relay.signing import redact, sign_headers
 from outbox.relay.ssrf import Resolver
+from outbox.relay.webhook_client import make_client
 
 log = logging.getLogger("outbox.delivery")
 
@@ -90,7 +91,7 @@ class DeliveryWorker:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.policy = RetryPolicy(settings.retry_schedule)
+        self.policy = RetryPolicy(settings.retry_schedule, max_age=settings.retry_max_age)
         self.worker_id = worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         )
@@ -146,10 +147,10 @@ class DeliveryWorker:
             raise RuntimeError("DeliveryWorker.run() is already running")
         self._running = True
         client = make_client(
-            timeout=self.settings.webhook_timeout,
             max_connections=self.settings.delivery_concurrency,
             allow=self.settings.webhook_allow_networks,
             resolver=self._resolver,
+            proxy=self.settings.webhook_proxy,
         )
         try:
             async with asyncio.TaskGroup() as tg:
@@ -206,7 +207,7 @@ class DeliveryWorker:
         poll = self.settings.poll_interval
         return min(poll, self._timers[0] - now) if self._timers else poll
 
-    async def _claim_loop(self, tg: asyncio.TaskGroup, client: Client) -> None:
+    async def _claim_loop(self, tg: asyncio.TaskGroup, client: httpx.AsyncClient) -> None:
         loop = asyncio.get_running_loop()
         conn: AsyncConn | None = None
         failures = 0
@@ -253,7 +254,9 @@ class DeliveryWorker:
         finally:
             await close_quietly(conn)
 
-    def _admit(self, tg: asyncio.TaskGroup, client: Client, job: Job, lease_end: float) -> None:
+    def _admit(
+        self, tg: asyncio.TaskGroup, client: httpx.AsyncClient, job: Job, lease_end: float
+    ) -> None:
         key = job.endpoint
         self._webhook_endpoint[job.webhook_id] = key
         ep = self._endpoints.get(key)
@@ -284,7 +287,7 @@ class DeliveryWorker:
     # --- sending -----------------------------------------------------------------
 
     async def _deliver(
-        self, client: Client, job: Job, key: str, ep: _Endpoint, lease_end: float
+        self, client: httpx.AsyncClient, job: Job, key: str, ep: _Endpoint, lease_end: float
     ) -> None:
         try:
             await self._attempts(client, job, ep, lease_end)
@@ -319,7 +322,9 @@ class DeliveryWorker:
             self._in_hand.pop(job.id, None)
             self._room.set()
 
-    async def _attempts(self, client: Client, job: Job, ep: _Endpoint, lease_end: float) -> None:
+    async def _attempts(
+        self, client: httpx.AsyncClient, job: Job, ep: _Endpoint, lease_end: float
+    ) -> None:
         loop = asyncio.get_running_loop()
         if job.created_at is None:
             missing = AttemptResult(
@@ -333,6 +338,7 @@ class DeliveryWorker:
             return
 
         async def once() -> AttemptResult:
+            """The network call (and its signature): all tenacity wraps."""
             async with ep.slots, self._slots:
                 now = loop.time()
                 if lease_end - now < min(1.0, self.settings.webhook_timeout):
@@ -341,6 +347,7 @@ class DeliveryWorker:
                     self._release(Release(job))
                     raise _Interrupted
                 deadline = min(now + self.settings.webhook_timeout, lease_end)
+                timestamp = time.time()
                 headers = sign_headers(
                     body=job.body,
                     event_id=job.event_id,
@@ -348,7 +355,7 @@ class DeliveryWorker:
                     webhook_id=job.webhook_id,
                     secret=job.secret,
                     previous_secret=job.previous_secret,
-                    timestamp=int(time.time()),
+                    timestamp=int(timestamp),
                     seed_secret=job.seed_secret,
                 )
                 self._in_flight += 1
@@ -361,6 +368,7 @@ class DeliveryWorker:
                         attempt=job.attempt,
                         deadline=deadline,
                         body_cap=self.settings.response_body_cap,
+                        age=job.age(timestamp),
                     )
                 finally:
                     self._in_flight -= 1
@@ -368,32 +376,39 @@ class DeliveryWorker:
             job.attempt += 1
             return result
 
-        def in_memory(wait: float) -> bool:
+        def fits(wait: float) -> bool:
             """Short, fits in the lease with a whole attempt after it, and not stopping."""
             end = loop.time() + wait + self.settings.webhook_timeout
             return (
                 wait <= self.policy.memory_max and end <= lease_end and not self._stopping.is_set()
             )
 
-        # The short retries of one claim: a plain loop over the pure policy
-        # (tenacity did this before; its per-delivery setup cost more CPU
-        # than signing the request).
-        result = await once()
-        while (wait := self.policy.delay(result)) is not None and in_memory(wait):
-            self._submit(Outcome(job, result, "hold", wait))
+        async def sleep(wait: float) -> None:
             await nap(self._stopping, wait)
             if self._stopping.is_set():
                 self._release(Release(job, delay=wait))
                 raise _Interrupted
-            result = await once()
-        self._finish(job, result)
+
+        def hold(result: AttemptResult, wait: float) -> None:
+            self._submit(Outcome(job, result, "hold", wait))
+
+        # The short retries of one claim run under tenacity; what does not fit
+        # in memory is stored in the row (tenacity decided the wait).
+        outcome = await self.policy.in_memory(once, fits=fits, sleep=sleep, before_sleep=hold)
+        if isinstance(outcome, Stored):
+            if outcome.delay is None:
+                self._submit(Outcome(job, outcome.result, "failed"))
+            else:
+                self._submit(Outcome(job, outcome.result, "retry", outcome.delay))
+        else:
+            self._finish(job, outcome)
 
     def _finish(self, job: Job, result: AttemptResult) -> None:
         """Submit the claim's last attempt: success, a stored retry, or failed."""
         if result.ok:
             self._submit(Outcome(job, result, "success"))
             return
-        delay = self.policy.delay(result)
+        delay = self.policy.next_delay(result)
         self._submit(Outcome(job, result, "failed" if delay is None else "retry", delay))
 
     # --- recording ---------------------------------------------------------------

@@ -57,6 +57,10 @@ class Job:
         parts = urlsplit(self.url)
         return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
 
+    def age(self, now: float) -> float:
+        """Seconds since the event was created (what ``OUTBOX_RETRY_MAX_AGE`` measures)."""
+        return now - self.created_at.timestamp() if self.created_at is not None else 0.0
+
     @property
     def body(self) -> bytes:
         if self._body is None:

@@ -1,38 +1,56 @@
-"""When a failed webhook attempt is tried again, and where the wait happens.
+"""When a failed webhook attempt is tried again: the policy, as tenacity strategies.
 
-The policy is pure (attempt numbers and results in, delays out); the
-delivery worker's loop runs the short in-memory retries of one claim:
+tenacity makes every retry decision, for the short in-memory retries of one
+claim and for the waits stored in the delivery row alike:
 
-* a failed attempt is retried unless it was the last one of
-  ``OUTBOX_RETRY_SCHEDULE`` or the endpoint answered 410 Gone;
-* attempt *n* (1-based) is followed by ``schedule[n-1]``, or by the
-  receiver's ``Retry-After`` on 429/503 when that is longer (capped at
-  :data:`MAX_RETRY_AFTER`);
-* a wait of at most ``memory_max`` seconds that still fits in the claim's
-  lease is slept in memory; any other wait ends the claim and is stored in
-  the delivery row (``due_at``/``next_retry_at``), so a restart loses no retry.
+* **retry** (``retry_if_result``): an attempt is retried unless it succeeded
+  (a complete 2xx) or the endpoint answered 410 Gone;
+* **wait**: ``OUTBOX_RETRY_SCHEDULE`` — either the stored list of delays
+  (attempt *n* is followed by ``schedule[n-1]``) or its exponential form with
+  full jitter (``exponential(5s,10h,8)``: tenacity's
+  ``wait_random_exponential``) — and, on 429/503, the receiver's
+  ``Retry-After`` when that is longer (capped at :data:`MAX_RETRY_AFTER`);
+* **stop**: after the schedule's number of attempts
+  (``stop_after_attempt``), and, with ``OUTBOX_RETRY_MAX_AGE``, before an
+  attempt would fall later than that after the event (``stop_before_delay``).
+
+The state tenacity judges is the delivery's stored state, not a counter in
+memory: :func:`adopt_stored_state` (tenacity's ``after`` hook) sets the
+``RetryCallState``'s attempt number to the attempt number kept in the row
+and its start to the event's time, so the stock strategies continue a
+delivery's schedule exactly where it stood, after a restart or on another
+worker. The delivery worker (:mod:`relay.delivery`) runs the short retries
+of one claim with :meth:`RetryPolicy.in_memory` (``AsyncRetrying`` around
+the network call only, never around a database write) and stores any longer
+wait given by :meth:`RetryPolicy.next_delay` in the row.
 """
 
 from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
+
+import tenacity
+from tenacity import RetryCallState
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 #: A Retry-After longer than this is taken as this.
 MAX_RETRY_AFTER = 24 * 3600.0
 #: Waits up to this long may be slept in memory between attempts of one claim.
 MEMORY_MAX = 5.0
-_RETRY_AFTER_STATUSES = (429, 503)
+_RETRY_AFTER_STATUSES = frozenset((429, 503))
 
 
 @dataclass(slots=True)
 class AttemptResult:
     """What one HTTP attempt produced (an error, or a status and a body)."""
 
-    attempt: int
+    attempt: int  # the delivery's attempt number (1-based), as stored
     started_at: float  # unix time
     duration: float  # seconds
     status: int | None = None
@@ -40,6 +58,7 @@ class AttemptResult:
     error_class: str | None = None
     error_message: str | None = None
     retry_after: float | None = None
+    age: float = 0.0  # seconds from the event's creation to the end of this attempt
     # For the console's inspector (sql/004_console.sql): what was sent, with
     # signature values redacted, and the response's headers.
     request_headers: dict[str, str] | None = None
@@ -47,7 +66,8 @@ class AttemptResult:
 
     @property
     def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
+        """A complete, valid 2xx response (a 2xx whose body broke is not)."""
+        return self.error_class is None and self.status is not None and 200 <= self.status < 300
 
     @property
     def gone(self) -> bool:
@@ -55,39 +75,194 @@ class AttemptResult:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or ``None``.
+
+    Never raises: a value that is neither (``²``, ``-1``, ``soon``) is ignored.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         return None
-    seconds = when.timestamp() - (time.time() if now is None else now)
+    try:
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    except (OverflowError, OSError, ValueError):
+        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-class RetryPolicy:
-    """The retry schedule as a pure function of the attempt number and result."""
+# --- the schedule as configured ----------------------------------------------------
 
-    def __init__(self, schedule: Sequence[timedelta], memory_max: float = MEMORY_MAX) -> None:
-        self.delays = tuple(d.total_seconds() for d in schedule)
-        self.max_attempts = len(self.delays) + 1
-        self.memory_max = memory_max
 
-    def delay(self, result: AttemptResult) -> float | None:
-        """Seconds until the next attempt after ``result``, or ``None``: no more attempts.
+@dataclass(frozen=True, slots=True)
+class Exponential:
+    """``exponential(first,max,attempts)``: full-jitter exponential waits."""
 
-        ``delay = max(schedule[n-1], retry_after)`` for attempt ``n < max_attempts``
-        (``retry_after`` only counts on 429 and 503).
-        """
-        if result.ok or result.gone or result.attempt >= self.max_attempts:
-            return None
-        wait = self.delays[max(result.attempt, 1) - 1]
+    first: timedelta
+    maximum: timedelta
+    attempts: int
+
+    def __str__(self) -> str:
+        return f"exponential({self.first},{self.maximum},{self.attempts})"
+
+
+Schedule = tuple[timedelta, ...] | Exponential
+
+
+# --- tenacity strategies ------------------------------------------------------------
+
+
+def _result(rs: RetryCallState) -> AttemptResult:
+    assert rs.outcome is not None
+    result = rs.outcome.result()
+    assert isinstance(result, AttemptResult)
+    return result
+
+
+def adopt_stored_state(rs: RetryCallState) -> None:
+    """tenacity ``after`` hook: judge the delivery's stored state, not this call's.
+
+    The attempt number becomes the one stored in the delivery row, and the
+    start of the retrying the event's creation, so ``stop_after_attempt``,
+    ``stop_before_delay`` and the waits continue the delivery's schedule.
+    """
+    result = _result(rs)
+    rs.attempt_number = result.attempt
+    assert rs.outcome_timestamp is not None
+    rs.start_time = rs.outcome_timestamp - result.age
+
+
+class wait_schedule(wait_base):
+    """The stored ``OUTBOX_RETRY_SCHEDULE``: attempt *n* is followed by ``delays[n-1]``."""
+
+    def __init__(self, delays: Sequence[float]) -> None:
+        self.delays = tuple(delays)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        n = min(max(retry_state.attempt_number, 1), len(self.delays))
+        return self.delays[n - 1]
+
+
+class wait_retry_after(wait_base):
+    """``base``, or the receiver's ``Retry-After`` on 429/503 when that is longer."""
+
+    def __init__(self, base: wait_base) -> None:
+        self.base = base
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = float(self.base(retry_state))
+        result = _result(retry_state)
         if result.status in _RETRY_AFTER_STATUSES and result.retry_after is not None:
             wait = max(wait, result.retry_after)
         return wait
+
+
+class stop_unless(stop_base):
+    """Stop when ``fits(upcoming_sleep)`` is false (the in-memory window of one claim)."""
+
+    def __init__(self, fits: Callable[[float], bool]) -> None:
+        self.fits = fits
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return not self.fits(retry_state.upcoming_sleep)
+
+
+def _retryable(result: Any) -> bool:
+    return isinstance(result, AttemptResult) and not result.ok and not result.gone
+
+
+@dataclass(slots=True)
+class Stored:
+    """How an in-memory run of retries ended without a final answer."""
+
+    result: AttemptResult
+    delay: float | None  # until the next attempt, to store; None: no attempt follows
+
+
+class RetryPolicy:
+    """The retry policy of every delivery, as tenacity strategies (see the module docstring)."""
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        *,
+        max_age: timedelta | None = None,
+        memory_max: float = MEMORY_MAX,
+    ) -> None:
+        base: wait_base
+        if isinstance(schedule, Exponential):
+            self.max_attempts = schedule.attempts
+            base = tenacity.wait_random_exponential(
+                multiplier=schedule.first.total_seconds(),
+                max=schedule.maximum.total_seconds(),
+            )
+        else:
+            delays = tuple(d.total_seconds() for d in schedule)
+            self.max_attempts = len(delays) + 1
+            base = wait_schedule(delays)
+        self.memory_max = memory_max
+        self.retry = tenacity.retry_if_result(_retryable)
+        self.wait: wait_base = wait_retry_after(base)
+        self.stop: stop_base = tenacity.stop_after_attempt(self.max_attempts)
+        if max_age is not None:
+            self.stop = self.stop | tenacity.stop_before_delay(max_age.total_seconds())
+        # The durable decision: tenacity's own iteration over one stored outcome.
+        self._decide = tenacity.Retrying(
+            retry=self.retry,
+            wait=self.wait,
+            stop=self.stop,
+            after=adopt_stored_state,
+            retry_error_callback=lambda _rs: None,
+            sleep=lambda _s: None,
+        )
+        self._in_memory = tenacity.AsyncRetrying(
+            retry=self.retry,
+            wait=self.wait,
+            stop=self.stop,
+            after=adopt_stored_state,
+            retry_error_callback=self._stored,
+        )
+
+    def next_delay(self, result: AttemptResult) -> float | None:
+        """Seconds until the next attempt after ``result``, or ``None``: no more attempts."""
+        self._decide.begin()  # tenacity's statistics (per thread), which iter() updates
+        rs = RetryCallState(self._decide, fn=None, args=(), kwargs={})
+        rs.set_result(result)
+        action = self._decide.iter(rs)
+        if isinstance(action, tenacity.DoSleep):
+            return float(action)
+        return None
+
+    def _stored(self, rs: RetryCallState) -> Stored:
+        # retry_error_callback: the in-memory run stopped on a retryable result.
+        # Either the policy stops (no more attempts) or the wait must be stored.
+        exhausted = self.stop(rs)
+        return Stored(_result(rs), None if exhausted else rs.upcoming_sleep)
+
+    async def in_memory(
+        self,
+        attempt: Callable[[], Awaitable[AttemptResult]],
+        *,
+        fits: Callable[[float], bool],
+        sleep: Callable[[float], Awaitable[None]],
+        before_sleep: Callable[[AttemptResult, float], None],
+    ) -> AttemptResult | Stored:
+        """Run ``attempt`` and its retries whose wait ``fits`` in memory.
+
+        Returns the final result (success, or no retry: 410), or :class:`Stored`:
+        the last result and the wait to store (``None``: exhausted).
+        ``before_sleep(result, wait)`` runs before each in-memory wait.
+        """
+        retrying = self._in_memory.copy(
+            stop=self.stop | stop_unless(fits),
+            sleep=sleep,
+            before_sleep=lambda rs: before_sleep(_result(rs), rs.upcoming_sleep),
+        )
+        outcome: AttemptResult | Stored = await retrying(attempt)
+        return outcome

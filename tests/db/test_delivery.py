@@ -284,16 +284,26 @@ async def test_refused_connection(aconn: Conn, db_url: str) -> None:
     assert (await delivery(aconn, did))["error_message"]
 
 
-async def test_endless_body_is_capped(aconn: Conn, db_url: str) -> None:
-    async with running(lambda _r: Drip()) as _rx, worker(fast(db_url, response_body_cap=1000)) as w:
+async def test_endless_body_is_a_failed_attempt_with_its_start_stored(
+    aconn: Conn, db_url: str
+) -> None:
+    """A 200 whose body never ends is not a success: the attempt ends at its
+    deadline, the start of the body is stored (capped), and it is retried."""
+    settings = fast(
+        db_url, response_body_cap=1000, webhook_timeout=0.5, retry_schedule=parse_schedule("50ms")
+    )
+    async with running(lambda _r: Drip()) as _rx, worker(settings) as w:
         wid = await create_webhook(aconn, _rx.url)
         _, did = await enqueue(aconn, wid, "user.created", {})
         w.wake()
-        await wait_for(lambda: status_is(aconn, did, "success"))
+        await wait_for(lambda: status_is(aconn, did, "failed"))
     d = await delivery(aconn, did)
-    assert d["response_body"] == "x" * 1000
-    [a] = await attempts(aconn, did)
-    assert a["response_body"] == "x" * 1000 and a["duration_ms"] < 2000
+    assert d["response_body"] == "x" * 1000 and d["response_status"] == 200
+    rows = await attempts(aconn, did)
+    assert [a["outcome"] for a in rows] == ["retry", "failed"]
+    for a in rows:
+        assert a["response_body"] == "x" * 1000 and a["duration_ms"] < 2000
+        assert a["error_class"] in ("Timeout", "ResponseTooLarge")
 
 
 async def test_unsafe_address_is_refused_at_send(aconn: Conn, db_url: str) -> None:

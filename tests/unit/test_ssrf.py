@@ -11,11 +11,12 @@ import re
 import socket
 from collections.abc import Sequence
 
+import httpx
 import pytest
 
 from outbox.relay import ssrf
-from outbox.relay.http import Client, ConnectError
 from outbox.relay.ssrf import UnsafeURL, check_url
+from outbox.relay.webhook_client import make_client
 from tests.support.receivers import running
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -115,14 +116,15 @@ async def test_unresolvable_name_is_accepted_at_create(lookups: list[str]) -> No
     assert lookups == ["not-yet.example"]
 
 
-def _client(allow: tuple[ssrf.Network, ...]) -> Client:
-    return Client(allow=allow, timeout=5.0)
+def _client(allow: tuple[ssrf.Network, ...]) -> httpx.AsyncClient:
+    """The sender's client (relay/webhook_client.py): its connector does the check."""
+    return make_client(max_connections=4, allow=allow)
 
 
 async def test_send_connects_to_the_checked_address(lookups: list[str]) -> None:
     async with running() as rx, _client(LOOPBACK) as client:
-        resp = await client.post(f"http://hooks.test:{rx.port}/hook", b"{}", {})
-    assert resp.status == 200
+        resp = await client.post(f"http://hooks.test:{rx.port}/hook", content=b"{}")
+    assert resp.status_code == 200
     assert len(rx.requests) == 1
     assert rx.requests[0].headers["host"] == f"hooks.test:{rx.port}"
 
@@ -130,9 +132,9 @@ async def test_send_connects_to_the_checked_address(lookups: list[str]) -> None:
 async def test_send_refuses_unsafe_resolution(lookups: list[str]) -> None:
     async with running() as rx, _client(()) as client:
         with pytest.raises(UnsafeURL, match=re.escape("hooks.test resolves to 127.0.0.1")):
-            await client.post(f"http://hooks.test:{rx.port}/hook", b"{}", {})
+            await client.post(f"http://hooks.test:{rx.port}/hook", content=b"{}")
         with pytest.raises(UnsafeURL, match="loopback"):
-            await client.post(f"http://127.0.0.1:{rx.port}/hook", b"{}", {})
+            await client.post(f"http://127.0.0.1:{rx.port}/hook", content=b"{}")
     assert rx.requests == []
 
 
@@ -151,7 +153,7 @@ async def test_dns_rebinding_is_caught_at_send(monkeypatch: pytest.MonkeyPatch) 
         await check_url(url, ())  # the first answer is public
         async with _client(()) as client:
             with pytest.raises(UnsafeURL, match=re.escape("rebind.example resolves to 127.0.0.1")):
-                await client.post(url, b"{}", {})
+                await client.post(url, content=b"{}")
     assert rx.requests == []
     assert asked == ["rebind.example", "rebind.example"]
 
@@ -164,12 +166,12 @@ async def test_send_tries_each_checked_address(monkeypatch: pytest.MonkeyPatch) 
 
         monkeypatch.setattr(ssrf, "default_resolver", two)
         async with _client(LOOPBACK) as client:
-            resp = await client.post(f"http://two.test:{rx.port}/hook", b"{}", {})
-    assert resp.status == 200
+            resp = await client.post(f"http://two.test:{rx.port}/hook", content=b"{}")
+    assert resp.status_code == 200
     assert len(rx.requests) == 1
 
 
 async def test_unresolvable_at_send_is_a_connect_error(lookups: list[str]) -> None:
     async with _client(()) as client:
-        with pytest.raises(ConnectError, match=re.escape("cannot resolve nowhere.example")):
-            await client.post("http://nowhere.example/hook", b"{}", {})
+        with pytest.raises(httpx.ConnectError, match=re.escape("nowhere.example")):
+            await client.post("http://nowhere.example/hook", content=b"{}")
