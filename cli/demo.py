@@ -1,7 +1,8 @@
 """``outbox demo``: the seed's domain, live traffic, webhooks and the admin page.
 
-Steps, each announced as it happens: find a database (the configured one,
-the local server, else the embedded cluster), migrate, create schema
+Steps, each announced as it happens: find a database (the one named for
+it, else a database of its own, ``outbox_demo``, on the local server, else
+the embedded cluster: cli/demo_db.py), migrate, create schema
 ``demo`` with its capture rules, start the loopback webhook receiver and
 point two demo webhooks at it, start the full app (as ``outbox serve``
 does), print the page URL and the token, then write traffic until Ctrl-C
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from outbox.cli.main import _say
-from outbox.errors import ConfigError, DatabaseUnavailable, OutboxError
+from outbox.errors import ConfigError, OutboxError
 
 if TYPE_CHECKING:
     from outbox.relay.config import Settings
@@ -54,6 +55,11 @@ class DemoOptions:
     database_url: str
     embedded: bool
     data_dir: Path | None
+    # --database-url / OUTBOX_DATABASE_URL: the user pointed the demo at it.
+    named_url: str | None = None
+    # DATABASE_URL or PG* set: their server must answer (no silent fallback).
+    ambient_set: bool = False
+    reset: bool = False
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -94,80 +100,33 @@ def options(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> D
         database_url=args.database_url or database_url(env),
         embedded=args.embedded or env.get("OUTBOX_DEMO_EMBEDDED", "").lower() in _TRUE,
         data_dir=Path(data_dir).expanduser() if data_dir else None,
+        named_url=args.database_url or env.get("OUTBOX_DATABASE_URL") or None,
+        ambient_set=bool(env.get("DATABASE_URL")) or _libpq_configured(env),
+        reset=bool(getattr(args, "reset", False)),
     )
 
 
 # --- the database ----------------------------------------------------------------------
 
 
-def _reachable(url: str) -> str | None:
-    """None when a connection works, else the reason in one line."""
-    try:
-        with psycopg.connect(url, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def _libpq_configured(env: Mapping[str, str]) -> bool:
     return any(env.get(k) for k in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"))
 
 
-def _create_missing_database(url: str) -> bool:
-    """The server answers but has no database of that name: create it (the compose demo).
-
-    Decided by looking in pg_database through the maintenance database, not
-    by reading the connection error's text.
-    """
-    from psycopg import sql
-
-    try:
-        dbname = psycopg.conninfo.conninfo_to_dict(url).get("dbname")
-        if not dbname or dbname == "postgres":
-            return False
-        admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
-        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
-                return False
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(dbname))))
-    except psycopg.Error:
-        return False
-    _say(f"created database {dbname}")
-    return True
-
-
-def resolve_database(opts: DemoOptions, env: Mapping[str, str] | None = None) -> tuple[str, Any]:
-    """Return ``(url, embedded cluster or None)``.
-
-    A database the user named (flag, env, PG* variables) must answer: a
-    typo should not silently start a private cluster. With nothing named,
-    the local server is tried, then the embedded cluster.
-    """
-    from outbox.cli.embedded import NOTHING_TO_RUN, locate
+def resolve_database(opts: DemoOptions, env: Mapping[str, str] | None = None) -> Any:
+    """The demo's database (a :class:`outbox.cli.demo_db.Target`); see cli/demo_db.py."""
+    from outbox.cli import demo_db
 
     env = os.environ if env is None else env
-    if not opts.embedded:
-        named = bool(opts.database_url) or _libpq_configured(env)
-        why = _reachable(opts.database_url)
-        if why is not None and named and _create_missing_database(opts.database_url):
-            why = _reachable(opts.database_url)
-        if why is None:
-            from outbox.db import _describe
-
-            _say(f"database: {_describe(opts.database_url)}")
-            return opts.database_url, None
-        if named:
-            raise DatabaseUnavailable(
-                f"cannot connect to the configured database: {why} "
-                "(check --database-url / OUTBOX_DATABASE_URL)"
-            )
-        _say(f"no database at the local server ({why})")
-    cluster = locate(env, opts.data_dir, log=_say)
-    if cluster is None:
-        raise OutboxError(NOTHING_TO_RUN)
-    url = cluster.start()
-    _say(f"database: embedded PostgreSQL in {cluster.data} (connect: {cluster.psql_hint()})")
-    return url, cluster
+    return demo_db.choose(
+        named_url=opts.named_url,
+        ambient_url=env.get("DATABASE_URL") or "",
+        ambient_set=opts.ambient_set,
+        embedded=opts.embedded,
+        data_dir=opts.data_dir,
+        env=env,
+        say=_say,
+    )
 
 
 # --- serving ---------------------------------------------------------------------------
@@ -456,11 +415,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # One line per webhook request is noise at demo rates; the receiver counts them.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     opts = options(args)
+    if opts.reset:
+        from outbox.cli import demo_db
+
+        demo_db.reset(
+            named_url=opts.named_url,
+            ambient_url=os.environ.get("DATABASE_URL") or "",
+            data_dir=opts.data_dir,
+            env=os.environ,
+            say=_say,
+        )
+        return 0
     settings = Settings.from_env()  # a bad OUTBOX_* value fails here, before anything starts
-    url, cluster = resolve_database(opts)
+    from outbox.cli import demo_db
+
+    target = resolve_database(opts)
+    url, cluster = target.url, target.cluster
     try:
         with connect(url) as conn:
+            fresh = not demo_db.outbox_schema_exists(conn)
             applied = migrate(conn)
+            if fresh:
+                demo_db.mark_outbox_schema(conn)
             _say(
                 f"schema outbox at version {current_version(conn)}"
                 + (f" (applied {len(applied)})" if applied else "")
@@ -470,15 +446,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"schema demo ready: users, transactions, tickets, ticket_messages; "
             f"{len(rules)} capture rules -> {', '.join(EVENT_TYPES)}"
         )
-        return asyncio.run(run_demo(opts, url, settings))
+        rc = asyncio.run(run_demo(opts, url, settings))
+        _say(demo_db.where_things_are(target))
+        return rc
     finally:
         if cluster is not None:
             cluster.stop()
 
 
 _EPILOG = """environment (flags override them):
-  OUTBOX_DATABASE_URL     database; when none is set and the local server does not
-                          answer, a private cluster is started (the embedded default)
+  OUTBOX_DATABASE_URL     the database to use as named; without it the demo uses a
+                          database of its own, outbox_demo, on the server of
+                          DATABASE_URL / PG* / the local server (your default
+                          database is not touched), and when no server answers a
+                          private cluster (the embedded default; with no PostgreSQL
+                          installed: pip install 'outbox-relay[embedded-pg]')
   OUTBOX_API_TOKEN        token for the page and the API (else one is made for this run)
   OUTBOX_DEMO_RATE        --rate            OUTBOX_DEMO_DURATION  --duration
   OUTBOX_DEMO_NO_TRAFFIC  --no-traffic      OUTBOX_DEMO_EMBEDDED  --embedded
@@ -487,8 +469,10 @@ _EPILOG = """environment (flags override them):
   OUTBOX_RETRY_SCHEDULE   webhook retries (the demo defaults to 2s,10s)
   and every other OUTBOX_* variable of `outbox serve`
 
-example:
-  outbox demo --rate 50 --port 8080"""
+examples:
+  outbox demo --rate 50 --port 8080
+  outbox demo --reset      remove what the demo created (its database or schemas,
+                           the embedded cluster)"""
 
 
 def register(sub: Any) -> None:
@@ -530,8 +514,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--database-url",
         metavar="URL",
-        help="libpq URL or conninfo (env OUTBOX_DATABASE_URL, then DATABASE_URL, "
-        "then libpq PG* variables, then the embedded cluster)",
+        help="the database to use, as named (env OUTBOX_DATABASE_URL); default: a "
+        "database of its own, outbox_demo, on the server of DATABASE_URL / PG* "
+        "variables / the local server, else the embedded cluster",
     )
     p.add_argument(
         "--embedded",
@@ -544,5 +529,12 @@ def register(sub: Any) -> None:
         metavar="DIR",
         help="where the embedded cluster lives (env OUTBOX_EMBEDDED_DIR; default "
         "$XDG_DATA_HOME/outbox-relay/pg, as root /var/lib/outbox-relay/pg)",
+    )
+    p.add_argument(
+        "--reset",
+        action="store_true",
+        default=False,
+        help="remove what earlier demo runs created (database outbox_demo or the "
+        "demo's schemas, webhooks and capture rules, the embedded cluster) and exit",
     )
     p.set_defaults(func=cmd_demo)

