@@ -289,9 +289,9 @@ def test_with_nothing_named_the_demo_uses_a_database_of_its_own_and_reset_drops_
     """PG* variables pointing at someone's database: the demo takes only the
     server from them and works in database outbox_demo there."""
     from outbox.cli.demo_db import DEMO_DB
-    from tests.conftest import ADMIN_URL, _drop, _url_for
+    from tests.support.db import ADMIN_URL, drop, url_for
 
-    _drop(DEMO_DB)  # a leftover of an interrupted earlier run
+    drop(DEMO_DB)  # a leftover of an interrupted earlier run
     info = psycopg.conninfo.conninfo_to_dict(empty_db_url)
     pg_env = {
         "PGHOST": str(info.get("host") or "127.0.0.1"),
@@ -307,7 +307,7 @@ def test_with_nothing_named_the_demo_uses_a_database_of_its_own_and_reset_drops_
         assert "your default database is not touched" in res.stdout
         assert "left in place: schemas outbox and demo in database outbox_demo" in res.stdout
         assert _schemas(empty_db_url) == set()
-        assert _schemas(_url_for(DEMO_DB)) == {"outbox", "demo"}
+        assert _schemas(url_for(DEMO_DB)) == {"outbox", "demo"}
 
         again = run_cli("--no-traffic", "--duration", "1s", "--port", "0", env=demo_env(**pg_env))
         assert again.returncode == 0, again.stdout + again.stderr
@@ -323,7 +323,7 @@ def test_with_nothing_named_the_demo_uses_a_database_of_its_own_and_reset_drops_
         nothing = run_cli("--reset", env=demo_env(**pg_env, OUTBOX_EMBEDDED_DIR="/nonexistent/x"))
         assert "nothing to remove" in nothing.stdout, nothing.stdout
     finally:
-        _drop(DEMO_DB)
+        drop(DEMO_DB)
 
 
 def test_reset_in_a_database_you_named_removes_only_what_the_demo_made(db_url: str) -> None:
