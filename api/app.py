@@ -37,10 +37,11 @@ GRACE = 10.0
 def create_app(
     settings: Settings, *, on_fatal: Callable[[BaseException], None] | None = None
 ) -> Starlette:
-    from outbox.api import errors, events, health, openapi, pages, webhooks, whoami, ws
+    from outbox.api import errors, events, health, openapi, pages, sinks, webhooks, whoami, ws
     from outbox.relay.delivery import DeliveryWorker
     from outbox.relay.hub import Hub
     from outbox.relay.runtime import Relay
+    from outbox.relay.sinks.runner import SinkRunner, WakingHub
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -59,8 +60,17 @@ def create_app(
         await pool.open(wait=False)
         hub = Hub(settings, metrics)
         sender = DeliveryWorker(settings, metrics)
-        relay = Relay(settings, metrics, hub=hub, sender=sender)
-        app.state.outbox = AppState(settings, pool, metrics, hub, relay, sender)
+        # The feed loop hands each batch to the hub and wakes the sink workers.
+        waking = WakingHub(hub)
+        relay = Relay(settings, metrics, hub=waking, sender=sender)
+        sink_runner = waking.runner = SinkRunner(
+            settings.database_url,
+            metrics,
+            instance=relay.instance,
+            batch_size=settings.batch_size,
+            poll_interval=settings.poll_interval,
+        )
+        app.state.outbox = AppState(settings, pool, metrics, hub, relay, sender, sink_runner)
         try:
             await relay.start()
             async with asyncio.TaskGroup() as tg:
@@ -68,11 +78,13 @@ def create_app(
                     tg.create_task(relay.run(), name="relay"),
                     tg.create_task(sender.run(), name="sender"),
                     tg.create_task(hub.run(pool), name="hub"),
+                    tg.create_task(sink_runner.run(), name="sinks"),
                 ]
                 yield
                 await relay.stop()
                 await sender.stop()
                 await hub.stop()
+                await sink_runner.stop()
                 _, late = await asyncio.wait(tasks, timeout=GRACE)
                 for t in late:
                     log.warning("%s did not stop within %ss; cancelling it", t.get_name(), GRACE)
@@ -89,6 +101,7 @@ def create_app(
     routes = [
         *health.routes,
         *webhooks.routes,
+        *sinks.routes,
         *events.routes,
         *whoami.routes,
         *ws.routes,

@@ -2,8 +2,9 @@
 
 Reports the database, the LISTEN connection, this process's role (leader or
 follower), the feed lag (events committed and not yet read by this process,
-and the age of the oldest) and, from the stored dispatcher cursor, how many
-events still wait for their delivery rows.
+and the age of the oldest), from the stored dispatcher cursor, how many
+events still wait for their delivery rows, and the sinks this process
+publishes (state, last error, lag).
 
 HTTP 200 with ``"status": "ok"``; HTTP 503 with ``"status": "degraded"``
 while the database is unreachable or the relay is reconnecting. Nothing has
@@ -72,6 +73,9 @@ async def health(request: Request) -> JSONResponse:
         "instance": relay["instance"],
         "feed": feed,
         "dispatcher": {**relay["dispatcher"], "lag": lags.get("dispatch_lag")},
+        # Informational: a broker that refuses is the sink's problem (its
+        # last_error says why), not this process's, so it does not degrade it.
+        "sinks": state.sinks.health(),
     }
     return JSONResponse(body, status_code=503 if problems else 200)
 

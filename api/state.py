@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from outbox.relay.delivery import DeliveryWorker
     from outbox.relay.hub import Hub
     from outbox.relay.runtime import Relay
+    from outbox.relay.sinks.runner import SinkRunner
 
 
 @dataclass
@@ -24,3 +25,4 @@ class AppState:
     hub: Hub
     relay: Relay
     sender: DeliveryWorker
+    sinks: SinkRunner

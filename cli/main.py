@@ -249,7 +249,8 @@ _EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 def _load_extra_commands() -> None:
     import importlib
 
-    for mod in ("outbox.cli.serve", "outbox.cli.token", "outbox.cli.demo"):
+    _EXTRA_COMMANDS.clear()  # main() may run more than once in a process (tests)
+    for mod in ("outbox.cli.serve", "outbox.cli.token", "outbox.cli.sink", "outbox.cli.demo"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -246,6 +246,40 @@ class RelayState(SQLModel, table=True):
     updated_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
 
 
+class Sink(SQLModel, table=True):
+    """``outbox.sinks``: the feed published to a broker (relay/sinks/). ``url``
+    may hold a password: the API masks it."""
+
+    __tablename__ = "sinks"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: int | None = Field(default=None, sa_column=_identity_pk(always=False))
+    name: str = Field(sa_column=_text(nullable=False))
+    kind: str = Field(sa_column=_text(nullable=False))
+    url: str = Field(sa_column=_text(nullable=False))
+    event_types: list[str] = Field(sa_column=_text_array(nullable=False))
+    subject: str | None = Field(default=None, sa_column=_text(nullable=True))
+    stream: str | None = Field(default=None, sa_column=_text(nullable=True))
+    exchange: str | None = Field(default=None, sa_column=_text(nullable=True))
+    routing_key: str | None = Field(default=None, sa_column=_text(nullable=True))
+    description: str | None = Field(default=None, sa_column=_text(nullable=True))
+    is_active: bool = Field(
+        default=True, sa_column=Column(Boolean, nullable=False, server_default=text("true"))
+    )
+    cursor: str = Field(sa_column=_text(nullable=False))
+    published_count: int = Field(default=0, sa_column=_count())
+    publish_rate: float = Field(
+        default=0.0, sa_column=Column(Double, nullable=False, server_default=text("0"))
+    )
+    last_published_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    last_error: str | None = Field(default=None, sa_column=_text(nullable=True))
+    last_error_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    owner: str | None = Field(default=None, sa_column=_text(nullable=True))
+    owner_seen_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    created_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+    updated_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+
+
 TABLE_MODELS: tuple[type[SQLModel], ...] = (
     Event,
     CaptureRule,
@@ -254,4 +288,5 @@ TABLE_MODELS: tuple[type[SQLModel], ...] = (
     DeliveryAttempt,
     ApiToken,
     RelayState,
+    Sink,
 )

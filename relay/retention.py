@@ -7,9 +7,10 @@ batches (each its own short transaction, no long locks):
   ``OUTBOX_RETENTION`` ago, oldest first (``deliveries_finished_created_idx``);
   their attempts go with them (``ON DELETE CASCADE``);
 * events created more than ``OUTBOX_RETENTION`` ago, walking the primary key
-  in id order, but never one the dispatcher has not handled yet (above its
-  stored cursor, or written by a transaction its cursor still waits for) and
-  never one a pending delivery still needs (``deliveries_pending_event_idx``).
+  in id order, but never one the dispatcher or a sink has not handled yet
+  (above its stored cursor, or written by a transaction its cursor still
+  waits for) and never one a pending delivery still needs
+  (``deliveries_pending_event_idx``).
 
 Each event batch records the largest id it deleted as the retention
 watermark (:data:`outbox.names.RETENTION_WATERMARK`) in ``outbox.relay_state``,
@@ -32,6 +33,8 @@ from psycopg.rows import scalar_row
 from outbox.cursor import Cursor
 from outbox.names import RETENTION_WATERMARK
 from outbox.relay.dispatcher import load_cursor
+from outbox.relay.sinks.store import oldest_cursors as sink_cursors
+from outbox.relay.sinks.store import protective
 from outbox.rows import record_row
 from outbox.sqlfiles import query
 
@@ -102,7 +105,9 @@ async def retention_round(
     # Nothing dispatched yet: every event is still needed.
     if stored is not None and keep_going():
         # A stale read is safe: the stored cursor only moves forward, and an
-        # older one protects more events, never fewer.
+        # older one protects more events, never fewer. Sinks, active or
+        # paused, keep what they have not published either.
+        dispatched = protective([dispatched, *await sink_cursors(conn)]) or dispatched
         params = {
             **dispatched.params(),
             "keep": keep,

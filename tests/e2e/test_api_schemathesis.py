@@ -30,7 +30,9 @@ from schemathesis.specs.openapi.checks import (
 
 from outbox.relay import ssrf
 from outbox.relay.config import Settings
+from outbox.relay.sinks import runner as sink_runner
 from tests.support.api import AUTH, add_delivery, api_client, create_webhook
+from tests.support.sinks import NoBroker
 
 MAX_EXAMPLES = 15
 CHECKS = [
@@ -107,6 +109,8 @@ async def test_api_conforms_to_its_openapi_document(
         return ["127.0.0.1"]
 
     monkeypatch.setattr(ssrf, "default_resolver", loopback)
+    # Generated sinks point anywhere: their publishers must not connect.
+    monkeypatch.setattr(sink_runner, "open_publisher", lambda _config: NoBroker())
     async with api_client(settings) as client:
         # Some rows, so generated small ids reach real webhooks and deliveries.
         for active in (False, True):
@@ -116,6 +120,13 @@ async def test_api_conforms_to_its_openapi_document(
             "SELECT event_id FROM outbox.deliveries WHERE id = %s", (delivery,)
         ).fetchone()
         assert event is not None
-        known = {"webhook_id": hook["id"], "delivery_id": delivery, "event_id": event[0]}
+        sink = await client.post("/sinks", json={"name": "s", "url": "nats://127.0.0.1:9"})
+        assert sink.status_code == 201, sink.text
+        known = {
+            "webhook_id": hook["id"],
+            "delivery_id": delivery,
+            "event_id": event[0],
+            "sink_id": sink.json()["id"],
+        }
         failures = await asyncio.to_thread(_run, str(client.base_url).rstrip("/"), known)
     assert not failures, _report(failures)

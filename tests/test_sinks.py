@@ -1,0 +1,159 @@
+"""Sinks without a broker: templates, the message, URLs, the settings check,
+and the retention cursor (pure logic)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+
+from outbox.cursor import Cursor
+from outbox.events import Matcher
+from outbox.relay.sinks.base import (
+    Template,
+    build_messages,
+    envelope,
+    redact,
+    redact_url,
+    safe_key,
+)
+from outbox.relay.sinks.spec import SinkSettings, SpecError, check_settings, start_cursor
+from outbox.relay.sinks.store import protective
+
+
+def event(id: int, type: str = "user.created", key: str | None = None, trace: str | None = None):  # type: ignore[no-untyped-def]
+    return SimpleNamespace(
+        id=id,
+        type=type,
+        payload_json='{"a": 1, "name": "Zoë"}',
+        timestamp=datetime(2024, 1, 15, 10, 30, tzinfo=UTC).isoformat(),
+        key=key,
+        traceparent=trace,
+    )
+
+
+def test_template_renders_type_and_a_key_that_cannot_add_tokens() -> None:
+    t = Template("outbox.{type}.{key}")
+    assert t.render("ticket.created", "user:42") == "outbox.ticket.created.user:42"
+    assert t.render("ticket.created", "a.b *>#\tc") == "outbox.ticket.created.a_b_____c"
+    assert t.render("ticket.created", None) == "outbox.ticket.created._"
+    assert Template("fixed.subject").render("x.y", None) == "fixed.subject"
+    assert safe_key("") == "_"
+
+
+def test_template_refuses_other_placeholders() -> None:
+    with pytest.raises(ValueError, match="placeholders"):
+        Template("outbox.{id}")
+    with pytest.raises(ValueError, match="placeholders"):
+        Template("outbox.{type")
+
+
+@pytest.mark.parametrize(
+    ("text", "stream_subject"),
+    [
+        ("outbox.{type}", "outbox.>"),
+        ("a.b.{type}.{key}", "a.b.>"),
+        ("a.x{type}", "a.>"),
+        ("plain.subject", "plain.subject"),
+    ],
+)
+def test_stream_subject_captures_every_rendering(text: str, stream_subject: str) -> None:
+    t = Template(text)
+    t.check_subject()
+    assert t.stream_subject() == stream_subject
+
+
+@pytest.mark.parametrize("bad", ["{type}.x", "a..{type}", "a.*.{type}", "a b.{type}", "a.>"])
+def test_bad_subjects_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        Template(bad).check_subject()
+
+
+def test_envelope_is_json_with_the_stored_payload() -> None:
+    body = envelope(7, "user.created", "2024-01-15T10:30:00+00:00", None, '{"a": [1, 2]}')
+    assert json.loads(body) == {
+        "id": "evt_7",
+        "type": "user.created",
+        "timestamp": "2024-01-15T10:30:00+00:00",
+        "key": None,
+        "data": {"a": [1, 2]},
+    }
+    assert json.loads(envelope(7, "a.b", "t", 'k"é', "null"))["key"] == 'k"é'
+
+
+def test_messages_carry_id_type_key_and_traceparent_headers() -> None:
+    trace = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    events = [event(1), event(2, "user.deleted"), event(3, key="user:3", trace=trace)]
+    msgs = build_messages(events, Matcher(["user.created"]), Template("o.{type}.{key}"))
+    assert [m.event_id for m in msgs] == [1, 3]
+    assert msgs[0].headers == {"Outbox-Event-Id": "evt_1", "Outbox-Event-Type": "user.created"}
+    assert msgs[0].msg_id == "evt_1" and msgs[0].destination == "o.user.created._"
+    assert msgs[1].headers["Outbox-Key"] == "user:3"
+    assert msgs[1].headers["traceparent"] == trace
+    assert msgs[1].destination == "o.user.created.user:3"
+    assert json.loads(msgs[1].body)["data"] == {"a": 1, "name": "Zoë"}
+
+
+def test_events_without_key_columns_are_read_as_keyless() -> None:
+    bare = SimpleNamespace(id=1, type="a.b", payload_json="1", timestamp="t")
+    (msg,) = build_messages([bare], Matcher(None), Template("x.{key}"))
+    assert "Outbox-Key" not in msg.headers and msg.destination == "x._"
+
+
+def test_passwords_are_masked() -> None:
+    assert (
+        redact_url("amqp://guest:s3cret@127.0.0.1:5672/vh") == "amqp://guest:***@127.0.0.1:5672/vh"
+    )
+    assert redact_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert redact_url("nats://tok@h") == "nats://tok@h"
+    assert redact("failed for s3cret", "amqp://u:s3cret@h/") == "failed for ***"
+
+
+def test_settings_fill_in_defaults_per_kind() -> None:
+    n = check_settings(SinkSettings("n", None, "nats://127.0.0.1:4222"))
+    assert (n.kind, n.subject, n.exchange) == ("nats", "outbox.{type}", None)
+    a = check_settings(SinkSettings("a", "amqp", "amqp://guest:guest@127.0.0.1/"))
+    assert (a.exchange, a.routing_key, a.subject) == ("amq.topic", "{type}", None)
+    assert check_settings(SinkSettings("a", None, "amqp://h/", exchange="")).exchange == ""
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        (SinkSettings(" ", None, "nats://h"), "name"),
+        (SinkSettings("x", None, "http://h"), "kind"),
+        (SinkSettings("x", "nats", "amqp://h"), "url"),
+        (SinkSettings("x", "nats", "nats://"), "url"),
+        (SinkSettings("x", "nats", "nats://h:99999"), "url"),
+        (SinkSettings("x", "nats", "nats://h", event_types=()), "event_types"),
+        (SinkSettings("x", "nats", "nats://h", event_types=("Bad",)), "event_types"),
+        (SinkSettings("x", "nats", "nats://h", subject="{type}"), "subject"),
+        (SinkSettings("x", "nats", "nats://h", stream="a.b"), "stream"),
+        (SinkSettings("x", "nats", "nats://h", exchange="e"), "exchange"),
+        (SinkSettings("x", "amqp", "amqp://h", subject="s"), "subject"),
+        (SinkSettings("x", "amqp", "amqp://h", exchange="bad name"), "exchange"),
+        (SinkSettings("x", "amqp", "amqp://h", routing_key="{nope}"), "routing_key"),
+    ],
+)
+def test_bad_settings_name_the_field(settings: SinkSettings, field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        check_settings(settings)
+    assert info.value.field == field
+
+
+def test_start_cursor() -> None:
+    now = Cursor(10, 20, (15,))
+    assert start_cursor(None, now) == now
+    assert start_cursor("now", now) == now
+    assert start_cursor("beginning", now) == Cursor(0)
+    assert start_cursor(Cursor(3).encode(), now) == Cursor(3)
+    with pytest.raises(SpecError):
+        start_cursor("garbage", now)
+
+
+def test_protective_cursor_keeps_what_any_cursor_has_not_passed() -> None:
+    assert protective([]) is None
+    c = protective([Cursor(10, 100, (5,)), Cursor(20, 90, (7, 8))])
+    assert c == Cursor(10, 90, (5, 7, 8))

@@ -1,0 +1,150 @@
+"""RabbitMQ sinks end to end: a sink created through the API, the app
+in-process, the RabbitMQ server on 127.0.0.1:5672 (guest/guest), a
+consumer queue bound before the sink starts, and the sink oracle."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from outbox.events import Matcher
+from outbox.relay.config import Settings
+from tests.api_support import AUTH
+from tests.conftest import serve_app, wait_for
+from tests.sink_support import AMQP_URL, amqp_queue, need_amqp, settle_stream, unique
+
+pytestmark = pytest.mark.usefixtures("_amqp")
+
+
+@pytest.fixture
+def _amqp() -> None:
+    need_amqp()
+
+
+@contextlib.asynccontextmanager
+async def client_of(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        serve_app(settings) as server,
+        httpx.AsyncClient(base_url=server.base_url, headers=AUTH, timeout=10) as client,
+    ):
+        yield client
+
+
+def publish(conn: psycopg.Connection[Any], events: list[tuple[str, Any]]) -> list[int]:
+    ids = []
+    with conn.transaction():
+        for etype, payload in events:
+            row = conn.execute("SELECT outbox.publish(%s, %s)", (etype, Jsonb(payload))).fetchone()
+            assert row is not None
+            ids.append(int(row[0]))
+    return ids
+
+
+async def test_persistent_confirmed_messages_in_commit_order(
+    settings: Settings, conn: psycopg.Connection[Any]
+) -> None:
+    prefix = unique("t")
+    committed: dict[int, tuple[str, Any]] = {}
+    async with (
+        amqp_queue("amq.topic", f"{prefix}.#") as queue,
+        client_of(settings) as client,
+    ):
+        r = await client.post(
+            "/sinks",
+            json={
+                "name": "rmq",
+                "url": AMQP_URL,
+                "event_types": ["order.*"],
+                "exchange": "amq.topic",
+                "routing_key": prefix + ".{type}.{key}",
+            },
+        )
+        assert r.status_code == 201, r.text
+        sink = r.json()
+        assert "guest:guest" not in r.text
+        for i in range(20):
+            batch = [("order.created", {"n": i}), ("user.created", {"n": i})]
+            committed.update(zip(publish(conn, batch), batch, strict=True))
+
+        async def fetch() -> list[Any]:
+            return list(queue.received)
+
+        verdict = await settle_stream(
+            fetch,
+            committed,
+            set(),
+            Matcher(["order.*"]),
+            sorted(committed),
+            exactly_once=False,
+            timeout=20,
+        )
+        assert verdict.expected == 20
+        first = queue.received[0]
+        assert first.subject == f"{prefix}.order.created._"
+        assert first.headers["message_id"] == f"evt_{first.event_id}" == first.body["id"]
+        assert first.headers["delivery_mode"] == "2"  # persistent
+        assert first.headers["Outbox-Event-Id"] == first.msg_id
+        assert set(first.body) == {"id", "type", "timestamp", "key", "data"}
+
+        async def counted() -> bool:
+            s = (await client.get(f"/sinks/{sink['id']}")).json()
+            return s["published_count"] == 20 and s["lag"]["events"] == 0
+
+        await wait_for(counted, timeout=15, what="published_count")
+
+
+async def test_a_missing_exchange_is_retried_and_shown(
+    settings: Settings, conn: psycopg.Connection[Any]
+) -> None:
+    exchange, prefix = unique("x_"), unique("t")
+    async with client_of(settings) as client:
+        body = {"name": "nox", "url": AMQP_URL, "exchange": exchange, "routing_key": prefix}
+        sink = (await client.post("/sinks", json=body)).json()
+        ids = publish(conn, [("order.created", {"n": 1})])
+
+        async def failing() -> dict[str, Any] | None:
+            s: dict[str, Any] = (await client.get(f"/sinks/{sink['id']}")).json()
+            return s if s["last_error"] else None
+
+        s = await wait_for(failing, timeout=15, what="last_error")
+        assert "NOT_FOUND" in s["last_error"] and exchange in s["last_error"], s
+
+        # Bind the consumer's queue first, then point the sink at a real exchange.
+        async with amqp_queue("amq.topic", prefix) as queue:
+            r = await client.patch(f"/sinks/{sink['id']}", json={"exchange": "amq.topic"})
+            assert r.status_code == 200, r.text
+
+            async def arrived() -> bool:
+                return [m.event_id for m in queue.received] == ids
+
+            await wait_for(arrived, timeout=20, what="the event after the PATCH")
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("amqp://guest:wrong-password@127.0.0.1:5672/", "ACCESS_REFUSED"),
+        ("amqp://guest:guest@127.0.0.1:5672/no-such-vhost", "vhost"),
+    ],
+)
+async def test_refused_connections_are_shown_without_the_password(
+    settings: Settings, conn: psycopg.Connection[Any], url: str, said: str
+) -> None:
+    async with client_of(settings) as client:
+        sink = (await client.post("/sinks", json={"name": "bad", "url": url})).json()
+        publish(conn, [("order.created", {"n": 1})])
+
+        async def failing() -> dict[str, Any] | None:
+            s: dict[str, Any] = (await client.get(f"/sinks/{sink['id']}")).json()
+            return s if s["last_error"] else None
+
+        s = await wait_for(failing, timeout=20, what="last_error")
+        assert said.lower() in s["last_error"].lower(), s
+        assert "wrong-password" not in s["last_error"]
+        assert s["published_count"] == 0
