@@ -1,5 +1,5 @@
 -- Sinks: the table behind /sinks and `outbox sink`, and the publisher's
--- bookkeeping (relay/sinks/). The schema is sql/004_sinks.sql.
+-- bookkeeping (relay/sinks/). The schema is sql/006_sinks.sql.
 
 -- name: sink_columns
 -- Every column the API and the CLI show (the url is masked by the caller).

@@ -1,4 +1,4 @@
--- 004: sinks: the feed, published to message brokers (relay/sinks/).
+-- 006: sinks: the feed, published to message brokers (relay/sinks/).
 --
 -- A sink is a subscription like a webhook, but its target is a broker
 -- (NATS JetStream or RabbitMQ) and its progress is a feed cursor, not one row
