@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, wait_for
+from tests.support.servers import free_port
+from tests.support.waiting import wait_for
 
 NATS_URL = os.environ.get("OUTBOX_TEST_NATS_URL", "nats://127.0.0.1:4222")
 AMQP_URL = os.environ.get("OUTBOX_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

@@ -10,8 +10,8 @@ import pytest
 
 from outbox.relay.config import Settings
 from outbox.relay.sinks import runner as sink_runner
-from tests.api_support import api_client
-from tests.sink_support import NoBroker
+from tests.support.api import api_client
+from tests.support.sinks import NoBroker
 
 NATS = {"name": "orders", "url": "nats://127.0.0.1:9", "event_types": ["order.*"]}
 

@@ -15,9 +15,10 @@ from psycopg.types.json import Jsonb
 
 from outbox.events import Matcher
 from outbox.relay.config import Settings
-from tests.api_support import AUTH
-from tests.conftest import serve_app, wait_for
-from tests.sink_support import AMQP_URL, amqp_queue, need_amqp, settle_stream, unique
+from tests.support.api import AUTH
+from tests.support.servers import serve_app
+from tests.support.sinks import AMQP_URL, amqp_queue, need_amqp, settle_stream, unique
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("_amqp")
 

@@ -16,9 +16,9 @@ from psycopg.types.json import Jsonb
 
 from outbox.events import Matcher
 from outbox.relay.config import Settings
-from tests.api_support import AUTH
-from tests.conftest import serve_app, wait_for
-from tests.sink_support import (
+from tests.support.api import AUTH
+from tests.support.servers import serve_app
+from tests.support.sinks import (
     NATS_URL,
     delete_stream,
     jetstream,
@@ -27,6 +27,7 @@ from tests.sink_support import (
     stream_contents,
     unique,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("_nats")
 
