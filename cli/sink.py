@@ -26,7 +26,7 @@ def _head(conn: Any) -> Any:
     from outbox.sqlfiles import query
 
     with conn.transaction():
-        row = conn.execute(query("feed_head")).fetchone()
+        row = conn.execute(query("feed_head", "feed.sql")).fetchone()
     _, xmax, xip = parse_snapshot(row[0])
     return Cursor(int(row[1]), xmax, xip)
 
@@ -41,15 +41,7 @@ def _lag(conn: Any, text: str) -> dict[str, Any] | None:
         c = Cursor.decode(text)
     except CursorError:
         return None
-    row = conn.execute(
-        query("feed_lag"),
-        {
-            "after": c.after,
-            "pending": [str(x) for x in c.pending],
-            "xmax": str(c.xmax),
-            "cap": LAG_CAP,
-        },
-    ).fetchone()
+    row = conn.execute(query("feed_lag", "feed.sql"), {**c.params(), "cap": LAG_CAP}).fetchone()
     return Lag(int(row[0]), float(row[1]) if row[0] else 0.0).as_dict()
 
 

@@ -59,7 +59,7 @@ SELECT s.id, s.updated_at, EXISTS (
     SELECT 1 FROM pg_locks l
     WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND l.classid = outbox.sink_lock_class()::oid
+      AND l.classid = %(lock_class)s::integer::oid
       AND l.objid = mod(s.id, 2147483647)::integer::oid
 ) AS locked
 FROM outbox.sinks s
@@ -70,7 +70,7 @@ ORDER BY s.id
 -- Session level, on the publisher's own connection: held until the
 -- publisher stops or its session dies (a killed process, a lost network),
 -- so a dead publisher's sink is free again at once.
-SELECT pg_try_advisory_lock(outbox.sink_lock_class(), mod(%(id)s::bigint, 2147483647)::integer)
+SELECT pg_try_advisory_lock(%(lock_class)s::integer, mod(%(id)s::bigint, 2147483647)::integer)
 
 -- name: sink_load
 -- The publisher's settings and stored cursor, read after it took the lock.

@@ -28,11 +28,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from outbox.errors import OutboxError
 from outbox.events import Matcher
+
+if TYPE_CHECKING:
+    from outbox.relay.feed import Event
 
 KINDS = ("nats", "amqp")
 URL_SCHEMES = {"nats": ("nats", "tls", "ws", "wss"), "amqp": ("amqp", "amqps")}
@@ -264,41 +267,19 @@ def envelope(
     ).encode()
 
 
-class EventLike(Protocol):
-    @property
-    def id(self) -> int: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def payload_json(self) -> str: ...
-    @property
-    def timestamp(self) -> str: ...
-
-
-def event_key(event: Any) -> str | None:
-    """The event's key (``outbox.events.key``), None where the feed has none."""
-    value = getattr(event, "key", None)
-    return value if isinstance(value, str) else None
-
-
-def event_traceparent(event: Any) -> str | None:
-    value = getattr(event, "traceparent", None)
-    return value if isinstance(value, str) and value else None
-
-
-def build_messages(events: Iterable[Any], matcher: Matcher, template: Template) -> list[Message]:
+def build_messages(events: Iterable[Event], matcher: Matcher, template: Template) -> list[Message]:
     """The messages for the events of a batch that match, in the batch's order."""
     out: list[Message] = []
     for e in events:
         if not matcher(e.type):
             continue
-        key = event_key(e)
+        key = e.key
         msg_id = f"evt_{e.id}"
         headers = {HEADER_EVENT_ID: msg_id, HEADER_EVENT_TYPE: e.type}
         if key is not None:
             headers[HEADER_KEY] = key
-        trace = event_traceparent(e)
-        if trace is not None:
+        trace = e.traceparent
+        if trace:
             headers[HEADER_TRACEPARENT] = trace
         out.append(
             Message(

@@ -9,6 +9,7 @@ import psycopg
 
 from outbox.cursor import Cursor
 from outbox.errors import CursorError
+from outbox.names import SINK_LOCK_CLASS
 from outbox.relay.sinks.base import SinkConfig
 from outbox.sqlfiles import query
 
@@ -21,12 +22,12 @@ def sql(name: str) -> str:
 
 async def claimable(conn: AsyncConn) -> list[tuple[int, datetime, bool]]:
     """Every active sink: (id, version, whether a publisher holds its lock)."""
-    cur = await conn.execute(sql("sink_claimable"))
+    cur = await conn.execute(sql("sink_claimable"), {"lock_class": SINK_LOCK_CLASS})
     return [(int(r[0]), r[1], bool(r[2])) for r in await cur.fetchall()]
 
 
 async def try_lock(conn: AsyncConn, sink_id: int) -> bool:
-    cur = await conn.execute(sql("sink_try_lock"), {"id": sink_id})
+    cur = await conn.execute(sql("sink_try_lock"), {"id": sink_id, "lock_class": SINK_LOCK_CLASS})
     row = await cur.fetchone()
     return bool(row and row[0])
 

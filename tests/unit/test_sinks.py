@@ -96,12 +96,6 @@ def test_messages_carry_id_type_key_and_traceparent_headers() -> None:
     assert json.loads(msgs[1].body)["data"] == {"a": 1, "name": "Zoë"}
 
 
-def test_events_without_key_columns_are_read_as_keyless() -> None:
-    bare = SimpleNamespace(id=1, type="a.b", payload_json="1", timestamp="t")
-    (msg,) = build_messages([bare], Matcher(None), Template("x.{key}"))
-    assert "Outbox-Key" not in msg.headers and msg.destination == "x._"
-
-
 def test_passwords_are_masked() -> None:
     assert (
         redact_url("amqp://guest:s3cret@127.0.0.1:5672/vh") == "amqp://guest:***@127.0.0.1:5672/vh"
