@@ -17,6 +17,7 @@ from pydantic import AfterValidator, Field, field_validator
 from sqlmodel import SQLModel
 
 from outbox.events import PATTERN_RE, is_pattern
+from outbox.relay import webhook_headers
 from outbox.relay.signing import check_secret
 from outbox.relay.ssrf import UnsafeURL, split_url
 
@@ -68,6 +69,15 @@ Url = Annotated[
 ]
 Secret = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_secret)]
 Description = Annotated[str, Field(max_length=2000)]
+CustomHeaders = Annotated[
+    dict[str, str],
+    AfterValidator(webhook_headers.check),
+    Field(
+        description="sent with every request; not hop-by-hop, Host, Content-*, "
+        "X-Webhook-*, webhook-* or trace headers",
+        examples=[{"Authorization": "Bearer receiver-token"}],
+    ),
+]
 PayloadFormat = Literal["raw", "envelope"]
 SeedSignature = Literal["old", "new"]
 Order = Literal["asc", "desc"]
@@ -130,6 +140,7 @@ class WebhookCreate(RequestModel):
     description: Description | None = None
     payload_format: PayloadFormat = "raw"
     is_active: bool = True
+    headers: CustomHeaders = Field(default_factory=dict)
 
 
 class WebhookUpdate(RequestModel):
@@ -146,6 +157,7 @@ class WebhookUpdate(RequestModel):
         "secret",
         "payload_format",
         "is_active",
+        "headers",
     )
 
     name: Name | None = None
@@ -156,6 +168,9 @@ class WebhookUpdate(RequestModel):
     description: Description | None = None
     payload_format: PayloadFormat | None = None
     is_active: bool | None = None
+    headers: CustomHeaders | None = Field(
+        default=None, description="replaces the webhook's custom headers ({} removes them)"
+    )
 
     @field_validator(*__not_null__, mode="before")
     @classmethod
@@ -282,6 +297,9 @@ class WebhookOut(SQLModel):
     seed_signature: SeedSignature = Field(
         default="old",
         description="during a rotation overlap, the secret that signs X-Webhook-Signature",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="custom headers sent with every request"
     )
 
     @classmethod

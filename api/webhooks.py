@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -139,13 +140,14 @@ async def create_webhook(request: Request) -> Response:
         "payload_format": body.payload_format,
         "description": body.description,
         "is_active": body.is_active,
+        "headers": Jsonb(body.headers),
     }
     async with st.pool.connection() as db, db.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "INSERT INTO outbox.webhooks"
-            " (name, url, event_types, secret, payload_format, description, is_active)"
+            " (name, url, event_types, secret, payload_format, description, is_active, headers)"
             " VALUES (%(name)s, %(url)s, %(event_types)s, %(secret)s, %(payload_format)s,"
-            f" %(description)s, %(is_active)s) RETURNING {_COLUMNS}, secret",
+            f" %(description)s, %(is_active)s, %(headers)s) RETURNING {_COLUMNS}, secret",
             params,
         )
         row = await cur.fetchone()
@@ -248,6 +250,7 @@ async def update_webhook(request: Request) -> Response:
         "description": body.description,
         "payload_format": body.payload_format,
         "is_active": body.is_active,
+        "headers": None if body.headers is None else Jsonb(body.headers),
     }
     async with st.pool.connection() as db, db.transaction():
         cur = await db.execute(sql("webhook_update"), params)

@@ -167,6 +167,10 @@ class Webhook(SQLModel, table=True):
     seed_signature: str = Field(
         default="old", sa_column=Column(Text, nullable=False, server_default=text("'old'"))
     )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        sa_column=Column(JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    )
 
 
 class Delivery(SQLModel, table=True):

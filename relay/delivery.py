@@ -358,6 +358,10 @@ class DeliveryWorker:
                     timestamp=int(timestamp),
                     seed_secret=job.seed_secret,
                 )
+                if job.headers:
+                    # The webhook's own headers first; none may shadow the relay's
+                    # (relay/webhook_headers.py refuses those names at the API).
+                    headers = {**job.headers, **headers}
                 self._in_flight += 1
                 try:
                     result = await post(

@@ -49,6 +49,7 @@ class Job:
     key: str | None = None
     traceparent: str | None = None  # the writer's W3C trace context
     tracestate: str | None = None
+    headers: dict[str, str] | None = None  # the webhook's custom request headers
     _body: bytes | None = field(default=None, init=False, repr=False)
 
     @property

@@ -10,7 +10,7 @@
 id, name, url, event_types, payload_format, is_active, description,
 disabled_reason, created_at, updated_at, last_triggered_at, last_success_at,
 failing_since, success_count, failure_count, previous_secret_expires_at,
-seed_signature
+seed_signature, headers
 
 -- name: webhook_where
 -- event_type: an exact name finds the webhooks that would receive it (exact,
@@ -53,6 +53,7 @@ UPDATE outbox.webhooks SET
     description = CASE WHEN %(set_description)s::boolean
                        THEN %(description)s::text ELSE description END,
     payload_format = coalesce(%(payload_format)s::text, payload_format),
+    headers = coalesce(%(headers)s::jsonb, headers),
     is_active = coalesce(%(is_active)s::boolean, is_active),
     disabled_reason = CASE WHEN %(is_active)s::boolean THEN NULL ELSE disabled_reason END,
     failing_since = CASE WHEN %(is_active)s::boolean AND NOT is_active

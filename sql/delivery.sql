@@ -37,7 +37,8 @@ SELECT c.id, c.webhook_id, c.event_id, c.event_type,
        -- is valid when the operator chose seed_signature 'old' (sql/004).
        CASE WHEN w.previous_secret_expires_at > now() AND w.seed_signature = 'old'
             THEN w.previous_secret ELSE w.secret END AS seed_secret,
-       e.key, e.traceparent, e.tracestate
+       e.key, e.traceparent, e.tracestate,
+       w.headers  -- the webhook's custom request headers (sql/006)
 FROM claimed c
 JOIN outbox.webhooks w ON w.id = c.webhook_id
 LEFT JOIN outbox.events e ON e.id = c.event_id;

@@ -80,6 +80,21 @@ async def test_delivers_a_signed_request(aconn: Conn, db_url: str) -> None:
     assert w.metrics.attempts.get(outcome="success") == 1
 
 
+async def test_custom_headers_go_with_every_attempt(aconn: Conn, db_url: str) -> None:
+    custom = {"Authorization": "Bearer receiver-token", "X-Tenant": "acme"}
+    async with running() as rx, worker(fast(db_url)) as w:
+        rx.script(Reply(500))
+        wid = await create_webhook(aconn, rx.url, headers=custom)
+        _, did = await enqueue(aconn, wid, "user.created", PAYLOAD)
+        w.wake()
+        await wait_for(lambda: status_is(aconn, did, "success"))
+    assert len(rx.requests) == 2
+    for req in rx.requests:
+        assert req.headers["authorization"] == "Bearer receiver-token"
+        assert req.headers["x-tenant"] == "acme"
+        assert Webhook(TEST_SECRET).verify(req.body, req.headers) == PAYLOAD
+
+
 async def test_envelope_format(aconn: Conn, db_url: str) -> None:
     async with running() as rx, worker(fast(db_url)) as w:
         wid = await create_webhook(aconn, rx.url, payload_format="envelope")

@@ -270,6 +270,38 @@ async def test_patch_changes_only_the_given_fields(client: httpx.AsyncClient) ->
     assert (resp.status_code, resp.json()["detail"]) == (404, "Webhook not found")
 
 
+async def test_custom_headers_on_create_patch_and_get(client: httpx.AsyncClient) -> None:
+    hook = await create_webhook(client, headers={"Authorization": "Bearer rx", "X-Tenant": "a"})
+    assert hook["headers"] == {"Authorization": "Bearer rx", "X-Tenant": "a"}
+    url = f"/webhooks/{hook['id']}"
+    assert (await client.get(url)).json()["headers"] == hook["headers"]
+    # Other fields leave them alone; "headers" replaces them; {} removes them.
+    assert (await client.patch(url, json={"name": "n"})).json()["headers"] == hook["headers"]
+    got = (await client.patch(url, json={"headers": {"X-Other": "1"}})).json()
+    assert got["headers"] == {"X-Other": "1"}
+    assert (await client.patch(url, json={"headers": {}})).json()["headers"] == {}
+    assert (await create_webhook(client))["headers"] == {}
+    listed = (await client.get("/webhooks")).json()["items"]
+    assert all("headers" in item for item in listed)
+
+    for name in ("Connection", "Content-Type", "X-Webhook-Signature", "webhook-id", "Host"):
+        for resp in (
+            await client.post(
+                "/webhooks",
+                json={"name": "h", "url": HOOK_URL, "event_type": "a.b", "headers": {name: "v"}},
+            ),
+            await client.patch(url, json={"headers": {name: "v"}}),
+        ):
+            assert resp.status_code == 422, resp.text
+            detail = resp.json()["detail"]
+            assert detail.startswith("headers:") and repr(name) in detail, detail
+    resp = await client.patch(url, json={"headers": None})
+    assert resp.json()["detail"].startswith("headers: must not be null")
+    resp = await client.patch(url, json={"headers": {"X-A": 1}})
+    assert resp.status_code == 422 and resp.json()["detail"].startswith("headers.X-A")
+    assert (await client.get(url)).json()["headers"] == {}
+
+
 async def test_patch_secret_replaces_it_without_showing_it(
     client: httpx.AsyncClient, conn: psycopg.Connection[Any]
 ) -> None:

@@ -28,11 +28,12 @@ async def create_webhook(
     event_types: tuple[str, ...] = ("*",),
     payload_format: str = "raw",
     name: str = "hook",
+    headers: dict[str, str] | None = None,
 ) -> int:
     cur = await conn.execute(
-        "INSERT INTO outbox.webhooks (name, url, event_types, secret, payload_format) "
-        "VALUES (%s, %s, %s, %s, %s) RETURNING id",
-        (name, url, list(event_types), secret, payload_format),
+        "INSERT INTO outbox.webhooks (name, url, event_types, secret, payload_format, headers) "
+        "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        (name, url, list(event_types), secret, payload_format, Jsonb(headers or {})),
     )
     row = await cur.fetchone()
     assert row is not None
