@@ -38,7 +38,7 @@ SELECT c.id, c.webhook_id, c.event_id, c.event_type,
        CASE WHEN w.previous_secret_expires_at > now() AND w.seed_signature = 'old'
             THEN w.previous_secret ELSE w.secret END AS seed_secret,
        e.key, e.traceparent, e.tracestate,
-       w.headers  -- the webhook's custom request headers (sql/006)
+       w.headers  -- the webhook's custom request headers (sql/007)
 FROM claimed c
 JOIN outbox.webhooks w ON w.id = c.webhook_id
 LEFT JOIN outbox.events e ON e.id = c.event_id;

@@ -1,4 +1,4 @@
--- 006: per-webhook custom request headers.
+-- 007: per-webhook custom request headers.
 --
 -- A JSON object of header name -> value, sent with every attempt of the
 -- webhook's deliveries (relay/webhook_headers.py says which names are
