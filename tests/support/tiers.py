@@ -17,6 +17,7 @@ A test file outside the tier folders is an error too.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -37,25 +38,29 @@ def tier_of(path: Path) -> str | None:
     return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
 
 
+def problem(path: Path, fixturenames: Iterable[str]) -> str | None:
+    """Why a test at ``path`` needing ``fixturenames`` is misplaced, or None."""
+    tier = tier_of(path)
+    if tier is None:
+        folders = "tests/{" + ",".join(TIERS) + "}/"
+        return f"test files live in a tier folder ({folders}), see tests/support/tiers.py"
+    # fixturenames is the closure: every fixture the test needs, however indirectly.
+    needed = set(fixturenames)
+    if tier == "unit" and needed & DB_FIXTURES:
+        via = sorted(needed & (DB_FIXTURES | NAMED))
+        return (
+            f"a unit test cannot use the database (fixtures {', '.join(via)}); move it to tests/db/"
+        )
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     problems: list[str] = []
     for item in items:
-        tier = tier_of(item.path)
-        if tier is None:
-            problems.append(
-                f"{item.nodeid}: test files live in a tier folder "
-                f"(tests/{{{','.join(TIERS)}}}/), see tests/support/tiers.py"
-            )
+        why = problem(item.path, getattr(item, "fixturenames", ()))
+        if why is not None:
+            problems.append(f"{item.nodeid}: {why}")
             continue
-        item.add_marker(getattr(pytest.mark, tier))
-        if tier == "unit":
-            # fixturenames is the closure: every fixture the test needs, however indirectly.
-            needed = set(getattr(item, "fixturenames", ()))
-            if needed & DB_FIXTURES:
-                via = sorted(needed & (DB_FIXTURES | NAMED))
-                problems.append(
-                    f"{item.nodeid}: a unit test cannot use the database "
-                    f"(fixtures {', '.join(via)}); move it to tests/db/"
-                )
+        item.add_marker(getattr(pytest.mark, str(tier_of(item.path))))
     if problems:
         raise pytest.UsageError("\n".join(problems))
