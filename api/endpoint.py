@@ -21,10 +21,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from outbox.api.auth import authenticate
+from outbox.api.auth import authenticate, forbidden, scope_needed
 from outbox.api.errors import ApiError, ValidationFailed, from_pydantic
 from outbox.api.state import AppState
 from outbox.sqlfiles import query
+from outbox.tokens import Principal
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -66,10 +67,12 @@ def endpoint(doc: Doc) -> Callable[[Handler], Handler]:
     def wrap(fn: Handler) -> Handler:
         @functools.wraps(fn)
         async def run(request: Request) -> Response:
-            if doc.admin:
-                await require_admin(request)
-            elif doc.auth:
-                await require_token(request)
+            if doc.auth or doc.admin:
+                principal = await require_token(request)
+                needed = "admin" if doc.admin else scope_needed(request.method, request.url.path)
+                detail = forbidden(principal, needed, f"{request.method} {request.url.path}")
+                if detail is not None:
+                    raise ApiError(403, detail)
             return await fn(request)
 
         run.openapi_doc = doc  # type: ignore[attr-defined]
@@ -83,25 +86,36 @@ def state_of(request: Request) -> AppState:
     return st
 
 
-async def require_token(request: Request) -> str:
-    """The caller's token identity, or a 401 saying what is wrong."""
-    name, reason = await authenticate(request)
+async def require_token(request: Request) -> Principal:
+    """The caller's token (identity and scope), or a 401 saying what is wrong.
+
+    Also kept as ``request.state.principal`` for handlers that limit what a
+    token sees (a feed token's event types).
+    """
+    principal, reason = await authenticate(request)
     st = state_of(request)
-    if name is None:
+    if principal is None:
         if not st.settings.api_token and not await _any_live_token(st):
             reason = NO_TOKEN
         raise ApiError(401, reason, headers={"WWW-Authenticate": "Bearer"})
-    await _touch(request, st, name)
-    return name
+    await _touch(request, st, principal.identity)
+    request.state.principal = principal
+    return principal
 
 
-async def require_admin(request: Request) -> str:
-    """The caller's identity if its token may administer (else 401/403).
+def principal_of(request: Request) -> Principal | None:
+    """The token :func:`require_token` accepted for this request."""
+    found: Principal | None = getattr(request.state, "principal", None)
+    return found
 
-    The one place an admin-scope check belongs: until tokens have scopes,
-    every valid token is an admin token.
-    """
-    return await require_token(request)
+
+async def require_admin(request: Request) -> Principal:
+    """The caller's token if its scope is admin (else 401/403)."""
+    principal = await require_token(request)
+    detail = forbidden(principal, "admin", f"{request.method} {request.url.path}")
+    if detail is not None:
+        raise ApiError(403, detail)
+    return principal
 
 
 async def _any_live_token(st: AppState) -> bool:

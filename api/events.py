@@ -19,6 +19,7 @@ from outbox.api.endpoint import (
     json_response,
     parse_query,
     path_id,
+    principal_of,
     sql,
     state_of,
 )
@@ -35,7 +36,7 @@ from outbox.api.schemas import (
 )
 from outbox.cursor import Cursor
 from outbox.errors import CursorError
-from outbox.events import Matcher
+from outbox.events import Matcher, restrict
 from outbox.relay.feed import head, read_batch
 from outbox.relay.retention import cursor_expired
 
@@ -74,7 +75,7 @@ async def list_events(request: Request) -> Response:
         return await _list_newest_first(request, q)
     # An empty since= (a client's empty saved cursor) is the start, like none.
     cursor = _cursor(q.since, "since") if q.since else Cursor(0)
-    match = Matcher(q.patterns())
+    match = _visible(request, Matcher(q.patterns()))
     items: list[EventOut] = []
     has_more = True
     async with state_of(request).pool.connection() as db:
@@ -94,6 +95,12 @@ async def list_events(request: Request) -> Response:
     return json_response(EventPage(items=items, next_cursor=cursor.encode(), has_more=has_more))
 
 
+def _visible(request: Request, match: Matcher) -> Matcher:
+    """A feed token with event patterns sees only those types."""
+    principal = principal_of(request)
+    return restrict(match, principal.sees() if principal else None)
+
+
 def _cursor(text: str, field: str) -> Cursor:
     try:
         return Cursor.decode(text)
@@ -110,7 +117,7 @@ async def _list_newest_first(request: Request, q: EventQuery) -> Response:
     ``next_cursor``: ``/ws?since=next_cursor`` then sends exactly the events
     this answer could not contain. ``prev_cursor`` continues further back.
     """
-    match = Matcher(q.patterns())
+    match = _visible(request, Matcher(q.patterns()))
     items: list[EventOut] = []
     async with state_of(request).pool.connection() as db:
         top = _cursor(q.before, "before") if q.before else await head(db)

@@ -125,6 +125,12 @@ class _Builder:
             out["413"] = self.error("the body is larger than OUTBOX_MAX_REQUEST_BODY")
         if doc.auth:
             out["401"] = self.error("Missing API key / Invalid or expired API key")
+            out["403"] = self.error(
+                "the token's scope does not allow this operation; the detail names the"
+                " scope it needs (admin: everything; read: every GET, /ws, /events;"
+                " feed: /ws and /events only)"
+            )
+        out["431"] = self.error("the request head is larger than OUTBOX_MAX_HEADER_BYTES")
         for status, why in doc.errors.items():
             out[str(status)] = self.error(why)
         if has_input:

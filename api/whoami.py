@@ -2,8 +2,8 @@
 
 The console asks this once and shows only what the token may use: with a
 ``read`` token every view and no write action, with a ``feed`` token only
-the live feed. Every valid token is ``admin`` until scoped tokens exist
-(CONTRACT.md "Tokens with scopes"); that work fills in :func:`scope_of`.
+the live feed (limited to ``events`` when the token has patterns). Every
+valid token may ask, whatever its scope.
 """
 
 from __future__ import annotations
@@ -14,17 +14,20 @@ from starlette.routing import BaseRoute, Route
 
 from outbox.api.endpoint import Doc, json_response, require_token
 from outbox.api.schemas import WhoAmI
+from outbox.tokens import Principal
 
 
-def scope_of(identity: str) -> WhoAmI:
-    """The scope of a token identity (``"bootstrap"`` or ``"ID:NAME"``)."""
-    name = identity.partition(":")[2] or identity
-    return WhoAmI(name=name, scope="admin", events=None)
+def scope_of(principal: Principal) -> WhoAmI:
+    """What a token is called and may do."""
+    events = list(principal.events) if principal.events is not None else None
+    return WhoAmI.model_validate(
+        {"name": principal.name, "scope": principal.scope, "events": events}
+    )
 
 
 async def whoami(request: Request) -> Response:
-    identity = await require_token(request)
-    return json_response(scope_of(identity))
+    principal = await require_token(request)
+    return json_response(scope_of(principal))
 
 
 whoami.openapi_doc = Doc(  # type: ignore[attr-defined]

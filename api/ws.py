@@ -41,12 +41,13 @@ from outbox.api.auth import authenticate
 from outbox.api.state import AppState
 from outbox.cursor import Cursor
 from outbox.errors import CursorError
-from outbox.events import Matcher, is_pattern
+from outbox.events import Matcher, is_pattern, restrict
 from outbox.relay.config import Settings
 from outbox.relay.feed import read_batch
 from outbox.relay.hub import POLICY_VIOLATION, TRY_AGAIN_LATER, Client
 from outbox.relay.reconnect import describe
 from outbox.relay.retention import cursor_expired
+from outbox.tokens import Principal
 
 log = logging.getLogger("outbox.ws")
 
@@ -176,7 +177,7 @@ def handle_message(client: Client, text: str) -> str:
             patterns = parse_patterns(events, "events")
         except ValueError as exc:
             return _error("invalid_subscribe", str(exc))
-        client.matcher = Matcher(patterns)
+        client.matcher = restrict(Matcher(patterns), client.allowed)
         return json.dumps({"type": "subscribed", "events": patterns})
     return _error("unknown_type", f"unknown message type {kind[:100]!r}; use ping or subscribe")
 
@@ -189,7 +190,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     try:
         # The handshake waits for nothing longer than this (a slow database).
         async with asyncio.timeout(state.settings.ws_handshake_timeout):
-            token, reason = await authenticate(websocket, allow_query=True)
+            principal, reason = await authenticate(websocket, allow_query=True)
     except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
         detail = "Database unavailable"
         if isinstance(exc, TimeoutError):
@@ -197,7 +198,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         log.warning("/ws refused: %s: %s", detail, describe(exc))
         await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=503))
         return
-    if token is None:
+    if principal is None:
         # A close before accept is an HTTP 403 with no body. (A denial
         # response with a body would be nicer, but uvicorn's sansio protocol
         # then logs an ERROR for every refused token: uvicorn PR #3138.)
@@ -205,12 +206,14 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     with contextlib.suppress(WebSocketDisconnect):
-        await _session(websocket, state, token)
+        await _session(websocket, state, principal)
 
 
-async def _session(websocket: WebSocket, state: AppState, token: str) -> None:
+async def _session(websocket: WebSocket, state: AppState, principal: Principal) -> None:
+    allowed = principal.sees()  # a feed token's event types
     try:
         matcher, since = _parse_query(websocket)
+        matcher = restrict(matcher, allowed)
         if since is not None:
             await _check_not_expired(state, since)
         if state.relay.cursor is None:
@@ -221,7 +224,8 @@ async def _session(websocket: WebSocket, state: AppState, token: str) -> None:
         return
     # No await between these two lines: the relay's cursor is exactly the
     # end of the last batch published before this client started buffering.
-    client = state.hub.register(token, matcher)
+    client = state.hub.register(principal.identity, matcher)
+    client.allowed = allowed
     seam = state.relay.cursor
     assert seam is not None
     try:

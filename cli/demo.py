@@ -18,6 +18,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -200,7 +201,7 @@ async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
         summary,
     )
     from outbox.db import connect
-    from outbox.tokens import new_token
+    from outbox.tokens import create_token, new_token
 
     env = os.environ
     token = settings.api_token or new_token()
@@ -225,6 +226,8 @@ async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
         row = conn.execute("SELECT coalesce(max(id), 0) FROM outbox.events").fetchone()
         start_id = int(row[0]) if row else 0
         conn.commit()
+        # A link to hand to someone who should watch, not change anything.
+        read_token = create_token(conn, f"demo-read-{secrets.token_hex(4)}", scope="read")
     receiver = Receiver({"main": main_secret, "flaky": flaky_secret})
     _say(f"webhook receiver: {base}/main (all events) and {base}/flaky (ticket.*)")
 
@@ -268,6 +271,7 @@ async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
         page = f"http://{_link_host(opts.host)}:{port}/"
         _say("")
         _say(f"  admin live feed:  {page}#token={token}")
+        _say(f"  read-only view:   {page}#token={read_token}  (scope read: sees, changes nothing)")
         _say(
             f"  API token:        {token}"
             + (

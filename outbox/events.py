@@ -47,3 +47,27 @@ class Matcher:
         if self._all or event_type in self._exact:
             return True
         return any(event_type.startswith(p) for p in self._prefixes)
+
+
+class Intersection(Matcher):
+    """Events both matchers accept: a client's filter within what its token may see.
+
+    ``patterns`` is a grouping key (the hub shares filtering work between
+    clients with equal keys), not a pattern list.
+    """
+
+    __slots__ = ("_a", "_b")
+
+    def __init__(self, a: Matcher, b: Matcher) -> None:
+        self._a, self._b = a, b
+        self.patterns = (*a.patterns, "&", *b.patterns)
+
+    def __call__(self, event_type: str) -> bool:
+        return self._a(event_type) and self._b(event_type)
+
+
+def restrict(matcher: Matcher, allowed: Matcher | None) -> Matcher:
+    """``matcher`` limited to ``allowed`` (None: no limit)."""
+    if allowed is None or allowed._all:
+        return matcher
+    return Intersection(matcher, allowed)

@@ -237,6 +237,10 @@ class ApiToken(SQLModel, table=True):
     created_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
     last_used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    scope: str = Field(
+        default="admin", sa_column=Column(Text, nullable=False, server_default=text("'admin'"))
+    )
+    event_types: list[str] | None = Field(default=None, sa_column=_text_array(nullable=True))
 
 
 class RelayState(SQLModel, table=True):

@@ -1,8 +1,12 @@
-"""API tokens: created once, stored only as a SHA-256 digest.
+"""API tokens: created once, stored only as a SHA-256 digest, each with a scope.
 
 Tokens are ``obx_`` + 32 random bytes (url-safe base64), so a fast hash is
 enough; a lookup hashes the presented token and compares digests in constant
-time. The bootstrap ``OUTBOX_API_TOKEN`` is never stored.
+time. The bootstrap ``OUTBOX_API_TOKEN`` is never stored; it is ``admin``.
+
+Scopes (CONTRACT.md "Tokens with scopes"): ``admin`` may do everything;
+``read`` every GET, ``/ws`` and ``/events``; ``feed`` only ``/ws`` and
+``/events``, limited to its event type patterns when it has some.
 """
 
 from __future__ import annotations
@@ -17,8 +21,39 @@ from typing import Any
 import psycopg
 
 from outbox.errors import OutboxError
+from outbox.events import Matcher, is_pattern
+from outbox.sqlfiles import query
 
 PREFIX = "obx_"
+SCOPES = ("admin", "read", "feed")
+
+
+def _sql(name: str) -> str:
+    return query(name, "tokens.sql")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who presented a valid token, and what it may do.
+
+    ``identity`` is ``"bootstrap"`` for the env token, else ``"ID:NAME"`` of
+    the stored token: a name can be reused after revocation, an id cannot,
+    so :func:`is_live` never mistakes a revoked token for its successor.
+    ``events`` (feed tokens only) limits the event types it may see; None
+    means every type.
+    """
+
+    identity: str
+    scope: str = "admin"
+    events: tuple[str, ...] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.identity.partition(":")[2] or self.identity
+
+    def sees(self) -> Matcher | None:
+        """The event types this token may see (None: every type)."""
+        return Matcher(self.events) if self.events is not None else None
 
 
 def hash_token(token: str) -> str:
@@ -36,18 +71,50 @@ class TokenInfo:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    scope: str = "admin"
+    events: tuple[str, ...] | None = None
 
 
-def create_token(conn: psycopg.Connection[Any], name: str) -> str:
+def check_scope(scope: str, events: list[str] | tuple[str, ...] | None) -> None:
+    """Raise naming the flag when a scope or its patterns cannot work."""
+    if scope not in SCOPES:
+        raise OutboxError(f"--scope: {scope!r} is not one of {', '.join(SCOPES)}")
+    if events is None:
+        return
+    if scope != "feed":
+        raise OutboxError("--events: only a feed token is limited to event types")
+    if not events:
+        raise OutboxError("--events: give at least one pattern (e.g. order.*)")
+    for pattern in events:
+        if not is_pattern(pattern):
+            raise OutboxError(
+                f"--events: invalid pattern {pattern!r} (use exact names such as"
+                " user.created, prefix.* or *)"
+            )
+
+
+def create_token(
+    conn: psycopg.Connection[Any],
+    name: str,
+    *,
+    scope: str = "admin",
+    events: list[str] | tuple[str, ...] | None = None,
+) -> str:
     name = name.strip()
     if not name:
         raise OutboxError("NAME: give a non-empty token name")
+    check_scope(scope, events)
     token = new_token()
     try:
         with conn.transaction():
             conn.execute(
-                "INSERT INTO outbox.api_tokens (name, token_hash) VALUES (%s, %s)",
-                (name, hash_token(token)),
+                _sql("token_insert"),
+                {
+                    "name": name,
+                    "hash": hash_token(token),
+                    "scope": scope,
+                    "events": list(dict.fromkeys(events)) if events is not None else None,
+                },
             )
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.constraint_name == "api_tokens_live_name_key":
@@ -57,19 +124,24 @@ def create_token(conn: psycopg.Connection[Any], name: str) -> str:
 
 
 def list_tokens(conn: psycopg.Connection[Any]) -> list[TokenInfo]:
-    rows = conn.execute(
-        "SELECT id, name, created_at, last_used_at, revoked_at FROM outbox.api_tokens ORDER BY id"
-    ).fetchall()
-    return [TokenInfo(*r) for r in rows]
+    rows = conn.execute(_sql("token_list")).fetchall()
+    return [
+        TokenInfo(
+            id=r[0],
+            name=r[1],
+            created_at=r[2],
+            last_used_at=r[3],
+            revoked_at=r[4],
+            scope=r[5],
+            events=tuple(r[6]) if r[6] is not None else None,
+        )
+        for r in rows
+    ]
 
 
 def revoke_token(conn: psycopg.Connection[Any], name: str) -> int:
     with conn.transaction():
-        cur = conn.execute(
-            "UPDATE outbox.api_tokens SET revoked_at = now()"
-            " WHERE name = %s AND revoked_at IS NULL",
-            (name,),
-        )
+        cur = conn.execute(_sql("token_revoke"), {"name": name})
     if cur.rowcount == 0:
         raise OutboxError(f"NAME: no live token named {name!r}")
     return cur.rowcount
@@ -77,26 +149,18 @@ def revoke_token(conn: psycopg.Connection[Any], name: str) -> int:
 
 async def verify_token(
     conn: psycopg.AsyncConnection[Any], token: str | None, bootstrap: str | None
-) -> str | None:
-    """Return the token's identity if valid, else None.
-
-    The identity is ``"bootstrap"`` for the env token, else ``"ID:NAME"`` of
-    the stored token: a name can be reused after revocation, an id cannot,
-    so :func:`is_live` never mistakes a revoked token for its successor.
-    """
+) -> Principal | None:
+    """Return who the token belongs to and its scope if valid, else None."""
     if not token:
         return None
     if bootstrap and hmac.compare_digest(token.encode(), bootstrap.encode()):
-        return "bootstrap"
+        return Principal("bootstrap")
     digest = hash_token(token)
-    cur = await conn.execute(
-        "SELECT id, name, token_hash FROM outbox.api_tokens"
-        " WHERE token_hash = %s AND revoked_at IS NULL",
-        (digest,),
-    )
+    cur = await conn.execute(_sql("token_verify"), {"hash": digest})
     row = await cur.fetchone()
     if row and hmac.compare_digest(str(row[2]), digest):
-        return f"{row[0]}:{row[1]}"
+        events = tuple(row[4]) if row[4] is not None else None
+        return Principal(f"{row[0]}:{row[1]}", str(row[3]), events)
     return None
 
 
@@ -110,7 +174,5 @@ async def is_live(conn: psycopg.AsyncConnection[Any], identity: str) -> bool:
     token_id, _, _ = identity.partition(":")
     if not token_id.isdigit():
         return False
-    cur = await conn.execute(
-        "SELECT 1 FROM outbox.api_tokens WHERE id = %s AND revoked_at IS NULL", (int(token_id),)
-    )
+    cur = await conn.execute(_sql("token_is_live"), {"id": int(token_id)})
     return await cur.fetchone() is not None

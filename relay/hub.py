@@ -98,6 +98,7 @@ class Client:
         "_flushing",
         "_hub",
         "_send",
+        "allowed",
         "close_code",
         "close_reason",
         "closed",
@@ -112,6 +113,8 @@ class Client:
         self._hub = hub
         self.token = token
         self.matcher = matcher
+        # What the token may see (a feed token's patterns); None: everything.
+        self.allowed: Matcher | None = None
         self.queue: deque[Item] = deque()
         self.nbytes = 0
         # Ids a resume's catch-up already sent that the relay has yet to
