@@ -1,4 +1,4 @@
--- 007: scoped API tokens (CONTRACT.md "Tokens with scopes").
+-- 008: scoped API tokens (CONTRACT.md "Tokens with scopes").
 --
 -- admin: everything; read: every GET, /ws and /events; feed: only /ws and
 -- /events, limited to event_types when set. Tokens created before this
