@@ -60,9 +60,31 @@ class NatsPublisher:
         # What the server said asynchronously (e.g. a permissions violation,
         # which leaves the publish unanswered): part of the next error.
         self._async_error: str | None = None
+        self._said = asyncio.Event()
 
     async def _on_error(self, exc: Exception) -> None:
         self._async_error = _describe(exc)
+        # A permissions violation is told here and nowhere else (the publish
+        # is never answered): fail the batch now rather than at its timeout.
+        if "permissions violation" in self._async_error.lower():
+            self._said.set()
+
+    async def _acks(self, futures: list[asyncio.Future[Any]]) -> list[Any]:
+        """Every PubAck, or TimeoutError, or _ServerSaid when the server refused."""
+        gathered: asyncio.Future[Any] = asyncio.gather(*futures)
+        said: asyncio.Future[Any] = asyncio.ensure_future(self._said.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {gathered, said}, timeout=self.ack_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            said.cancel()
+        if gathered in done:
+            return list(gathered.result())
+        gathered.cancel()
+        if said in done:
+            raise _ServerSaid(self._async_error or "an error")
+        raise TimeoutError
 
     async def connect(self) -> None:
         await self.close()
@@ -107,14 +129,14 @@ class NatsPublisher:
         stream = self.sink.stream or None
         futures: list[asyncio.Future[Any]] = []
         self._async_error = None
+        self._said.clear()
         try:
             for m in messages:
                 headers = {"Nats-Msg-Id": m.msg_id, **m.headers}
                 futures.append(
                     await js.publish_async(m.destination, m.body, headers=headers, stream=stream)
                 )
-            async with asyncio.timeout(self.ack_timeout):
-                acks = await asyncio.gather(*futures)
+            acks = await self._acks(futures)
         except BaseException as exc:
             for f in futures:
                 f.cancel()
@@ -124,16 +146,15 @@ class NatsPublisher:
             # would land on futures nobody waits for.
             await self.close()
             if isinstance(exc, TimeoutError):
-                said = self._async_error
                 text = (
                     f"JetStream did not acknowledge {len(messages)} messages "
                     f"within {self.ack_timeout:g}s"
                 )
-                if said:
-                    raise BrokerRefused(
-                        redact(f"{text}; the server said: {said}", self.sink.url)
-                    ) from exc
                 raise BrokerUnavailable(text) from exc
+            if isinstance(exc, _ServerSaid):
+                raise BrokerRefused(
+                    redact(f"publish refused; the server said: {exc}", self.sink.url)
+                ) from None
             raise self._error(exc, "publish") from exc
         return sum(1 for a in acks if a.duplicate)
 
@@ -154,6 +175,10 @@ class NatsPublisher:
         if isinstance(exc, nats.errors.Error) and "permissions violation" in str(exc).lower():
             return BrokerRefused(text)
         return BrokerUnavailable(text)
+
+
+class _ServerSaid(Exception):
+    """The server refused a publish asynchronously (e.g. a permissions violation)."""
 
 
 def _describe(exc: BaseException) -> str:

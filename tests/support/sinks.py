@@ -146,22 +146,32 @@ async def delete_stream(url: str, stream: str) -> None:
 
 class PrivateNats:
     """A nats-server of our own on a free loopback port, with its own store:
-    one we may stop and start (the shared one on 4222 is everyone's)."""
+    one we may stop and start (the shared one on 4222 is everyone's).
 
-    def __init__(self) -> None:
+    ``authorization`` is a nats-server config block (users, permissions);
+    with it the server runs from a config file."""
+
+    def __init__(self, authorization: str | None = None) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="outbox-nats-"))
         self.url = f"nats://127.0.0.1:{self.port}"
+        self.authorization = authorization
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
+        if self.authorization is None:
+            args = ["-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.dir / "js")]
+        else:
+            conf = self.dir / "server.conf"
+            conf.write_text(
+                f"listen: 127.0.0.1:{self.port}\n"
+                f"jetstream {{ store_dir: {json.dumps(str(self.dir / 'js'))} }}\n"
+                f"authorization {{ {self.authorization} }}\n"
+            )
+            args = ["-c", str(conf)]
         log = open(self.dir / "server.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        self.proc = subprocess.Popen([NATS_SERVER, *args], stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
     async def wait_ready(self, timeout: float = 10) -> None:
@@ -181,15 +191,80 @@ class PrivateNats:
 
 
 @contextlib.contextmanager
-def private_nats() -> Iterator[PrivateNats]:
+def private_nats(authorization: str | None = None) -> Iterator[PrivateNats]:
     if not Path(NATS_SERVER).exists():
         pytest.skip("nats-server is not installed")
-    server = PrivateNats()
+    server = PrivateNats(authorization)
     try:
         server.start()
         yield server
     finally:
         server.close()
+
+
+class SlowProxy:
+    """127.0.0.1:port -> a broker, holding every chunk ``delay`` seconds in
+    each direction (in order): a slow broker or a slow link, as a sink sees it."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.delay = delay
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def url(self, scheme: str = "nats", userinfo: str = "", path: str = "") -> str:
+        return f"{scheme}://{userinfo}127.0.0.1:{self.port}{path}"
+
+    async def __aenter__(self) -> SlowProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            t = asyncio.create_task(self._pipe(src, dst))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        # A queue keeps the order while each chunk waits its own delay.
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        async def send() -> None:
+            while True:
+                due, data = await queue.get()
+                wait = due - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)  # the injected delay itself
+                dst.write(data)
+                await dst.drain()
+
+        sender = asyncio.create_task(send())
+        try:
+            while data := await src.read(65536):
+                await queue.put((loop.time() + self.delay, data))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            sender.cancel()
+            dst.transport.abort()
 
 
 # --- RabbitMQ --------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -151,3 +152,26 @@ def test_protective_cursor_keeps_what_any_cursor_has_not_passed() -> None:
     assert protective([]) is None
     c = protective([Cursor(10, 100, (5,)), Cursor(20, 90, (7, 8))])
     assert c == Cursor(10, 90, (5, 7, 8))
+
+
+def test_the_sink_oracle_sees_gaps_repeats_disorder_and_rollbacks() -> None:
+    from tests.support.sinks import Received, judge_stream
+
+    committed = {1: ("a.b", {"n": 1}), 2: ("a.b", {"n": 2}), 3: ("a.b", {"n": 3})}
+
+    def msg(eid: int, n: int | None = None) -> Received:
+        body = {"type": "a.b", "data": {"n": eid if n is None else n}}
+        return Received(f"evt_{eid}", "s", {"Outbox-Event-Type": "a.b"}, body)
+
+    def judge(received: list[Received], exactly_once: bool = True) -> Any:
+        return judge_stream(
+            received, committed, {9}, Matcher(None), [1, 2, 3], exactly_once=exactly_once
+        )
+
+    assert judge([msg(1), msg(2), msg(3)]).ok
+    assert judge([msg(1), msg(3)]).missing == [2]
+    assert "out of commit order" in judge([msg(2), msg(1), msg(3)]).violations[0]
+    assert judge([msg(1), msg(1), msg(2), msg(3)]).violations  # a repeat in JetStream
+    assert judge([msg(1), msg(2), msg(1), msg(3)], exactly_once=False).ok  # AMQP: allowed
+    assert "different body" in judge([msg(1), msg(1, 7), msg(2), msg(3)], False).violations[0]
+    assert "rolled-back" in judge([msg(1), msg(9), msg(2), msg(3)]).violations[0]
