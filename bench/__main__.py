@@ -29,6 +29,10 @@ SCENARIOS = {
     "b3": ("bench.b3_fanout", "fan-out: messages/s to N clients vs a bare Starlette broadcaster"),
     "b4": ("bench.b4_webhooks", "webhooks: deliveries/s vs a bare httpx loop, also 20% failing"),
     "b5": ("bench.b5_backlog", "backlog: 1,000,000 events: feed read, WebSocket drain, webhooks"),
+    "b6": (
+        "bench.b6_sinks",
+        "sinks: events/s into JetStream and RabbitMQ vs a bare client loop, latency, backlog",
+    ),
 }
 
 EPILOG = """scenarios:
@@ -46,6 +50,8 @@ helpers) on loopback ports as subprocesses.
 environment:
   BENCH_ADMIN_URL  superuser URL of the Postgres server to use
                    (default postgresql://postgres@127.0.0.1:5432/postgres)
+  BENCH_NATS_URL   NATS with JetStream for B6 (default nats://127.0.0.1:4222)
+  BENCH_AMQP_URL   RabbitMQ for B6 (default amqp://guest:guest@127.0.0.1:5672/)
 
 examples:
   python -m bench                          # everything, ~11-16 minutes on 2 cores
@@ -67,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenario",
         action="append",
         choices=[*SCENARIOS, "all"],
-        metavar="{b1,b2,b3,b4,b5,all}",
+        metavar="{b1,b2,b3,b4,b5,b6,all}",
         help="scenario to run; repeat the flag for several (default: all)",
     )
     p.add_argument(
@@ -97,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="keep the logs of every server and helper process (and the pgbench scripts) "
         "in DIR instead of a temporary folder",
+    )
+    p.add_argument(
+        "--b6-backlog",
+        type=int,
+        metavar="N",
+        help="events in B6's backlog drain (default 1,000,000; --smoke 3,000)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -139,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats: must be at least 1")
+    if args.b6_backlog is not None and args.b6_backlog < 1:
+        parser.error("--b6-backlog: must be at least 1")
     keys = _selected(args)
     admin_url = args.admin_url or admin_url_from_env()
     try:
@@ -162,7 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir.mkdir(parents=True, exist_ok=True)
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
-        ctx = Context(admin_url, args.smoke, workdir, args.repeats, args.quiet, profile_dir)
+        ctx = Context(
+            admin_url, args.smoke, workdir, args.repeats, args.quiet, profile_dir, args.b6_backlog
+        )
         started = time.monotonic()
         try:
             results = asyncio.run(_run_all(ctx, keys))

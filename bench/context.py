@@ -27,6 +27,7 @@ class Context:
     repeats: int | None = None  # overrides each scenario's default repetitions
     quiet: bool = False
     profile_dir: Path | None = None  # py-spy every outbox serve into this folder
+    b6_backlog: int | None = None  # B6's backlog size (--b6-backlog)
 
     def log(self, msg: str) -> None:
         if not self.quiet:

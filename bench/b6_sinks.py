@@ -1,0 +1,522 @@
+"""B6 sinks: ``outbox.events`` into NATS JetStream (acked) and RabbitMQ (confirmed).
+
+For each broker (JetStream on ``BENCH_NATS_URL``, RabbitMQ on
+``BENCH_AMQP_URL``; the machine's servers by default), measured in this order:
+
+1. **throughput**: N events pre-loaded; per repetition, interleaved:
+   ``outbox``: a new sink (paused, reading from the cursor before the load,
+   into a fresh stream or queue) is activated, and the clock runs from that
+   PATCH until the broker holds all N messages (stream state / the queue's
+   message count, polled every 10 ms); ``bare``: the same N messages (the
+   same subjects, headers and bodies: ``build_messages`` over the same rows)
+   from a plain client loop at the same pipelining as the sink (a window of
+   ``OUTBOX_BATCH_SIZE`` messages written, then their acks / confirms
+   awaited), on the same clock. The ratio is per repetition (each pair run
+   side by side). The machine is shared: only the ratios mean much.
+2. **latency**: an open-loop writer at 1,000 events/s (one event per
+   transaction) for D seconds; a consumer in this process (a JetStream
+   ordered push consumer / an AMQP queue consumer) records when each event
+   arrives; commit (the writer's COMMIT returned) -> arrival, p50/p99.
+3. **backlog**: B events pre-loaded (``--b6-backlog``, default 1,000,000 for
+   JetStream; RabbitMQ gets at most 100,000: it holds them in its queue)
+   drained by one sink; rate, and the server's RSS sampled every second
+   (flat = the last quarter's median minus the first quarter's) and peak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+import psycopg
+
+from bench.context import Context, interleaved
+from bench.payloads import SQL_PAYLOAD
+from bench.pg import bench_database
+from bench.procs import Server, rss_mb
+from bench.report import Metric, ScenarioResult, Target, ratio_metric
+from bench.stats import Spread, latency_summary
+from bench.system import TOKEN, outbox_server
+
+RATIO_TARGET = Target(">=", 0.8)
+P99_TARGET = Target("<=", 20.0)
+RSS_TARGET = Target("<", 300)
+BATCH = 1000  # OUTBOX_BATCH_SIZE: the sink's read and publish window
+CHUNK = 1000
+POLL = 0.01
+NATS_URL = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+AMQP_BACKLOG_MAX = 100_000
+
+LOAD_TYPE = "bench.sink"
+LOAD_SQL = (
+    f"INSERT INTO outbox.events (event_type, payload) SELECT '{LOAD_TYPE}', "
+    + SQL_PAYLOAD.replace("%(last)s", "0")
+    + " FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS g"
+)
+
+
+@dataclass(frozen=True)
+class Params:
+    events: int
+    repeats: int
+    rate: int
+    seconds: float
+    backlog: int
+
+
+def params(ctx: Context) -> Params:
+    if ctx.smoke:
+        return Params(events=500, repeats=1, rate=200, seconds=1.0, backlog=ctx.b6_backlog or 3000)
+    return Params(
+        events=20_000,
+        repeats=ctx.reps(3),
+        rate=1000,
+        seconds=10.0,
+        backlog=ctx.b6_backlog or 1_000_000,
+    )
+
+
+async def preload(db_url: str, n: int) -> None:
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        for lo in range(1, n + 1, CHUNK):
+            await conn.execute(LOAD_SQL, {"marker": "", "lo": lo, "hi": min(n, lo + CHUNK - 1)})
+        await conn.execute("VACUUM (ANALYZE) outbox.events")
+
+
+async def head(db_url: str) -> Any:
+    from outbox.relay.feed import head as feed_head
+
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+        return await feed_head(c)
+
+
+async def messages_after(db_url: str, start: Any, subject: str) -> list[Any]:
+    """The messages a sink would publish for the events after ``start``."""
+    from outbox.events import Matcher
+    from outbox.relay.feed import read_batch
+    from outbox.relay.sinks.base import Template, build_messages
+
+    out: list[Any] = []
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+        cursor = start
+        while True:
+            batch = await read_batch(c, cursor, BATCH)
+            if not batch.events:
+                return out
+            out += build_messages(batch.events, Matcher([LOAD_TYPE]), Template(subject))
+            cursor = batch.end
+
+
+Seen = Callable[[int], None]
+Stop = Callable[[], Awaitable[None]]
+
+
+def api(server: Server) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+    )
+
+
+# --- the brokers ---------------------------------------------------------------------
+
+
+class Broker:
+    """One kind: make a destination, count what it holds, publish bare, clean up."""
+
+    kind = ""
+
+    def sink_body(self, name: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def connect(self) -> None: ...
+
+    async def open(self, name: str) -> None: ...
+
+    async def count(self, name: str) -> int:
+        raise NotImplementedError
+
+    async def bare(self, name: str, messages: list[Any]) -> None:
+        raise NotImplementedError
+
+    async def consume(self, name: str, seen: Seen) -> Stop:
+        raise NotImplementedError
+
+    async def drop(self, name: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Jetstream(Broker):
+    kind = "nats"
+
+    def __init__(self) -> None:
+        self.nc: Any = None
+        self.js: Any = None
+
+    async def connect(self) -> None:
+        import nats
+
+        self.nc = await nats.connect(NATS_URL, connect_timeout=5)
+        self.js = self.nc.jetstream(timeout=10, publish_async_max_pending=BATCH * 4)
+
+    def subject(self, name: str) -> str:
+        return f"b6{name}.{{type}}"
+
+    def sink_body(self, name: str) -> dict[str, Any]:
+        return {"url": NATS_URL, "subject": self.subject(name), "stream": name}
+
+    async def open(self, name: str) -> None:
+        await self.js.add_stream(name=name, subjects=[f"b6{name}.>"])
+
+    async def count(self, name: str) -> int:
+        return int((await self.js.stream_info(name)).state.messages)
+
+    async def bare(self, name: str, messages: list[Any]) -> None:
+        """publish_async a window of BATCH messages, then await their PubAcks."""
+        js = self.js
+        for i in range(0, len(messages), BATCH):
+            futures = [
+                await js.publish_async(
+                    m.destination, m.body, headers={"Nats-Msg-Id": m.msg_id, **m.headers},
+                    stream=name,
+                )
+                for m in messages[i : i + BATCH]
+            ]  # fmt: skip
+            await asyncio.gather(*futures)
+
+    async def consume(self, name: str, seen: Seen) -> Stop:
+        async def on(msg: Any) -> None:
+            seen(int(msg.headers["Outbox-Event-Id"][4:]))
+
+        sub = await self.js.subscribe(f"b6{name}.>", cb=on, ordered_consumer=True)
+        return sub.unsubscribe  # type: ignore[no-any-return]
+
+    async def drop(self, name: str) -> None:
+        with contextlib.suppress(Exception):  # gone already
+            await self.js.delete_stream(name)
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+
+
+class Rabbit(Broker):
+    kind = "amqp"
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.channel: Any = None
+        self.queues: dict[str, Any] = {}
+
+    async def connect(self) -> None:
+        import aio_pika
+
+        self.conn = await aio_pika.connect(AMQP_URL, timeout=10)
+        self.channel = await self.conn.channel(publisher_confirms=True)
+
+    def sink_body(self, name: str) -> dict[str, Any]:
+        return {"url": AMQP_URL, "exchange": "amq.topic", "routing_key": f"b6{name}.{{type}}"}
+
+    async def open(self, name: str) -> None:
+        queue = await self.channel.declare_queue(name, auto_delete=False, durable=False)
+        await queue.bind("amq.topic", f"b6{name}.#")
+        self.queues[name] = queue
+
+    async def count(self, name: str) -> int:
+        q = await self.channel.declare_queue(name, passive=True)
+        return int(q.declaration_result.message_count)
+
+    async def bare(self, name: str, messages: list[Any]) -> None:
+        """A window of BATCH confirmed publishes in flight, then the next."""
+        import aio_pika
+
+        exchange = await self.channel.get_exchange("amq.topic")
+        for i in range(0, len(messages), BATCH):
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(
+                            m.body,
+                            headers=dict(m.headers),
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            message_id=m.msg_id,
+                        ),
+                        m.destination,
+                        mandatory=False,
+                    )
+                    for m in messages[i : i + BATCH]
+                )
+            )
+
+    async def consume(self, name: str, seen: Seen) -> Stop:
+        async def on(msg: Any) -> None:
+            seen(int(msg.message_id[4:]))
+
+        tag = await self.queues[name].consume(on, no_ack=True)
+
+        async def stop() -> None:
+            await self.queues[name].cancel(tag)
+
+        return stop
+
+    async def drop(self, name: str) -> None:
+        with contextlib.suppress(Exception):  # gone already
+            await self.channel.queue_delete(name)
+        self.queues.pop(name, None)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+
+# --- measurements ----------------------------------------------------------------------
+
+
+async def wait_count(broker: Broker, name: str, n: int, limit_s: float) -> float:
+    """Monotonic time at which ``name`` holds ``n`` messages."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        if await broker.count(name) >= n:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{broker.kind} {name}: fewer than {n} messages after {limit_s}s")
+        await asyncio.sleep(POLL)  # the clock's resolution
+
+
+async def run_outbox(
+    http: httpx.AsyncClient, broker: Broker, start: Any, n: int, limit_s: float
+) -> dict[str, Any]:
+    name = "O" + secrets.token_hex(4)
+    await broker.open(name)
+    try:
+        r = await http.post(
+            "/sinks",
+            json={
+                "name": name,
+                "since": start.encode(),
+                "is_active": False,
+                "event_types": [LOAD_TYPE],
+                **broker.sink_body(name),
+            },
+        )
+        r.raise_for_status()
+        sink = r.json()
+        t0 = time.monotonic()
+        (await http.patch(f"/sinks/{sink['id']}", json={"is_active": True})).raise_for_status()
+        t1 = await wait_count(broker, name, n, limit_s)
+        (await http.delete(f"/sinks/{sink['id']}")).raise_for_status()
+    finally:
+        await broker.drop(name)
+    return {"events": n, "seconds": t1 - t0, "rate": n / (t1 - t0)}
+
+
+async def run_bare(broker: Broker, messages: list[Any], limit_s: float) -> dict[str, Any]:
+    name = "B" + secrets.token_hex(4)
+    await broker.open(name)
+    try:
+        # The same subjects, in this destination.
+        renamed = [_retarget(m, broker, name) for m in messages]
+        t0 = time.monotonic()
+        await asyncio.wait_for(broker.bare(name, renamed), limit_s)
+        t1 = await wait_count(broker, name, len(renamed), limit_s)
+    finally:
+        await broker.drop(name)
+    return {"events": len(renamed), "seconds": t1 - t0, "rate": len(renamed) / (t1 - t0)}
+
+
+def _retarget(m: Any, broker: Broker, name: str) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(m, destination=f"b6{name}.{m.destination.split('.', 1)[1]}")
+
+
+async def run_latency(
+    http: httpx.AsyncClient, broker: Broker, db_url: str, p: Params, limit_s: float
+) -> dict[str, Any]:
+    from psycopg.types.json import Jsonb
+
+    name = "L" + secrets.token_hex(4)
+    await broker.open(name)
+    arrived: dict[int, float] = {}
+    committed: dict[int, float] = {}
+    n = int(p.rate * p.seconds)
+    all_in = asyncio.Event()
+
+    def seen(eid: int) -> None:
+        arrived.setdefault(eid, time.time())
+        if len(arrived) >= n:
+            all_in.set()
+
+    stop = await broker.consume(name, seen)
+    try:
+        body = {"name": name, "event_types": ["bench.latency"], **broker.sink_body(name)}
+        r = await http.post("/sinks", json=body)
+        r.raise_for_status()
+        sink = r.json()
+        await asyncio.sleep(1.5)  # the sink's publisher starts (claim interval 1 s)
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            for i in range(n):
+                ahead = t0 + i / p.rate - loop.time()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)  # open-loop pacing of the load
+                cur = await c.execute(
+                    "SELECT outbox.publish('bench.latency', %s)", (Jsonb({"seq": i}),)
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                committed[int(row[0])] = time.time()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_in.wait(), limit_s)
+        (await http.delete(f"/sinks/{sink['id']}")).raise_for_status()
+    finally:
+        await stop()
+        await broker.drop(name)
+    lat = [(arrived[e] - t) * 1000 for e, t in committed.items() if e in arrived]
+    return {
+        "events": len(committed),
+        "received": len(lat),
+        "commit_to_arrival_ms": latency_summary(lat),
+    }
+
+
+async def run_backlog(
+    http: httpx.AsyncClient, server: Server, broker: Broker, start: Any, n: int, limit_s: float
+) -> dict[str, Any]:
+    name = "K" + secrets.token_hex(4)
+    await broker.open(name)
+    samples: list[tuple[float, float]] = []
+    try:
+        r = await http.post(
+            "/sinks",
+            json={
+                "name": name,
+                "since": start.encode(),
+                "event_types": [LOAD_TYPE],
+                **broker.sink_body(name),
+            },
+        )
+        r.raise_for_status()
+        sink = r.json()
+        t0 = time.monotonic()
+        deadline = t0 + limit_s
+        while True:
+            now = time.monotonic()
+            samples.append((now - t0, rss_mb(server.pid)))
+            if await broker.count(name) >= n:
+                break
+            if now > deadline:
+                raise RuntimeError(f"backlog: fewer than {n} messages after {limit_s}s")
+            await asyncio.sleep(0.25 if n < 50_000 else 1.0)  # the RSS sampling interval
+        seconds = time.monotonic() - t0
+        (await http.delete(f"/sinks/{sink['id']}")).raise_for_status()
+    finally:
+        await broker.drop(name)
+    q = max(1, len(samples) // 4)
+    growth = statistics.median(s for _, s in samples[-q:]) - statistics.median(
+        s for _, s in samples[:q]
+    )
+    return {
+        "events": n,
+        "seconds": seconds,
+        "rate": n / seconds,
+        "rss_mb_samples": samples,
+        "rss_growth_mb": growth,
+    }
+
+
+async def run(ctx: Context) -> ScenarioResult:
+    p = params(ctx)
+    result = ScenarioResult("b6", "sinks: outbox.events into JetStream and RabbitMQ")
+    result.params = asdict(p) | {"batch": BATCH, "amqp_backlog": min(p.backlog, AMQP_BACKLOG_MAX)}
+    limit_s = 60.0 if ctx.smoke else 900.0
+    raw: dict[str, Any] = {}
+    brokers: list[Broker] = [Jetstream(), Rabbit()]
+    for b in brokers:
+        await b.connect()
+    try:
+        with bench_database(ctx.admin_url, "b6") as db_url:
+            start = await head(db_url)
+            await preload(db_url, p.events)
+            ctx.log(f"b6 loaded {p.events:,} events")
+            server = outbox_server(ctx, db_url, "b6", OUTBOX_POLL_INTERVAL="1s")
+            async with server, api(server) as http:
+                for broker in brokers:
+                    kind = broker.kind
+                    subject = "x.{type}"
+                    messages = await messages_after(db_url, start, subject)
+                    runs: dict[str, list[dict[str, Any]]] = {"outbox": [], "bare": []}
+                    for rep in range(p.repeats):
+                        for variant in interleaved(("outbox", "bare"), rep):
+                            if variant == "outbox":
+                                r = await run_outbox(http, broker, start, p.events, limit_s)
+                            else:
+                                r = await run_bare(broker, messages, limit_s)
+                            runs[variant].append(r)
+                            ctx.log(f"b6 {kind} rep {rep + 1} {variant}: {r['rate']:,.0f}/s")
+                    raw[f"{kind}_throughput"] = runs
+                    lat = await run_latency(http, broker, db_url, p, limit_s)
+                    raw[f"{kind}_latency"] = lat
+                    ctx.log(f"b6 {kind} latency: {lat['commit_to_arrival_ms']}")
+            # The backlog, on a server of its own (its RSS is the one measured).
+            backlog_start = await head(db_url)
+            await preload(db_url, p.backlog)
+            ctx.log(f"b6 loaded a backlog of {p.backlog:,} events")
+            for broker in brokers:
+                n = p.backlog if broker.kind == "nats" else min(p.backlog, AMQP_BACKLOG_MAX)
+                server = outbox_server(ctx, db_url, f"b6-backlog-{broker.kind}")
+                async with server, api(server) as http:
+                    r = await run_backlog(http, server, broker, backlog_start, n, limit_s)
+                raw[f"{broker.kind}_backlog"] = r | {"server_peak_rss_mb": server.peak_rss_mb}
+                ctx.log(f"b6 {broker.kind} backlog: {n:,} at {r['rate']:,.0f}/s")
+    finally:
+        for b in brokers:
+            await b.close()
+    result.raw = raw
+    for broker, label in ((brokers[0], "JetStream"), (brokers[1], "RabbitMQ")):
+        kind = broker.kind
+        runs = raw[f"{kind}_throughput"]
+        ours = [r["rate"] for r in runs["outbox"]]
+        base = [r["rate"] for r in runs["bare"]]
+        lat = raw[f"{kind}_latency"]["commit_to_arrival_ms"]
+        back = raw[f"{kind}_backlog"]
+        target = kind == "nats"
+        result.metrics += [
+            Metric(f"{label}: throughput", "events/s", Spread.of(ours), None, Spread.of(base)),
+            ratio_metric(
+                f"{label}: outbox/bare (interleaved)", ours, base, RATIO_TARGET if target else None
+            ),
+            Metric(f"{label}: commit->arrival p50 @{p.rate}/s", "ms", Spread.of([lat["p50"]])),
+            Metric(
+                f"{label}: commit->arrival p99 @{p.rate}/s",
+                "ms",
+                Spread.of([lat["p99"]]),
+                P99_TARGET if target else None,
+            ),
+            Metric(
+                f"{label}: backlog drain ({back['events']:,})",
+                "events/s",
+                Spread.of([back["rate"]]),
+            ),
+            Metric(
+                f"{label}: RSS growth during the drain", "MB", Spread.of([back["rss_growth_mb"]])
+            ),
+            Metric(
+                f"{label}: server peak RSS (drain)",
+                "MB",
+                Spread.of([back["server_peak_rss_mb"]]),
+                RSS_TARGET if target else None,
+            ),
+        ]
+    return result
