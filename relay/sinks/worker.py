@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from outbox.cursor import Cursor
 from outbox.events import Matcher
-from outbox.relay.feed import Lag, measure_lag, read_batch
+from outbox.relay.feed import Batch, Lag, measure_lag, read_batch
 from outbox.relay.reconnect import nap
 from outbox.relay.sinks import open_publisher
 from outbox.relay.sinks import store as db
@@ -161,12 +162,24 @@ class SinkWorker:
             self.config.safe_url,
             self.cursor.after,
         )
+        ahead: asyncio.Task[Batch] | None = None
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
-                batch = await read_batch(self.conn, self.cursor, self.batch_size)
+                if ahead is not None:
+                    batch, ahead = await ahead, None
+                else:
+                    batch = await read_batch(self.conn, self.cursor, self.batch_size)
                 if batch.events:
                     messages = build_messages(batch.events, self.matcher, self.template)
+                    if batch.more:
+                        # A backlog: read the next page while the broker acks
+                        # this one (the session runs one statement at a time,
+                        # so the store below waits for this read).
+                        ahead = asyncio.create_task(
+                            read_batch(self.conn, batch.end, self.batch_size),
+                            name=f"sink-{self.config.name}-read",
+                        )
                     if messages:
                         try:
                             self.duplicates += await self._publish(messages)
@@ -189,12 +202,12 @@ class SinkWorker:
                         self.on_published(self.config, len(messages))
                     heartbeat_due = time.monotonic() + HEARTBEAT
                 self.cursor = batch.end
-                if batch.more:
-                    continue
                 now = time.monotonic()
                 if now >= lag_due:
                     self.lag = await measure_lag(self.conn, self.cursor)
                     lag_due = now + LAG_INTERVAL
+                if batch.more:
+                    continue
                 if now >= heartbeat_due:
                     if not await db.heartbeat(
                         self.conn,
@@ -210,6 +223,11 @@ class SinkWorker:
                 await nap(self._wake, self.poll_interval)
         finally:
             self.state = "stopped"
+            if ahead is not None:
+                # Let the read finish (cancelling a statement mid-way would
+                # leave the session in doubt); its error, if any, is moot now.
+                with contextlib.suppress(Exception):
+                    await ahead
             publisher, self._publisher = self._publisher, None
             if publisher is not None:
                 await publisher.close()
