@@ -126,3 +126,24 @@ async def test_every_route_needs_a_token(settings: Settings) -> None:
         ]:
             r = await client.request(method, path, json={})
             assert r.status_code == 401, (method, path, r.text)
+
+
+async def test_only_admin_tokens_change_sinks(
+    settings: Settings, conn: psycopg.Connection[Any]
+) -> None:
+    from outbox.tokens import create_token
+
+    read = create_token(conn, "reader", scope="read")
+    async with api_client(settings) as admin:
+        sink = (await admin.post("/sinks", json=NATS)).json()
+    async with api_client(settings, headers={"Authorization": f"Bearer {read}"}) as client:
+        assert (await client.get("/sinks")).status_code == 200
+        assert (await client.get(f"/sinks/{sink['id']}")).status_code == 200
+        for method, path in [
+            ("POST", "/sinks"),
+            ("PATCH", f"/sinks/{sink['id']}"),
+            ("DELETE", f"/sinks/{sink['id']}"),
+        ]:
+            r = await client.request(method, path, json={**NATS, "name": "y"})
+            assert r.status_code == 403, (method, r.text)
+            assert "admin" in r.json()["detail"]
