@@ -362,6 +362,11 @@ class DeliveryOut(SQLModel):
     delivered_at: datetime | None
     next_retry_at: datetime | None
     replay: int = Field(default=0, description="0: the delivery; n: the n-th replay of the event")
+    event_created_at: datetime | None = Field(
+        default=None,
+        description="when the event was written (a replay by time starts from it); "
+        "null once retention removed the event",
+    )
 
 
 class EventDeliveryOut(DeliveryOut):

@@ -46,6 +46,10 @@ log = logging.getLogger("outbox.demo")
 SQL_FILE = "demo.sql"
 DEPOSIT_COMPLETED = "NEW.status = 'completed' AND NEW.type = 'deposit'"
 
+# Keys (outbox track --key): the user an account event is about, the ticket a
+# support event is about, so a webhook with "ordering": "key" gets each
+# user's and each ticket's events in order, and the console can filter by key.
+_USER = ("user_id",)
 RULES: tuple[Rule, ...] = (
     # Exactly the seed's user.created payload (user_id is a generated column).
     Rule(
@@ -61,18 +65,24 @@ RULES: tuple[Rule, ...] = (
             "referral_code",
             "referred_by_id",
         ),
+        key=_USER,
     ),
-    Rule("demo.transactions", "insert", "transaction.created"),
+    Rule("demo.transactions", "insert", "transaction.created", key=_USER),
     # A deposit whose status becomes completed...
     Rule(
-        "demo.transactions", "update", "payment.completed", of=("status",), when=DEPOSIT_COMPLETED
+        "demo.transactions",
+        "update",
+        "payment.completed",
+        of=("status",),
+        when=DEPOSIT_COMPLETED,
+        key=_USER,
     ),
     # ...or that another writer inserts already completed.
-    Rule("demo.transactions", "insert", "payment.completed", when=DEPOSIT_COMPLETED),
-    Rule("demo.tickets", "insert", "ticket.created"),
+    Rule("demo.transactions", "insert", "payment.completed", when=DEPOSIT_COMPLETED, key=_USER),
+    Rule("demo.tickets", "insert", "ticket.created", key=("id",)),
     # Only when the status really changes (IS DISTINCT FROM).
-    Rule("demo.tickets", "update", "ticket.status_changed", of=("status",)),
-    Rule("demo.ticket_messages", "insert", "ticket.message_added"),
+    Rule("demo.tickets", "update", "ticket.status_changed", of=("status",), key=("id",)),
+    Rule("demo.ticket_messages", "insert", "ticket.message_added", key=("ticket_id",)),
 )
 EVENT_TYPES = (
     "user.created",

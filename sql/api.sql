@@ -80,7 +80,7 @@ FROM outbox.deliveries
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, e.payload,
        d.response_status, d.response_body, d.status, d.error_message,
        d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
-       d.replay
+       d.replay, e.created_at AS event_created_at
 FROM outbox.deliveries d
 LEFT JOIN outbox.events e ON e.id = d.event_id
 
@@ -163,7 +163,7 @@ SELECT 1 FROM outbox.events WHERE id = %(id)s
 SELECT d.id, d.webhook_id, w.name AS webhook_name, d.event_id, d.event_type, e.payload,
        d.response_status, d.response_body, d.status, d.error_message,
        d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
-       d.replay
+       d.replay, e.created_at AS event_created_at
 FROM outbox.deliveries d
 JOIN outbox.webhooks w ON w.id = d.webhook_id
 LEFT JOIN outbox.events e ON e.id = d.event_id

@@ -1,18 +1,59 @@
-// The admin live feed: wires the token prompt, the /ws feed, the event
-// list, the filter, pause/resume, the rate meter and the webhooks panel.
+// The admin console: the token, what it may do (GET /whoami), the three
+// views (events, webhooks, health), the drawer, the status bar.
+//
+// Scopes: `admin` sees and does everything; `read` sees everything and is
+// offered no write action; `feed` sees only the event feed. The page asks
+// the API rather than guessing, and the API enforces it anyway.
 
 import { api, token, Unauthorized } from "./api.js";
+import { Drawer } from "./drawer.js";
+import { EventsView, typeMatcher } from "./events.js";
 import { Feed } from "./feed.js";
-import { HooksPanel } from "./hooks.js";
-import { EventList, MAX_ROWS } from "./list.js";
+import { HealthView } from "./health.js";
+import { WebhooksView } from "./hooks.js";
+import { eventPage } from "./inspect.js";
+import { $, el, tick, toast } from "./ui.js";
 
-const $ = (id) => document.getElementById(id);
-const PATTERN = /^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*\.\*|[a-z0-9_]+(\.[a-z0-9_]+)+)$/;
 const SPARK_BARS = 30;
+const SCOPES = {
+  admin: { label: "admin", canRead: true, canWrite: true },
+  read: { label: "read only", canRead: true, canWrite: false },
+  feed: { label: "feed only", canRead: false, canWrite: false },
+};
 
-const state = { total: 0, buckets: new Array(SPARK_BARS).fill(0), types: new Set() };
+const state = { total: 0, buckets: new Array(SPARK_BARS).fill(0), types: new Set(), scope: SCOPES.feed };
+const drawer = new Drawer();
 
-const list = new EventList($("events"), { onRender: renderCounts });
+// One context object handed to the views; its scope fields are filled in by whoami().
+const ctx = {
+  drawer,
+  canRead: false,
+  canWrite: false,
+  canSeeDeliveries: false,
+  onUnauthorized: (msg) => askToken(msg),
+  navigate: (hash) => {
+    if (location.hash !== hash) location.hash = hash;
+    else route();
+  },
+};
+
+const events = new EventsView(
+  {
+    list: $("events"),
+    scroller: $("events-scroller"),
+    more: $("older"),
+    newer: $("newer"),
+    empty: $("empty"),
+  },
+  {
+    onOpen: (ev) => drawer.open(eventPage(ev, ctx)),
+    onCount: renderCounts,
+    onError: (err) => (err instanceof Unauthorized ? askToken(err.message) : notice(err.message)),
+  },
+);
+const hooks = new WebhooksView(ctx);
+const health = new HealthView(ctx);
+
 const wsScheme = location.protocol === "https:" ? "wss:" : "ws:";
 const feed = new Feed({
   url: `${wsScheme}//${location.host}/ws`,
@@ -22,51 +63,44 @@ const feed = new Feed({
   onNotice: notice,
   onUnauthorized: (maybe) => checkToken(maybe),
 });
-const hooks = new HooksPanel(
-  {
-    list: $("webhooks"),
-    stats: $("hook-stats"),
-    error: $("hooks-error"),
-    box: $("deliveries-box"),
-    title: $("deliveries-title"),
-    tabs: $("delivery-tabs"),
-    deliveries: $("deliveries"),
-    refresh: $("hooks-refresh"),
-  },
-  { onUnauthorized: (msg) => askToken(msg) },
-);
 
 function onEvent(ev) {
-  if (!list.push(ev)) return; // a repeat after a resume
+  if (!events.push(ev)) return;
   state.total += 1;
   state.buckets[state.buckets.length - 1] += 1;
   if (!state.types.has(ev.type)) addChip(ev.type);
 }
 
-// --- status, counters, rate ---------------------------------------------------------
+// --- routing ------------------------------------------------------------------------------
+
+function route() {
+  const m = /^#\/(events|webhooks|health)(?:\/(\d+))?/.exec(location.hash) || [];
+  let view = m[1] || "events";
+  if (!ctx.canRead && view !== "events") view = "events";
+  document.body.dataset.view = view;
+  for (const a of document.querySelectorAll(".nav a")) a.setAttribute("aria-current", String(a.dataset.view === view));
+  for (const v of ["events", "webhooks", "health"]) $(`view-${v}`).hidden = v !== view;
+  if (view === "webhooks") hooks.show(m[2]);
+  else hooks.hide();
+  if (view === "health") health.show();
+  else health.hide();
+}
+window.addEventListener("hashchange", route);
+
+// --- status, counters, rate ---------------------------------------------------------------
 
 function setStatus(kind, text) {
-  const s = $("status");
-  s.dataset.state = kind;
+  $("status").dataset.state = kind;
   $("status-text").textContent = text;
 }
 
-let countsQueued = false;
-function renderCounts() {
-  if (countsQueued) return;
-  countsQueued = true;
-  requestAnimationFrame(() => {
-    countsQueued = false;
-    $("total").textContent = state.total.toLocaleString();
-    const rows = list.rows;
-    $("empty").hidden = rows > 0 || list.held.length > 0;
-    const held = list.held.length + list.heldDropped;
-    $("shown-note").textContent = list.paused
-      ? `· paused, ${held.toLocaleString()} new`
-      : rows >= MAX_ROWS
-        ? `· newest ${MAX_ROWS}`
-        : "";
-  });
+function renderCounts({ rows, stored, filtered, paused, waiting }) {
+  $("total").textContent = state.total.toLocaleString();
+  const parts = [];
+  if (filtered) parts.push(`${rows.toLocaleString()} shown of ${stored.toLocaleString()} loaded`);
+  else if (stored) parts.push(`${stored.toLocaleString()} loaded`);
+  if (paused) parts.push(`paused${waiting ? `, ${waiting.toLocaleString()} new` : ""}`);
+  $("shown-note").textContent = parts.length ? `· ${parts.join(" · ")}` : "";
 }
 
 const spark = $("spark");
@@ -81,7 +115,7 @@ setInterval(() => {
   });
   b.shift();
   b.push(0);
-  renderCounts();
+  tick(document.getElementById("drawer"));
 }, 1000);
 
 function notice(text) {
@@ -90,72 +124,80 @@ function notice(text) {
   n.hidden = !text;
 }
 
-// --- filter ------------------------------------------------------------------------
+// --- filters ------------------------------------------------------------------------------
 
-function parseFilter(text) {
-  const parts = text.split(/[\s,]+/).filter(Boolean);
-  const bad = parts.filter((p) => !PATTERN.test(p));
-  return { parts: parts.length ? parts : ["*"], bad };
-}
-
-function applyFilter(text) {
-  const { parts, bad } = parseFilter(text);
-  if (bad.length) {
-    $("filter-state").textContent = `not a type or pattern: ${bad.join(", ")}`;
-    $("filter-state").classList.add("error");
+function applyFilter() {
+  const types = $("filter-types").value;
+  const key = $("filter-key").value;
+  const text = $("filter-text").value;
+  const out = $("filter-state");
+  try {
+    typeMatcher(types);
+  } catch (err) {
+    out.textContent = err.message;
+    out.classList.add("error");
     return;
   }
-  $("filter-state").classList.remove("error");
-  $("filter-state").textContent = parts.join(",") === "*" ? "showing all types" : `showing ${parts.join(", ")}`;
-  feed.subscribe(parts);
+  out.classList.remove("error");
+  events.setFilter({ types, key, text });
+  const said = [];
+  const parts = types.split(/[\s,]+/).filter(Boolean);
+  if (parts.length && !parts.includes("*")) said.push(`types ${parts.join(", ")}`);
+  if (key.trim()) said.push(`key ${key.trim()}`);
+  if (text.trim()) said.push(`payload contains “${text.trim()}”`);
+  out.textContent = said.length ? `Showing events with ${said.join(" and ")}.` : "";
   for (const chip of $("chips").children) chip.setAttribute("aria-pressed", String(parts.includes(chip.dataset.type)));
 }
 
+let filterTimer = 0;
 $("filter-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  applyFilter($("filter-input").value);
+  applyFilter();
+});
+// As you type (debounced): the filters apply to what is already on screen.
+$("filter-form").addEventListener("input", () => {
+  clearTimeout(filterTimer);
+  filterTimer = setTimeout(applyFilter, 200);
 });
 
 function addChip(type) {
   state.types.add(type);
   const chips = $("chips");
-  const b = document.createElement("button");
+  const b = el("button", `chip c-${type.split(".")[0]}`, type);
   b.type = "button";
-  b.className = `chip c-${type.split(".")[0]}`;
   b.dataset.type = type;
-  b.textContent = type;
   b.setAttribute("aria-pressed", "false");
-  const sorted = [...chips.children].find((c) => c.dataset.type > type);
-  chips.insertBefore(b, sorted || null);
+  const after = [...chips.children].find((c) => c.dataset.type > type);
+  chips.insertBefore(b, after || null);
 }
 
-// A chip toggles its type in the filter.
+// A chip toggles its type in the type filter.
 $("chips").addEventListener("click", (e) => {
   const chip = e.target.closest(".chip");
   if (!chip) return;
-  const { parts } = parseFilter($("filter-input").value);
-  const set = new Set(parts.filter((p) => p !== "*"));
+  const input = $("filter-types");
+  const set = new Set(input.value.split(/[\s,]+/).filter((p) => p && p !== "*"));
   if (set.has(chip.dataset.type)) set.delete(chip.dataset.type);
   else set.add(chip.dataset.type);
-  $("filter-input").value = [...set].join(", ");
-  applyFilter($("filter-input").value);
+  input.value = [...set].join(", ");
+  applyFilter();
 });
 
-// --- pause, clear ------------------------------------------------------------------
+$("clear").addEventListener("click", () => events.clear());
 
 $("pause").addEventListener("click", () => {
-  const paused = !list.paused;
-  list.setPaused(paused);
+  const paused = !events.paused;
+  events.setPaused(paused);
   $("pause").textContent = paused ? "Resume" : "Pause";
   $("pause").setAttribute("aria-pressed", String(paused));
 });
-$("clear").addEventListener("click", () => list.clear());
 
-// --- token -------------------------------------------------------------------------
+// --- token and scope ----------------------------------------------------------------------
 
 function askToken(message) {
   feed.stop();
-  hooks.stop();
+  hooks.hide();
+  health.hide();
   setStatus("unauthorized", "token needed");
   $("token-error").hidden = !message;
   $("token-error").textContent = message || "";
@@ -168,12 +210,9 @@ function askToken(message) {
 // After repeated refused handshakes: is it the token? (A browser cannot
 // read the HTTP status of a refused WebSocket handshake.)
 async function checkToken(onlyIfRejected) {
-  if (!onlyIfRejected) {
-    askToken("The server rejected this token.");
-    return;
-  }
+  if (!onlyIfRejected) return askToken("The server rejected this token.");
   try {
-    await api("/webhooks?limit=1");
+    await api("/whoami");
   } catch (err) {
     if (err instanceof Unauthorized) askToken(err.message);
   }
@@ -192,22 +231,52 @@ $("token-dialog").addEventListener("cancel", (e) => {
 });
 $("token-change").addEventListener("click", () => askToken(""));
 
-function start() {
+async function whoami() {
+  let me;
+  try {
+    me = await api("/whoami");
+  } catch (err) {
+    if (err instanceof Unauthorized) throw err;
+    me = { scope: "admin", name: "" }; // an older server without /whoami
+  }
+  const scope = SCOPES[me.scope] || SCOPES.feed;
+  state.scope = scope;
+  Object.assign(ctx, { canRead: scope.canRead, canWrite: scope.canWrite, canSeeDeliveries: scope.canRead });
+  document.body.dataset.scope = me.scope in SCOPES ? me.scope : "feed";
+  const badgeEl = $("scope");
+  badgeEl.textContent = scope.label;
+  badgeEl.dataset.scope = document.body.dataset.scope;
+  badgeEl.title = `token ${me.name || ""}: ${scope.canWrite ? "may change everything" : scope.canRead ? "may read everything, change nothing" : "may read the event feed only"}${me.events ? ` (${me.events.join(", ")})` : ""}`;
+}
+
+async function start() {
   notice("");
   feed.stop();
-  feed.start();
-  hooks.start();
-  loadTypes();
+  try {
+    await whoami();
+    route();
+    const cursor = await events.loadHistory();
+    for (const ev of events.store) if (!state.types.has(ev.type)) addChip(ev.type);
+    feed.start(cursor);
+    loadTypes();
+  } catch (err) {
+    if (err instanceof Unauthorized) askToken(err.message);
+    else {
+      notice(`Could not load the console: ${err.message}`);
+      toast(err.message, "bad");
+      setTimeout(start, 3000);
+    }
+  }
 }
 
 // Types known to the server, so the chips exist before the first event.
 async function loadTypes() {
+  if (!ctx.canRead) return;
   try {
     const data = await api("/event-types");
-    const items = Array.isArray(data) ? data : data.items || data.event_types || [];
-    for (const it of items) {
-      const name = typeof it === "string" ? it : it.event_type || it.name || it.type;
-      if (name && PATTERN.test(name) && !name.includes("*") && !state.types.has(name)) addChip(name);
+    for (const it of data.items || []) {
+      const name = it.event_type;
+      if (name && !name.includes("*") && !state.types.has(name)) addChip(name);
     }
   } catch {
     // optional: chips also appear as events arrive
@@ -215,6 +284,5 @@ async function loadTypes() {
 }
 
 token.fromHash();
-applyFilter("");
 if (token.get()) start();
 else askToken("");

@@ -1,9 +1,10 @@
 // The /ws connection: connect, follow the cursor, reconnect and resume.
 //
-// The cursor is that of the last event we processed (or of the first
-// "connection" message when we have none yet). Reconnecting with
-// ?since=CURSOR makes the server replay everything after it, so nothing
-// is lost; repeats (same id) are dropped by the caller.
+// The cursor starts as the history's `next_cursor` (GET /events?order=desc),
+// so the live feed continues exactly where the history ended: no gap, no
+// repeat. Afterwards it is that of the last event processed. Reconnecting
+// with ?since=CURSOR makes the server replay everything after it, so
+// nothing is lost; repeats (same id) are dropped by the caller.
 
 const PING_EVERY_MS = 25000;
 const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000];
@@ -17,16 +18,17 @@ export class Feed {
     this.onNotice = onNotice;
     this.onUnauthorized = onUnauthorized;
     this.cursor = null;
-    this.patterns = ["*"];
     this.ws = null;
     this.failures = 0;
-    this.stopped = false;
+    this.stopped = true;
     this.timer = null;
     this.pinger = null;
   }
 
-  start() {
+  start(cursor) {
+    this.stop();
     this.stopped = false;
+    if (cursor) this.cursor = cursor;
     this.connect();
   }
 
@@ -38,25 +40,15 @@ export class Feed {
     this.ws = null;
   }
 
-  // The filter applies at once on the open socket (`subscribe`) and is part
-  // of the URL of every later connection, so a resume replays only these.
-  subscribe(patterns) {
-    this.patterns = patterns.length ? patterns : ["*"];
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
-      this.ws.send(JSON.stringify({ type: "subscribe", events: this.patterns }));
-    }
-  }
-
   wsUrl() {
     const q = new URLSearchParams({ token: this.token() });
     if (this.cursor) q.set("since", this.cursor);
-    if (!(this.patterns.length === 1 && this.patterns[0] === "*")) q.set("events", this.patterns.join(","));
     return `${this.url}?${q}`;
   }
 
   connect() {
     clearTimeout(this.timer);
-    this.onState(this.cursor ? "resuming" : "connecting", this.cursor ? "resuming…" : "connecting…");
+    this.onState(this.failures ? "resuming" : "connecting", this.failures ? "resuming…" : "connecting…");
     let opened = false;
     let closeInfo = null;
     const ws = new WebSocket(this.wsUrl());
@@ -85,7 +77,7 @@ export class Feed {
       }
       if (closeInfo === "expired") this.cursor = null;
       if (!opened) this.failures += 1;
-      else this.failures = 0;
+      else this.failures = Math.max(1, this.failures);
       this.scheduleReconnect(ev, opened);
     };
   }

@@ -1,83 +1,77 @@
-// The webhooks panel: stats, the list with success/failure counts, a
-// webhook's recent deliveries with a retry button. REST only; refreshed
-// every few seconds while the tab is visible.
+// Webhooks: the list, one webhook's page (its actions and its deliveries,
+// newest first, paged, by status) and the write actions. REST only;
+// refreshed every few seconds while visible.
 
-import { api, Unauthorized } from "./api.js";
+import { api, ApiError, Unauthorized } from "./api.js";
+import { deliveryPage } from "./inspect.js";
+import { confirmDialog, replayDialog, rotateDialog, showSecret, webhookForm } from "./forms.js";
+import { $, ago, badge, button, el, mono, reconcile, relTime, statusBadge, tick, toast, when } from "./ui.js";
 
 const REFRESH_MS = 3000;
+const PAGE = 25;
 
-export class HooksPanel {
-  constructor(els, { onUnauthorized }) {
-    this.els = els;
-    this.onUnauthorized = onUnauthorized;
-    this.selected = null;
+export class WebhooksView {
+  constructor(ctx) {
+    this.ctx = ctx; // {drawer, canWrite, onUnauthorized, navigate}
+    this.hooks = [];
+    this.selectedId = null;
     this.status = "";
-    this.timer = null;
+    this.offset = 0;
+    this.timer = 0;
     this.busy = false;
-    els.list.addEventListener("click", (e) => {
+    this.els = {
+      list: $("hook-list"),
+      stats: $("hook-stats"),
+      error: $("hooks-error"),
+      detail: $("hook-detail"),
+      create: $("hook-create"),
+    };
+    this.els.create.addEventListener("click", () => this.create());
+    this.els.list.addEventListener("click", (e) => {
       const li = e.target.closest("li[data-id]");
-      if (li) this.select(Number(li.dataset.id), li.dataset.name);
+      if (li) ctx.navigate(`#/webhooks/${li.dataset.id}`);
     });
-    els.tabs.addEventListener("click", (e) => {
-      const b = e.target.closest("button[data-status]");
-      if (!b) return;
-      this.status = b.dataset.status;
-      for (const t of els.tabs.querySelectorAll("button")) t.setAttribute("aria-selected", String(t === b));
-      this.refresh();
-    });
-    els.deliveries.addEventListener("click", (e) => {
-      const b = e.target.closest("button[data-retry]");
-      if (b) this.retry(b);
-    });
-    els.refresh.addEventListener("click", () => this.refresh());
-    document.addEventListener("visibilitychange", () => {
-      if (!document.hidden) this.refresh();
-    });
+    document.addEventListener("visibilitychange", () => !document.hidden && this.visible && this.refresh());
   }
 
-  start() {
-    this.stop();
-    this.refresh();
-    this.timer = setInterval(() => {
-      if (!document.hidden) this.refresh();
-    }, REFRESH_MS);
-  }
-
-  stop() {
+  show(id) {
+    this.visible = true;
+    const next = id ? Number(id) : null;
+    if (next !== this.selectedId) {
+      this.selectedId = next;
+      this.offset = 0;
+      this.status = "";
+      this.detailFor = null;
+    }
     clearInterval(this.timer);
+    this.timer = setInterval(() => !document.hidden && this.refresh(), REFRESH_MS);
+    return this.refresh();
   }
 
-  select(id, name) {
-    this.selected = { id, name };
-    this.refresh();
+  hide() {
+    this.visible = false;
+    clearInterval(this.timer);
   }
 
   async refresh() {
     if (this.busy) return;
     this.busy = true;
     try {
-      const [stats, hooks] = await Promise.all([
-        api("/webhooks/stats").catch(() => null),
-        api("/webhooks?limit=50"),
-      ]);
+      const [stats, page] = await Promise.all([api("/webhooks/stats").catch(() => null), api("/webhooks?limit=200")]);
+      this.hooks = page.items || [];
       this.renderStats(stats);
-      this.renderHooks(hooks.items || []);
-      if (!this.selected && hooks.items && hooks.items.length) {
-        const first = hooks.items[0];
-        this.selected = { id: first.id, name: first.name };
-        this.renderHooks(hooks.items);
+      if (this.selectedId === null && this.hooks.length && window.matchMedia("(min-width: 901px)").matches) {
+        this.selectedId = this.hooks[0].id;
       }
-      if (this.selected) await this.loadDeliveries();
+      this.renderList();
+      await this.renderDetail();
       this.error("");
     } catch (err) {
-      if (err instanceof Unauthorized) {
-        this.stop();
-        this.onUnauthorized(err.message);
-      } else {
-        this.error(err.message);
-      }
+      if (err instanceof Unauthorized) this.ctx.onUnauthorized(err.message);
+      else this.error(err.message);
     } finally {
       this.busy = false;
+      tick(this.els.detail);
     }
   }
 
@@ -87,151 +81,363 @@ export class HooksPanel {
   }
 
   renderStats(s) {
-    const box = this.els.stats;
-    if (!s) {
-      box.replaceChildren();
-      return;
-    }
+    if (!s) return this.els.stats.replaceChildren();
     const items = [
       ["webhooks", `${s.active_webhooks}/${s.total_webhooks}`, "active / total"],
-      ["deliveries", s.total_deliveries, "all time"],
-      ["failed", s.failed_deliveries, "gave up after retries"],
-      ["success", `${Number(s.success_rate).toFixed(1)}%`, "success rate"],
+      ["deliveries", s.total_deliveries.toLocaleString(), "within the retention window"],
+      ["pending", (s.pending_deliveries ?? 0).toLocaleString(), "waiting for an attempt or a retry"],
+      ["failed", s.failed_deliveries.toLocaleString(), "deliveries that gave up after their retries"],
+      ["success", `${Number(s.success_rate).toFixed(1)}%`, "of finished deliveries"],
     ];
-    box.replaceChildren(
+    this.els.stats.replaceChildren(
       ...items.map(([label, value, title]) => {
         const d = el("div", "stat");
         d.title = title;
-        d.append(el("strong", "", String(value)), el("span", "", label));
+        d.append(el("strong", "", value), el("span", "", label));
         return d;
       }),
     );
   }
 
-  renderHooks(items) {
+  renderList() {
     const list = this.els.list;
-    if (!items.length) {
-      list.replaceChildren(el("li", "none", "No webhooks yet: POST /webhooks to add one."));
+    if (!this.hooks.length) {
+      const none = el("li", "none");
+      none.append(el("p", "", "No webhooks yet."));
+      if (this.ctx.canWrite) none.append(el("p", "muted", "Create one to receive signed POSTs of matching events."));
+      list.replaceChildren(none);
       return;
     }
-    reconcile(list, items, (h) => {
+    reconcile(list, this.hooks, (h) => h.id, (h) => {
       const li = el("li", "hook");
       li.dataset.id = h.id;
       li.dataset.name = h.name;
-      if (!h.is_active) li.classList.add("inactive");
+      li.tabIndex = 0;
+      li.addEventListener("keydown", (e) => e.key === "Enter" && li.click());
       const top = el("div", "hook-top");
-      top.append(el("span", "hook-name", h.name), el("span", `badge ${h.is_active ? "ok" : "off"}`, h.is_active ? "active" : "disabled"));
+      top.append(el("span", "hook-name", h.name), hookState(h));
       const url = el("div", "hook-url", h.url);
       url.title = h.url;
       const counts = el("div", "hook-counts");
+      counts.title = "attempts that succeeded / failed";
       counts.append(
-        el("span", "count ok", `✓ ${h.success_count ?? 0}`),
-        el("span", "count bad", `✗ ${h.failure_count ?? 0}`),
-        el("span", "muted when", ""),
+        el("span", "count ok", `✓ ${(h.success_count ?? 0).toLocaleString()}`),
+        el("span", "count bad", `✗ ${(h.failure_count ?? 0).toLocaleString()}`),
+        el("span", "muted types", h.event_types.join(", ")),
       );
       li.append(top, url, counts);
       return li;
-    }, (li, h) => {
-      li.classList.toggle("selected", Boolean(this.selected && this.selected.id === h.id));
-      li.querySelector(".when").textContent = h.last_triggered_at ? `last ${ago(h.last_triggered_at)}` : "never triggered";
-    });
+    }, (li, h) => li.classList.toggle("selected", h.id === this.selectedId));
   }
 
-  async loadDeliveries() {
-    const { id, name } = this.selected;
-    const q = new URLSearchParams({ limit: "15" });
+  // --- one webhook ---------------------------------------------------------------------
+
+  async renderDetail() {
+    const box = this.els.detail;
+    const hook = this.hooks.find((h) => h.id === this.selectedId);
+    document.body.classList.toggle("hook-open", Boolean(hook));
+    if (!hook) {
+      box.replaceChildren(
+        el("p", "empty", this.selectedId ? `Webhook ${this.selectedId} does not exist (any more).` : "Select a webhook to see its deliveries."),
+      );
+      this.detailFor = null;
+      return;
+    }
+    if (this.detailFor !== hook.id) {
+      this.detailFor = hook.id;
+      box.replaceChildren(this.skeleton());
+    }
+    this.fillHeader(hook);
+    await this.loadDeliveries(hook);
+  }
+
+  skeleton() {
+    const frag = document.createDocumentFragment();
+    const back = button("← All webhooks", { cls: "ghost small only-narrow" });
+    back.addEventListener("click", () => this.ctx.navigate("#/webhooks"));
+    const head = el("div", "hd-head");
+    head.id = "hd-head";
+    const actions = el("div", "hd-actions");
+    actions.id = "hd-actions";
+    const facts = el("div", "hd-facts");
+    facts.id = "hd-facts";
+    const dhead = el("div", "panel-head sub");
+    const h3 = el("h3", "", "Deliveries");
+    h3.append(el("span", "muted", ""));
+    h3.lastChild.id = "deliveries-total";
+    const tabs = el("div", "tabs");
+    tabs.id = "delivery-tabs";
+    tabs.setAttribute("role", "tablist");
+    for (const [status, label] of [["", "all"], ["failed", "failed"], ["pending", "pending"], ["success", "success"]]) {
+      const b = button(label);
+      b.dataset.status = status;
+      b.setAttribute("role", "tab");
+      b.setAttribute("aria-selected", String(status === this.status));
+      b.addEventListener("click", () => {
+        this.status = status;
+        this.offset = 0;
+        for (const t of tabs.children) t.setAttribute("aria-selected", String(t === b));
+        this.refresh();
+      });
+      tabs.append(b);
+    }
+    dhead.append(h3, tabs);
+    const table = el("table", "grid deliveries");
+    table.id = "deliveries-table";
+    const thead = el("thead");
+    const tr = el("tr");
+    for (const [h, cls] of [["status", "c-status"], ["event", "c-event"], ["tries", "c-num"], ["HTTP", "c-num"], ["updated", "c-when"], ["", "c-act"]]) {
+      tr.append(el("th", cls, h));
+    }
+    thead.append(tr);
+    const tbody = el("tbody");
+    tbody.id = "deliveries";
+    table.append(thead, tbody);
+    const wrap = el("div", "table-wrap");
+    wrap.append(table);
+    const pager = el("div", "pager");
+    pager.id = "deliveries-pager";
+    frag.append(back, head, actions, facts, dhead, wrap, pager);
+    return frag;
+  }
+
+  fillHeader(hook) {
+    const head = $("hd-head");
+    const title = el("div", "hd-title");
+    title.append(el("h2", "", hook.name), hookState(hook));
+    const url = el("div", "copyable inline");
+    url.append(mono(hook.url, "hd-url"));
+    head.replaceChildren(title, url);
+    if (hook.disabled_reason) head.append(el("p", "callout bad", `Disabled: ${hook.disabled_reason}`));
+
+    const actions = $("hd-actions");
+    if (this.ctx.canWrite && actions.dataset.for !== String(hook.id) + hook.is_active) {
+      actions.dataset.for = String(hook.id) + hook.is_active;
+      const b = (text, test, fn, cls = "") => {
+        const x = button(text, { cls: `write ${cls}`, test });
+        x.addEventListener("click", () => fn(this.current()));
+        return x;
+      };
+      actions.replaceChildren(
+        b("Send test", "send-test", (h) => this.sendTest(h)),
+        b("Replay…", "replay", (h) => this.replay(h)),
+        b("Edit", "edit", (h) => this.edit(h)),
+        b(hook.is_active ? "Pause" : "Activate", "toggle-active", (h) => this.toggle(h)),
+        b("Rotate secret", "rotate", (h) => this.rotate(h)),
+        b("Delete", "delete", (h) => this.remove(h), "danger-text"),
+      );
+    } else if (!this.ctx.canWrite) {
+      actions.replaceChildren();
+    }
+
+    const rows = [
+      ["events", hook.event_types.join(", ")],
+      ["payload", hook.payload_format],
+      ["ordering", hook.ordering || "none"],
+      ["succeeded", `${(hook.success_count ?? 0).toLocaleString()} attempts`],
+      ["failed", `${(hook.failure_count ?? 0).toLocaleString()} attempts`],
+      ["last success", hook.last_success_at ? ago(hook.last_success_at) : "never"],
+      ["failing since", hook.failing_since ? when(hook.failing_since) : "—"],
+      ["secret rotation", hook.previous_secret_expires_at && new Date(hook.previous_secret_expires_at) > Date.now() ? `old secret signs until ${when(hook.previous_secret_expires_at)}` : "—"],
+    ];
+    if (hook.headers && Object.keys(hook.headers).length) rows.push(["headers", Object.keys(hook.headers).join(", ")]);
+    if (hook.description) rows.push(["description", hook.description]);
+    const facts = $("hd-facts");
+    const dl = el("dl", "facts cols");
+    for (const [k, v] of rows) dl.append(el("dt", "", k), el("dd", "", v));
+    facts.replaceChildren(dl);
+  }
+
+  current() {
+    return this.hooks.find((h) => h.id === this.selectedId);
+  }
+
+  async loadDeliveries(hook) {
+    const q = new URLSearchParams({ order: "desc", limit: String(PAGE), offset: String(this.offset) });
     if (this.status) q.set("status", this.status);
-    const data = await api(`/webhooks/${id}/deliveries?${q}`);
-    this.els.box.hidden = false;
-    this.els.title.textContent = `Recent deliveries · ${name}`;
+    const data = await api(`/webhooks/${hook.id}/deliveries?${q}`);
+    this.page = data;
     const items = data.items || [];
-    const body = this.els.deliveries;
+    const body = $("deliveries");
+    if (!body) return;
+    $("deliveries-total").textContent = ` · ${data.total.toLocaleString()}${this.status ? ` ${this.status}` : ""}`;
     if (!items.length) {
       const tr = el("tr");
-      const td = el("td", "none", this.status ? `No ${this.status} deliveries.` : "No deliveries yet.");
+      const td = el("td", "none", this.status ? `No ${this.status} deliveries.` : "No deliveries yet. Send a test, or wait for a matching event.");
       td.colSpan = 6;
       tr.append(td);
       body.replaceChildren(tr);
-      return;
+    } else {
+      reconcile(body, items, (d) => d.id, (d) => this.deliveryRow(hook, d), (tr, d) => {
+        tr.querySelector("time.rel").textContent = ago(d.delivered_at || d.updated_at);
+      });
     }
-    reconcile(body, items, (d) => {
-      const tr = el("tr", `d-${d.status}`);
-      tr.title = d.error_message || "";
-      const status = el("td");
-      status.append(el("span", `badge ${d.status === "success" ? "ok" : d.status === "failed" ? "bad" : "wait"}`, d.status));
-      const tries = el("td", "num", String(d.attempt_number ?? 0));
-      const http = el("td", "num", d.response_status ? String(d.response_status) : "—");
-      const act = el("td", "act");
-      if (d.status === "failed") {
-        const b = el("button", "small", "Retry");
-        b.type = "button";
-        b.dataset.retry = String(d.id);
-        b.dataset.hook = String(id);
-        act.append(b);
-      } else if (d.status === "pending" && d.next_retry_at) {
-        act.append(el("span", "muted", "retrying"));
-      }
-      tr.append(status, el("td", "mono", d.event_type), tries, http, el("td", "muted when"), act);
-      return tr;
-    }, (tr, d) => {
-      tr.querySelector(".when").textContent = ago(d.delivered_at || d.next_retry_at || d.created_at);
-    });
+    this.renderPager(data);
   }
 
-  async retry(button) {
-    button.disabled = true;
-    button.textContent = "…";
+  deliveryRow(hook, d) {
+    const tr = el("tr", `clickable d-${d.status}`);
+    tr.dataset.id = d.id;
+    tr.dataset.openable = "";
+    tr.tabIndex = 0;
+    const status = el("td", "c-status");
+    status.append(statusBadge(d.status));
+    const ev = el("td", "c-event");
+    ev.append(el("span", "mono", d.event_type), el("span", "muted", ` #${d.event_id}`));
+    if (d.replay) ev.append(el("span", "tag", `replay ${d.replay}`));
+    if (d.error_message && d.status !== "success") ev.append(el("div", "err-line", d.error_message));
+    const when = el("td", "c-when");
+    when.append(relTime(d.delivered_at || d.updated_at));
+    const act = el("td", "c-act");
+    if (d.status === "pending" && d.next_retry_at) act.append(el("span", "muted", `retry ${ago(d.next_retry_at)}`));
+    else if (d.status === "failed" && this.ctx.canWrite) {
+      const b = button("Retry", { cls: "small write", test: "retry" });
+      b.dataset.retry = d.id;
+      b.addEventListener("click", (e) => {
+        e.stopPropagation();
+        this.retry(hook, d, b);
+      });
+      act.append(b);
+    }
+    tr.append(status, ev, el("td", "c-num num", d.attempt_number), el("td", "c-num num", d.response_status ?? "—"), when, act);
+    const open = () => {
+      for (const s of $("deliveries").querySelectorAll("tr.selected")) s.classList.remove("selected");
+      tr.classList.add("selected");
+      this.ctx.drawer.open(deliveryPage(d, hook.name, { ...this.ctx, onChanged: () => this.refresh() }));
+    };
+    tr.addEventListener("click", open);
+    tr.addEventListener("keydown", (e) => e.key === "Enter" && open());
+    return tr;
+  }
+
+  renderPager(data) {
+    const pager = $("deliveries-pager");
+    const from = data.total ? data.offset + 1 : 0;
+    const to = Math.min(data.offset + data.items.length, data.total);
+    const newer = button("← Newer", { cls: "small", test: "page-newer" });
+    newer.disabled = data.offset === 0;
+    newer.addEventListener("click", () => {
+      this.offset = Math.max(0, this.offset - PAGE);
+      this.refresh();
+    });
+    const older = button("Older →", { cls: "small", test: "page-older" });
+    older.disabled = to >= data.total;
+    older.addEventListener("click", () => {
+      this.offset += PAGE;
+      this.refresh();
+    });
+    const note = el("span", "muted", data.total ? `${from.toLocaleString()}–${to.toLocaleString()} of ${data.total.toLocaleString()}, newest first` : "");
+    pager.replaceChildren(newer, note, older);
+  }
+
+  // --- write actions -------------------------------------------------------------------
+
+  async create() {
+    const hook = await webhookForm(null);
+    if (!hook) return;
+    await showSecret(hook);
+    this.ctx.navigate(`#/webhooks/${hook.id}`);
+    await this.refresh();
+  }
+
+  async edit(hook) {
+    const updated = await webhookForm(hook);
+    if (updated) {
+      toast(`Saved ${updated.name}`, "ok");
+      await this.refresh();
+    }
+  }
+
+  async toggle(hook) {
     try {
-      await api(`/webhooks/${button.dataset.hook}/deliveries/${button.dataset.retry}/retry`, { method: "POST" });
-      button.textContent = "queued";
+      await api(`/webhooks/${hook.id}`, { method: "PATCH", body: { is_active: !hook.is_active } });
+      toast(hook.is_active ? `${hook.name} paused: deliveries wait until it is active` : `${hook.name} is active`, "ok");
+      await this.refresh();
+    } catch (err) {
+      toast(err.message, "bad");
+    }
+  }
+
+  async sendTest(hook) {
+    try {
+      const d = await api(`/webhooks/${hook.id}/test`, { method: "POST" });
+      toast(`Test event sent to ${hook.name} (delivery #${d.id})`, "ok");
+      this.status = "";
+      this.offset = 0;
+      await this.refresh();
+    } catch (err) {
+      toast(err instanceof ApiError && err.status === 409 ? `${err.message}` : err.message, "bad");
+    }
+  }
+
+  async retry(hook, d, b) {
+    b.disabled = true;
+    b.textContent = "…";
+    try {
+      await api(`/webhooks/${hook.id}/deliveries/${d.id}/retry`, { method: "POST" });
+      b.textContent = "queued";
       setTimeout(() => this.refresh(), 500);
     } catch (err) {
-      button.disabled = false;
-      button.textContent = "Retry";
-      this.error(err.message);
+      b.disabled = false;
+      b.textContent = "Retry";
+      toast(err.message, "bad");
+    }
+  }
+
+  async rotate(hook) {
+    const rotated = await rotateDialog(hook);
+    if (!rotated) return;
+    await showSecret(rotated, { rotation: rotated.rotation });
+    await this.refresh();
+  }
+
+  async replay(hook) {
+    const done = await replayDialog(hook, { firstFailure: await this.firstFailure(hook) });
+    if (done) {
+      this.status = "";
+      this.offset = 0;
+      for (const t of $("delivery-tabs").children) t.setAttribute("aria-selected", String(t.dataset.status === ""));
+      await this.refresh();
+    }
+  }
+
+  // The time of the oldest event among the failed deliveries of the current
+  // failure streak (since failing_since, when the webhook has one): where a
+  // replay "since the first failure" starts. Event time, not delivery time:
+  // a replay by time selects events by when they were written.
+  async firstFailure(hook) {
+    try {
+      const page = await api(`/webhooks/${hook.id}/deliveries?status=failed&order=desc&limit=200`);
+      const since = hook.failing_since ? Date.parse(hook.failing_since) : -Infinity;
+      const times = (page.items || [])
+        .filter((d) => d.event_created_at && Date.parse(d.updated_at) >= since)
+        .map((d) => d.event_created_at)
+        .sort();
+      return times[0] || null;
+    } catch {
+      return null;
+    }
+  }
+
+  async remove(hook) {
+    const msg = [
+      el("p", "", `Delete ${hook.name} (${hook.url})?`),
+      el("p", "muted", "Its delivery history and attempts are deleted with it. To keep them, pause the webhook instead."),
+    ];
+    if (!(await confirmDialog("Delete webhook", msg, { confirm: "Delete webhook", danger: true, test: "delete-dialog" }))) return;
+    try {
+      await api(`/webhooks/${hook.id}`, { method: "DELETE" });
+      toast(`Deleted ${hook.name}`, "ok");
+      this.ctx.navigate("#/webhooks");
+      this.selectedId = null;
+      await this.refresh();
+    } catch (err) {
+      toast(err.message, "bad");
     }
   }
 }
 
-// Update a list in place, keyed by id: a row whose data did not change is
-// kept (a button under the pointer survives the refresh); only its relative
-// time is refreshed.
-function reconcile(container, items, build, update) {
-  const old = new Map();
-  for (const node of container.children) if (node.dataset.key) old.set(node.dataset.key, node);
-  const nodes = items.map((item) => {
-    const key = String(item.id);
-    const sig = JSON.stringify(item);
-    let node = old.get(key);
-    if (!node || node.dataset.sig !== sig) {
-      node = build(item);
-      node.dataset.key = key;
-      node.dataset.sig = sig;
-    }
-    update(node, item);
-    return node;
-  });
-  nodes.forEach((node, i) => {
-    if (container.children[i] !== node) container.insertBefore(node, container.children[i] || null);
-  });
-  while (container.children.length > nodes.length) container.lastElementChild.remove();
-}
-
-function el(tag, cls = "", text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-
-// Compact relative time ("12s ago", "in 5m"): the table column is narrow.
-function ago(iso) {
-  if (!iso) return "";
-  const s = (new Date(iso) - Date.now()) / 1000;
-  if (isNaN(s)) return iso;
-  const a = Math.abs(s);
-  const [n, unit] = a < 60 ? [a, "s"] : a < 3600 ? [a / 60, "m"] : a < 86400 ? [a / 3600, "h"] : [a / 86400, "d"];
-  const text = `${Math.round(n)}${unit}`;
-  if (a < 1) return "now";
-  return s < 0 ? `${text} ago` : `in ${text}`;
+function hookState(h) {
+  if (h.is_active) return badge("active", "ok");
+  return badge(h.disabled_reason ? "disabled" : "paused", h.disabled_reason ? "bad" : "off");
 }
