@@ -261,23 +261,19 @@ async def _field_id(form: Any, label: str) -> str:
 async def test_a_read_token_sees_everything_and_can_change_nothing(
     settings: Any, conn: psycopg.Connection[Any]
 ) -> None:
+    from outbox.tokens import create_token
+
     publish(conn, "user.created", {"name": "Ann"})
+    publish(conn, "ticket.created", {"title": "not for the feed token"})
     with conn.transaction():
         conn.execute(
             "INSERT INTO outbox.webhooks (name, url, event_types, secret, is_active)"
             " VALUES ('crm sync', 'http://127.0.0.1:9/hook', '{user.created}', 's', false)"
         )
+    reader = create_token(conn, "viewer", scope="read")
+    feeder = create_token(conn, "dash", scope="feed", events=["user.*"])
     async with serve_app(settings) as srv, open_page() as page:
-        # Scoped tokens come later (#16): the console follows what /whoami says.
-        async def read_scope(route: Any) -> None:
-            await route.fulfill(
-                status=200,
-                content_type="application/json",
-                body=json.dumps({"name": "viewer", "scope": "read", "events": None}),
-            )
-
-        await page.route("**/whoami", read_scope)
-        await login(page, srv.base_url, TOKEN)
+        await login(page, srv.base_url, reader)
         assert (await page.inner_text("#scope")).strip() == "read only"
         await page.click("#nav-webhooks")
         await page.wait_for_selector("#hd-head :text('crm sync')", timeout=WAIT_MS)
@@ -288,31 +284,29 @@ async def test_a_read_token_sees_everything_and_can_change_nothing(
             "[data-test=delete]",
             "[data-test=replay]",
             "[data-test=rotate]",
+            "[data-test=toggle-active]",
         ):
-            assert not await page.is_visible(write), write
+            assert await count(page, write) == 0 or not await page.is_visible(write), write
         await page.click("#nav-health")
         await page.wait_for_selector("#health-summary[data-status]", timeout=WAIT_MS)
         await screenshot(page, "console-read-token")
 
-        # A feed token: only the feed.
-        async def feed_scope(route: Any) -> None:
-            await route.fulfill(
-                status=200,
-                content_type="application/json",
-                body=json.dumps({"name": "dash", "scope": "feed", "events": ["user.*"]}),
-            )
-
-        await page.unroute("**/whoami")
-        await page.route("**/whoami", feed_scope)
-        await page.goto(f"{srv.base_url}/#/webhooks")
+        # A feed token: only the feed, and only its event patterns.
+        await page.goto(f"{srv.base_url}/#token={feeder}")
         await page.reload()  # the same document otherwise: only the hash changed
         await page.wait_for_selector('#status[data-state="live"]', timeout=WAIT_MS)
         assert (await page.inner_text("#scope")).strip() == "feed only"
         assert not await page.is_visible("#nav-webhooks")
         assert not await page.is_visible("#nav-health")
         assert await page.is_visible("#view-events")
-        assert not await page.is_visible("#view-webhooks")
         await wait_count(page, "#events li.ev", 1)
+        assert await texts(page, "#events li.ev .ev-type") == ["user.created"]
+        await page.goto(f"{srv.base_url}/#/webhooks")
+        assert not await page.is_visible("#view-webhooks")
+        # Opening an event shows no deliveries section (not the feed's to see).
+        await page.click("#events li.ev .ev-head")
+        await page.wait_for_selector("#drawer [data-test=event-payload]", timeout=WAIT_MS)
+        assert await count(page, "#drawer [data-test=event-deliveries]") == 0
 
 
 async def test_a_narrow_window_keeps_every_view_usable(
