@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from psycopg.rows import scalar_row
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,6 +39,7 @@ MAX_ID = 2**63 - 1
 
 
 def sql(name: str) -> str:
+    """A statement of sql/api.sql."""
     return query(name, "api.sql")
 
 
@@ -119,10 +121,10 @@ async def require_admin(request: Request) -> Principal:
 
 
 async def _any_live_token(st: AppState) -> bool:
-    async with st.pool.connection() as db:
-        cur = await db.execute(sql("token_any_live"))
-        row = await cur.fetchone()
-    return bool(row and row[0])
+    async with st.pool.connection() as db, db.cursor(row_factory=scalar_row) as cur:
+        await cur.execute(sql("token_any_live"))
+        live = await cur.fetchone()
+    return bool(live)
 
 
 async def _touch(request: Request, st: AppState, identity: str) -> None:

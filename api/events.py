@@ -8,6 +8,9 @@ round) without a gap.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import NamedTuple
+
 from psycopg.rows import dict_row
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,11 +37,12 @@ from outbox.api.schemas import (
     EventTypeOut,
     TrackedRule,
 )
-from outbox.cursor import Cursor
+from outbox.cursor import Cursor, sql_params
 from outbox.errors import CursorError
 from outbox.events import Matcher, restrict
 from outbox.relay.feed import head, read_batch
 from outbox.relay.retention import cursor_expired
+from outbox.rows import record_row
 
 # With a filter that matches little, keep reading until something matches,
 # but never scan more than this many pages in one request.
@@ -51,6 +55,26 @@ EXPIRED = (
     "cursor expired: events after it were removed by retention (OUTBOX_RETENTION); "
     "start again without since= (from the oldest retained event)"
 )
+
+
+class _Seen(NamedTuple):
+    event_type: str
+    last_seen_at: datetime
+    recent: int
+
+
+class _Tracked(NamedTuple):
+    event_type: str
+    table_schema: str
+    table_name: str
+    operation: str
+
+
+class _DeliveryCounts(NamedTuple):
+    pending: int
+    success: int
+    failed: int
+    due: int
 
 
 @endpoint(
@@ -126,13 +150,7 @@ async def _list_newest_first(request: Request, q: EventQuery) -> Response:
         for _ in range(MAX_PAGES_PER_REQUEST):
             async with db.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
-                    sql("events_emitted_desc"),
-                    {
-                        "after": cursor.after,
-                        "pending": [str(x) for x in cursor.pending],
-                        "xmax": str(cursor.xmax),
-                        "limit": q.limit,
-                    },
+                    sql("events_emitted_desc"), {**sql_params(cursor), "limit": q.limit}
                 )
                 rows = await cur.fetchall()
             for r in rows:
@@ -178,8 +196,8 @@ async def event_deliveries(request: Request) -> Response:
             await cur.execute(sql("event_deliveries"), {"id": event_id})
             rows = await cur.fetchall()
         if not rows:
-            cur2 = await db.execute(sql("event_exists"), {"id": event_id})
-            if await cur2.fetchone() is None:
+            exists = await db.execute(sql("event_exists"), {"id": event_id})
+            if await exists.fetchone() is None:
                 raise ApiError(404, EVENT_NOT_FOUND)
     return json_response(
         EventDeliveryList(items=[EventDeliveryOut.model_validate(r) for r in rows])
@@ -197,18 +215,24 @@ async def event_deliveries(request: Request) -> Response:
 async def list_event_types(request: Request) -> Response:
     found: dict[str, EventTypeOut] = {}
     async with state_of(request).pool.connection() as db:
-        cur = await db.execute(sql("event_types_seen"), {"window": EVENT_TYPES_WINDOW})
-        for event_type, last_seen_at, _ in await cur.fetchall():
-            found[event_type] = EventTypeOut(
-                event_type=event_type, seen=True, last_seen_at=last_seen_at, tracked=[]
-            )
-        cur = await db.execute(sql("event_types_tracked"))
-        for event_type, schema, table, operation in await cur.fetchall():
-            entry = found.setdefault(
-                event_type,
-                EventTypeOut(event_type=event_type, seen=False, last_seen_at=None, tracked=[]),
-            )
-            entry.tracked.append(TrackedRule(table=f"{schema}.{table}", operation=operation))
+        async with db.cursor(row_factory=record_row(_Seen)) as seen:
+            await seen.execute(sql("event_types_seen"), {"window": EVENT_TYPES_WINDOW})
+            for s in await seen.fetchall():
+                found[s.event_type] = EventTypeOut(
+                    event_type=s.event_type, seen=True, last_seen_at=s.last_seen_at, tracked=[]
+                )
+        async with db.cursor(row_factory=record_row(_Tracked)) as tracked:
+            await tracked.execute(sql("event_types_tracked"))
+            for t in await tracked.fetchall():
+                entry = found.setdefault(
+                    t.event_type,
+                    EventTypeOut(
+                        event_type=t.event_type, seen=False, last_seen_at=None, tracked=[]
+                    ),
+                )
+                entry.tracked.append(
+                    TrackedRule(table=f"{t.table_schema}.{t.table_name}", operation=t.operation)
+                )
     items = [found[k] for k in sorted(found)]
     return json_response(EventTypeList(items=items, window=EVENT_TYPES_WINDOW))
 
@@ -225,19 +249,21 @@ async def list_event_types(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     st = state_of(request)
     text = st.metrics.render()
-    async with st.pool.connection() as db:
-        cur = await db.execute(sql("metrics_deliveries"))
-        row = await cur.fetchone()
-    assert row is not None
-    pending, success, failed, due = row
+    async with (
+        st.pool.connection() as db,
+        db.cursor(row_factory=record_row(_DeliveryCounts)) as cur,
+    ):
+        await cur.execute(sql("metrics_deliveries"))
+        n = await cur.fetchone()
+    assert n is not None
     text += _gauge(
         text,
         "outbox_deliveries",
         "Delivery rows by status (within the retention window)",
-        {'status="pending"': pending, 'status="success"': success, 'status="failed"': failed},
+        {'status="pending"': n.pending, 'status="success"': n.success, 'status="failed"': n.failed},
     )
     text += _gauge(
-        text, "outbox_delivery_queue_depth", "Pending deliveries that are due now", {"": due}
+        text, "outbox_delivery_queue_depth", "Pending deliveries that are due now", {"": n.due}
     )
     return Response(text, media_type=PROMETHEUS)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, scalar_row
 from psycopg.types.json import Jsonb
 from starlette.requests import Request
 from starlette.responses import Response
@@ -54,12 +54,13 @@ from outbox.api.schemas import (
     WebhookWithSecret,
     merge_patterns,
 )
-from outbox.cursor import Cursor
+from outbox.cursor import Cursor, sql_params
 from outbox.errors import CursorError
 from outbox.relay import ops
 from outbox.relay.config import Settings
 from outbox.relay.signing import generate_secret
 from outbox.relay.ssrf import UnsafeURL, check_url
+from outbox.rows import record_row
 
 AsyncConn = psycopg.AsyncConnection[Any]
 DELIVERY_NOT_FOUND = "Delivery not found"
@@ -68,8 +69,6 @@ BOTH_NOT_FOUND = {404: f"{NOT_FOUND} / {DELIVERY_NOT_FOUND}"}
 # A name server that does not answer must not hold the request: the sender
 # checks every address it connects to anyway.
 URL_CHECK_TIMEOUT = 5.0
-
-_COLUMNS = sql("webhook_columns")
 
 
 async def _check_url(url: str, settings: Settings) -> None:
@@ -83,11 +82,9 @@ async def _check_url(url: str, settings: Settings) -> None:
 
 
 async def _fetch_webhook(db: AsyncConn, webhook_id: int, *, secret: bool = False) -> dict[str, Any]:
-    cols = _COLUMNS + (", secret" if secret else "")
+    name = "webhook_get_with_secret" if secret else "webhook_get"
     async with db.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            f"SELECT {cols} FROM outbox.webhooks WHERE id = %(id)s", {"id": webhook_id}
-        )
+        await cur.execute(sql(name), {"id": webhook_id})
         row = await cur.fetchone()
     if row is None:
         raise ApiError(404, NOT_FOUND)
@@ -102,10 +99,7 @@ async def _require_webhook(db: AsyncConn, webhook_id: int) -> None:
 
 async def _fetch_delivery(db: AsyncConn, webhook_id: int, delivery_id: int) -> DeliveryOut:
     async with db.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            sql("delivery_select") + "\n" + sql("delivery_one_where"),
-            {"webhook_id": webhook_id, "id": delivery_id},
-        )
+        await cur.execute(sql("delivery_one"), {"webhook_id": webhook_id, "id": delivery_id})
         row = await cur.fetchone()
     if row is None:
         raise ApiError(404, DELIVERY_NOT_FOUND)
@@ -143,13 +137,7 @@ async def create_webhook(request: Request) -> Response:
         "headers": Jsonb(body.headers),
     }
     async with st.pool.connection() as db, db.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "INSERT INTO outbox.webhooks"
-            " (name, url, event_types, secret, payload_format, description, is_active, headers)"
-            " VALUES (%(name)s, %(url)s, %(event_types)s, %(secret)s, %(payload_format)s,"
-            f" %(description)s, %(is_active)s, %(headers)s) RETURNING {_COLUMNS}, secret",
-            params,
-        )
+        await cur.execute(sql("webhook_insert"), params)
         row = await cur.fetchone()
     assert row is not None
     out = WebhookWithSecret.from_row(row)
@@ -174,21 +162,17 @@ async def list_webhooks(request: Request) -> Response:
         "limit": q.limit,
         "offset": q.offset,
     }
-    where = sql("webhook_where")
     async with state_of(request).pool.connection() as db:
         async with db.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                f"SELECT {_COLUMNS} FROM outbox.webhooks WHERE {where}"
-                " ORDER BY id LIMIT %(limit)s OFFSET %(offset)s",
-                params,
-            )
+            await cur.execute(sql("webhook_list"), params)
             rows = await cur.fetchall()
-        cur2 = await db.execute(sql("webhook_count") + "\n" + where, params)
-        total_row = await cur2.fetchone()
-    assert total_row is not None
+        async with db.cursor(row_factory=scalar_row) as count:
+            await count.execute(sql("webhook_count"), params)
+            total = await count.fetchone()
+    assert total is not None
     page = WebhookPage(
         items=[WebhookOut.from_row(r) for r in rows],
-        total=total_row[0],
+        total=total,
         limit=q.limit,
         offset=q.offset,
     )
@@ -293,18 +277,19 @@ async def list_deliveries(request: Request) -> Response:
     webhook_id = path_id(request, "webhook_id")
     q = parse_query(request, DeliveryQuery)
     params = {"webhook_id": webhook_id, "status": q.status, "limit": q.limit, "offset": q.offset}
-    page_where = "delivery_page_where_desc" if q.order == "desc" else "delivery_page_where"
+    statement = "delivery_page_desc" if q.order == "desc" else "delivery_page"
     async with state_of(request).pool.connection() as db:
         await _require_webhook(db, webhook_id)
         async with db.cursor(row_factory=dict_row) as cur:
-            await cur.execute(sql("delivery_select") + "\n" + sql(page_where), params)
+            await cur.execute(sql(statement), params)
             rows = await cur.fetchall()
-        cur2 = await db.execute(sql("delivery_count"), params)
-        total_row = await cur2.fetchone()
-    assert total_row is not None
+        async with db.cursor(row_factory=scalar_row) as count:
+            await count.execute(sql("delivery_count"), params)
+            total = await count.fetchone()
+    assert total is not None
     page = DeliveryPage(
         items=[DeliveryOut.model_validate(r) for r in rows],
-        total=total_row[0],
+        total=total,
         limit=q.limit,
         offset=q.offset,
     )
@@ -324,11 +309,12 @@ async def list_deliveries(request: Request) -> Response:
 async def send_test(request: Request) -> Response:
     webhook_id = path_id(request, "webhook_id")
     async with state_of(request).pool.connection() as db:
-        cur = await db.execute(sql("webhook_is_active"), {"id": webhook_id})
-        row = await cur.fetchone()
-        if row is None:
+        async with db.cursor(row_factory=scalar_row) as cur:
+            await cur.execute(sql("webhook_is_active"), {"id": webhook_id})
+            is_active = await cur.fetchone()
+        if is_active is None:
             raise ApiError(404, NOT_FOUND)
-        if not row[0]:
+        if not is_active:
             raise ApiError(409, "Webhook is inactive: activate it before sending a test")
         delivery_id = await ops.send_test(db, webhook_id)
         if delivery_id is None:
@@ -455,6 +441,14 @@ async def rotate_secret(request: Request) -> Response:
 MAX_REPLAY = 100_000
 
 
+class _Replayed(NamedTuple):
+    """A ``replay_range`` row: an event to deliver again, and its replay number."""
+
+    id: int
+    event_type: str
+    replay: int
+
+
 def _bound(text: str, field: str) -> tuple[Cursor | None, datetime | None]:
     """A replay bound: a cursor, or else an ISO 8601 time (UTC without a zone)."""
     try:
@@ -493,20 +487,17 @@ async def replay(request: Request) -> Response:
         raise ValidationFailed.one("until", "must be after since")
     params: dict[str, Any] = {
         "webhook_id": webhook_id,
-        "since_after": since_c.after if since_c else None,
-        "since_pending": [str(x) for x in since_c.pending] if since_c else [],
-        "since_xmax": str(since_c.xmax) if since_c else "0",
-        "until_after": until_c.after if until_c else None,
-        "until_pending": [str(x) for x in until_c.pending] if until_c else [],
-        "until_xmax": str(until_c.xmax) if until_c else "0",
+        **sql_params(since_c, prefix="since_"),
+        **sql_params(until_c, prefix="until_"),
         "since_time": since_t,
         "until_time": until_t,
         "cap": MAX_REPLAY + 1,
     }
     async with state_of(request).pool.connection() as db, db.transaction():
         await _require_webhook(db, webhook_id)
-        cur = await db.execute(sql("replay_range"), params)
-        rows = await cur.fetchall()
+        async with db.cursor(row_factory=record_row(_Replayed)) as cur:
+            await cur.execute(sql("replay_range"), params)
+            rows = await cur.fetchall()
         if len(rows) > MAX_REPLAY:
             raise ValidationFailed.one(
                 "since", f"the range holds more than {MAX_REPLAY} events: narrow it (until)"
@@ -519,9 +510,9 @@ async def replay(request: Request) -> Response:
                 sql("replay_insert"),
                 {
                     "webhook_id": webhook_id,
-                    "event_ids": [r[0] for r in rows],
-                    "event_types": [r[1] for r in rows],
-                    "replays": [r[2] for r in rows],
+                    "event_ids": [r.id for r in rows],
+                    "event_types": [r.event_type for r in rows],
+                    "replays": [r.replay for r in rows],
                 },
             )
             queued = ins.rowcount

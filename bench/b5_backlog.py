@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from psycopg import sql
 
 from bench.b4_webhooks import wait_delivered
 from bench.context import Context, interleaved
@@ -45,12 +46,11 @@ RSS_TARGET = Target("<", 300)
 CHUNK = 1000
 PAGE = 1000
 
-LOAD_SQL = (
+LOAD_SQL = sql.SQL(
     "INSERT INTO outbox.events (event_type, payload) SELECT "
-    "CASE WHEN g %% %(every)s = 0 THEN 'bench.hook' ELSE 'bench.backlog' END, "
-    + SQL_PAYLOAD.replace("%(last)s", "%(n)s")
-    + " FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS g"
-)
+    "CASE WHEN g %% %(every)s = 0 THEN 'bench.hook' ELSE 'bench.backlog' END, {payload}"
+    " FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS g"
+).format(payload=SQL_PAYLOAD)
 NAIVE_SQL = (
     "SELECT id, xid::text::bigint, event_type, payload::text, created_at"
     " FROM outbox.events WHERE id > %s ORDER BY id LIMIT %s"

@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from psycopg import sql
+
 SUBJECT = "Printer on fire in room 101"
 
-# jsonb_build_object over a generate_series column ``g``.
-SQL_PAYLOAD = (
+# jsonb_build_object over a generate_series column ``g``; the last event
+# (g = %(n)s) carries %(marker)s.
+SQL_PAYLOAD = sql.SQL(
     "jsonb_build_object('seq', g, 'ticket_id', 100000 + g, 'status', 'open', "
-    "'priority', g %% 5, 'subject', '" + SUBJECT + "', 'end', "
-    "CASE WHEN g = %(last)s THEN %(marker)s ELSE '' END)"
-)
+    "'priority', g %% 5, 'subject', {subject}, 'end', "
+    "CASE WHEN g = %(n)s THEN %(marker)s ELSE '' END)"
+).format(subject=sql.Literal(SUBJECT))
 
 
 def payload(seq: int, marker: str = "", run: str = "") -> dict[str, Any]:
@@ -39,24 +42,22 @@ def payload_json(seq: int, marker: str = "") -> str:
     return json.dumps(payload(seq, marker))
 
 
-def publish_events_sql(event_type: str) -> str:
+def publish_events_sql(event_type: str) -> sql.Composed:
     """``%(n)s`` events numbered 1..n through ``outbox.publish``, in one statement.
 
     Through publish, not a raw INSERT, so the relay is woken the way an
     application's writes wake it. Event n carries ``%(marker)s``. Returns one
     row: (first id, last id, count).
     """
-    return (
-        f"SELECT min(id), max(id), count(*) FROM (SELECT outbox.publish('{event_type}', "
-        + SQL_PAYLOAD.replace("%(last)s", "%(n)s")
-        + ") AS id FROM generate_series(1, %(n)s::bigint) AS g) AS published"
-    )
+    return sql.SQL(
+        "SELECT min(id), max(id), count(*) FROM (SELECT outbox.publish({event_type}, {payload})"
+        " AS id FROM generate_series(1, %(n)s::bigint) AS g) AS published"
+    ).format(event_type=sql.Literal(event_type), payload=SQL_PAYLOAD)
 
 
-def insert_events_sql(event_type: str) -> str:
+def insert_events_sql(event_type: str) -> sql.Composed:
     """A raw INSERT of ``%(n)s`` events (no wake-up): for pre-loading a backlog fast."""
-    return (
-        f"INSERT INTO outbox.events (event_type, payload) SELECT '{event_type}', "
-        + SQL_PAYLOAD.replace("%(last)s", "%(n)s")
-        + " FROM generate_series(1, %(n)s::bigint) AS g"
-    )
+    return sql.SQL(
+        "INSERT INTO outbox.events (event_type, payload) SELECT {event_type}, {payload}"
+        " FROM generate_series(1, %(n)s::bigint) AS g"
+    ).format(event_type=sql.Literal(event_type), payload=SQL_PAYLOAD)

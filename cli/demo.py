@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.rows import scalar_row
 
 from outbox.cli.main import _say
 from outbox.errors import ConfigError, OutboxError
+from outbox.sqlfiles import query
 
 if TYPE_CHECKING:
     from outbox.relay.config import Settings
@@ -223,8 +225,8 @@ async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
             ["ticket.*"],
             "outbox demo: refuses 30% of requests, to show retries and failures",
         )
-        row = conn.execute("SELECT coalesce(max(id), 0) FROM outbox.events").fetchone()
-        start_id = int(row[0]) if row else 0
+        with conn.cursor(row_factory=scalar_row) as cur:
+            start_id = int(cur.execute(query("last_event_id", "demo.sql")).fetchone() or 0)
         conn.commit()
         # A link to hand to someone who should watch, not change anything.
         read_token = create_token(conn, f"demo-read-{secrets.token_hex(4)}", scope="read")
@@ -366,16 +368,14 @@ async def _drain(url: str, webhook_id: int, start_id: int, stop: asyncio.Event) 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DRAIN_TIMEOUT
     missing = -1
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+    params = {"start_id": start_id, "webhook_id": webhook_id}
+    async with (
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
+        conn.cursor(row_factory=scalar_row) as cur,
+    ):
         while not stop.is_set():
-            cur = await conn.execute(
-                "SELECT count(*) FROM outbox.events e WHERE e.id > %s AND NOT EXISTS ("
-                " SELECT 1 FROM outbox.deliveries d WHERE d.webhook_id = %s"
-                " AND d.event_id = e.id AND d.status = 'success')",
-                (start_id, webhook_id),
-            )
-            row = await cur.fetchone()
-            missing = int(row[0]) if row else 0
+            await cur.execute(query("undelivered_count", "demo.sql"), params)
+            missing = int(await cur.fetchone() or 0)
             if missing == 0:
                 _say("every event of this run was delivered to the demo receiver")
                 return

@@ -30,16 +30,18 @@ import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
+from psycopg.rows import scalar_row
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from outbox.capture import Rule, TrackedRule, track
-from outbox.sqlfiles import queries
+from outbox.rows import record_row
+from outbox.sqlfiles import query
 
 log = logging.getLogger("outbox.demo")
 
@@ -95,7 +97,34 @@ EVENT_TYPES = (
 
 
 def _q(name: str) -> str:
-    return queries(SQL_FILE)[name]
+    return query(name, SQL_FILE)
+
+
+class _Recent(NamedTuple):
+    """A ``recent_state`` row: what the generator picks up after a restart."""
+
+    kind: str  # 'user', 'pending' (a payment) or 'ticket'
+    id: int
+    owner: int
+    status: str | None
+
+
+class _Settled(NamedTuple):
+    user_id: int
+    amount_kopeks: int
+    type: str
+
+
+class _Webhook(NamedTuple):
+    id: int
+    secret: str
+
+
+async def _value(conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any]) -> Any:
+    """The one value statement ``name`` returns; None when it returns no row."""
+    async with conn.cursor(row_factory=scalar_row) as cur:
+        await cur.execute(_q(name), params)
+        return await cur.fetchone()
 
 
 def setup(conn: psycopg.Connection[Any]) -> list[TrackedRule]:
@@ -322,19 +351,20 @@ class Traffic:
         return events
 
     async def _load_state(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        async with conn.transaction():
-            cur = await conn.execute(_q("recent_state"))
+        async with conn.transaction(), conn.cursor(row_factory=record_row(_Recent)) as cur:
+            await cur.execute(_q("recent_state"))
             rows = await cur.fetchall()
         self._users.clear()
         self._pending.clear()
         self._tickets.clear()
-        for kind, id_, owner, status in reversed(rows):
-            if kind == "user":
-                self._users.append(_User(id_, self.rng.random() < 0.6))
-            elif kind == "pending":
-                self._pending.append((id_, owner))
+        for r in reversed(rows):
+            if r.kind == "user":
+                self._users.append(_User(r.id, self.rng.random() < 0.6))
+            elif r.kind == "pending":
+                self._pending.append((r.id, r.owner))
             else:
-                self._tickets[id_] = _Ticket(id_, owner, status, self.rng.random() < 0.6)
+                assert r.status is not None
+                self._tickets[r.id] = _Ticket(r.id, r.owner, r.status, self.rng.random() < 0.6)
 
     async def _action(
         self, conn: psycopg.AsyncConnection[Any], undo: list[Callable[[], object]]
@@ -375,8 +405,9 @@ class Traffic:
             handle = (first + (last or "")).lower()
         username = None if rng.random() < 0.15 else f"{handle}{rng.randint(1, 999)}"
         referrer = rng.choice(self._users).id if self._users and rng.random() < 0.3 else None
-        cur = await conn.execute(
-            _q("insert_user"),
+        user_id = await _value(
+            conn,
+            "insert_user",
             {
                 "telegram_id": rng.randint(100_000_000, 7_999_999_999),
                 "username": username,
@@ -388,10 +419,9 @@ class Traffic:
                 "referred_by_id": referrer,
             },
         )
-        row = await cur.fetchone()
-        if row is None:  # telegram_id or referral code taken: nothing inserted
+        if user_id is None:  # telegram_id or referral code taken: nothing inserted
             return 0
-        self._users.append(_User(int(row[0]), ru))
+        self._users.append(_User(int(user_id), ru))
         undo.append(self._users.pop)
         return 1
 
@@ -402,8 +432,9 @@ class Traffic:
         method = self.rng.choice(_METHODS)
         amount = self.rng.choice(_DEPOSITS)
         desc = f"Пополнение баланса через {method}" if user.ru else f"Balance top-up via {method}"
-        cur = await conn.execute(
-            _q("insert_transaction"),
+        tx_id = await _value(
+            conn,
+            "insert_transaction",
             {
                 "user_id": user.id,
                 "type": "deposit",
@@ -413,12 +444,11 @@ class Traffic:
                 "payment_method": method,
             },
         )
-        row = await cur.fetchone()
-        assert row is not None
+        assert tx_id is not None
         if self.rng.random() < 0.5:
             # Paid at once (the provider confirmed within the same request).
-            return 1 + await self._settle_one(conn, int(row[0]), user.id)
-        self._pending.append((int(row[0]), user.id))
+            return 1 + await self._settle_one(conn, int(tx_id), user.id)
+        self._pending.append((int(tx_id), user.id))
         undo.append(self._pending.pop)
         return 1
 
@@ -433,21 +463,22 @@ class Traffic:
         self, conn: psycopg.AsyncConnection[Any], tx_id: int, user_id: int
     ) -> int:
         status = "failed" if self.rng.random() < 0.1 else "completed"
-        cur = await conn.execute(_q("settle_transaction"), {"id": tx_id, "status": status})
-        row = await cur.fetchone()
-        if row is None or status == "failed":
+        async with conn.cursor(row_factory=record_row(_Settled)) as cur:
+            await cur.execute(_q("settle_transaction"), {"id": tx_id, "status": status})
+            settled = await cur.fetchone()
+        if settled is None or status == "failed":
             return 0
-        await conn.execute(_q("credit_balance"), {"user_id": user_id, "amount_kopeks": row[1]})
+        await conn.execute(
+            _q("credit_balance"), {"user_id": user_id, "amount_kopeks": settled.amount_kopeks}
+        )
         events = 1  # payment.completed
-        referrer = await (
-            await conn.execute("SELECT referred_by_id FROM demo.users WHERE id = %s", (user_id,))
-        ).fetchone()
-        if referrer and referrer[0] is not None:
-            bonus = max(int(row[1]) // 10, 100)
+        referrer = await _value(conn, "referrer", {"user_id": user_id})
+        if referrer is not None:
+            bonus = max(int(settled.amount_kopeks) // 10, 100)
             await conn.execute(
                 _q("insert_transaction"),
                 {
-                    "user_id": referrer[0],
+                    "user_id": referrer,
                     "type": "referral_reward",
                     "amount_kopeks": bonus,
                     "status": "completed",
@@ -455,9 +486,7 @@ class Traffic:
                     "payment_method": None,
                 },
             )
-            await conn.execute(
-                _q("credit_balance"), {"user_id": referrer[0], "amount_kopeks": bonus}
-            )
+            await conn.execute(_q("credit_balance"), {"user_id": referrer, "amount_kopeks": bonus})
             events += 1  # transaction.created
         return events
 
@@ -486,12 +515,11 @@ class Traffic:
         user = self.rng.choice(self._users)
         title, text = self.rng.choice(_TICKETS_RU if user.ru else _TICKETS_EN)
         priority = self.rng.choices(["low", "normal", "high", "urgent"], [2, 6, 2, 1])[0]
-        cur = await conn.execute(
-            _q("insert_ticket"), {"user_id": user.id, "title": title, "priority": priority}
+        ticket_id = await _value(
+            conn, "insert_ticket", {"user_id": user.id, "title": title, "priority": priority}
         )
-        row = await cur.fetchone()
-        assert row is not None
-        tid = int(row[0])
+        assert ticket_id is not None
+        tid = int(ticket_id)
         ticket = _Ticket(tid, user.id, "open", user.ru)
         await self._message(conn, ticket, False, [text])
         self._tickets[tid] = ticket
@@ -711,19 +739,13 @@ def register_webhook(
     Registered through SQL before the server starts, so the first events
     already have a subscriber. Returns ``(id, secret)``.
     """
-    with conn.transaction():
-        row = conn.execute(
-            "UPDATE outbox.webhooks SET url = %s, event_types = %s, is_active = true,"
-            " disabled_reason = NULL, failing_since = NULL, updated_at = now()"
-            " WHERE id = (SELECT min(id) FROM outbox.webhooks WHERE name = %s)"
-            " RETURNING id, secret",
-            (url, event_types, name),
-        ).fetchone()
+    params = {"name": name, "url": url, "event_types": event_types}
+    with conn.transaction(), conn.cursor(row_factory=record_row(_Webhook)) as cur:
+        row = cur.execute(_q("webhook_repoint"), params).fetchone()
         if row is None:
-            row = conn.execute(
-                "INSERT INTO outbox.webhooks (name, url, event_types, secret, description)"
-                " VALUES (%s, %s, %s, %s, %s) RETURNING id, secret",
-                (name, url, event_types, generate_secret(), description),
+            row = cur.execute(
+                _q("webhook_create"),
+                {**params, "secret": generate_secret(), "description": description},
             ).fetchone()
     assert row is not None
-    return int(row[0]), str(row[1])
+    return int(row.id), str(row.secret)

@@ -44,10 +44,14 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg import sql
+from psycopg.rows import scalar_row
 
 from outbox.errors import OutboxError
+from outbox.sqlfiles import query
 
 DBNAME = "outbox"
 SUPERUSER = "outbox"
@@ -417,11 +421,7 @@ class EmbeddedCluster:
     def _ensure_database(self, admin_url: str) -> None:
         try:
             with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-                exists = conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s", (DBNAME,)
-                ).fetchone()
-                if not exists:
-                    conn.execute(f'CREATE DATABASE "{DBNAME}"')
+                create_database(conn, DBNAME)
         except psycopg.Error as exc:
             raise EmbeddedError(
                 f"cannot use the embedded cluster: {str(exc).strip().splitlines()[0]}"
@@ -482,3 +482,16 @@ def locate(
     if bindir is None:
         return None
     return EmbeddedCluster(bindir=bindir, root=root or default_dir(env), log=log)
+
+
+def create_database(conn: psycopg.Connection[Any], dbname: str) -> bool:
+    """Create database ``dbname`` unless it exists; True if this call created it.
+
+    ``conn`` is an autocommit connection to another database of the server.
+    """
+    with conn.cursor(row_factory=scalar_row) as cur:
+        if cur.execute(query("database_exists", "database.sql"), {"dbname": dbname}).fetchone():
+            return False
+    create = sql.SQL(query("create_database", "database.sql"))
+    conn.execute(create.format(dbname=sql.Identifier(dbname)))
+    return True

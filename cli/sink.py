@@ -32,7 +32,7 @@ def _head(conn: Any) -> Any:
 
 
 def _lag(conn: Any, text: str) -> dict[str, Any] | None:
-    from outbox.cursor import Cursor
+    from outbox.cursor import Cursor, sql_params
     from outbox.errors import CursorError
     from outbox.relay.feed import LAG_CAP, Lag
     from outbox.sqlfiles import query
@@ -41,7 +41,7 @@ def _lag(conn: Any, text: str) -> dict[str, Any] | None:
         c = Cursor.decode(text)
     except CursorError:
         return None
-    row = conn.execute(query("feed_lag", "feed.sql"), {**c.params(), "cap": LAG_CAP}).fetchone()
+    row = conn.execute(query("feed_lag", "feed.sql"), {**sql_params(c), "cap": LAG_CAP}).fetchone()
     return Lag(int(row[0]), float(row[1]) if row[0] else 0.0).as_dict()
 
 
@@ -108,7 +108,7 @@ def cmd_sink_list(args: argparse.Namespace) -> int:
     with connect(_db_url(args), autocommit=True) as conn:
         rows = (
             conn.cursor(row_factory=dict_row)
-            .execute(f"SELECT {_sql('sink_columns')} FROM outbox.sinks ORDER BY id")
+            .execute(_sql("sink_list"), {"limit": None, "offset": 0})
             .fetchall()
         )
         items = []

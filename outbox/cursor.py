@@ -61,18 +61,25 @@ class Cursor:
             raise CursorError("invalid cursor")
         return value
 
-    def params(self) -> dict[str, int | str | list[str]]:
-        """The cursor as the parameters ``after``, ``xmax`` and ``pending`` of
-        the SQL that reads after it (sql/feed.sql, sql/retention.sql).
-
-        The xids go as text (the SQL casts them ``::text::xid8``): psycopg has
-        no adapter for xid8, and a bigint would not cast to it.
-        """
-        return {
-            "after": self.after,
-            "xmax": str(self.xmax),
-            "pending": [str(x) for x in self.pending],
-        }
-
     def __str__(self) -> str:
         return self.encode()
+
+
+def sql_params(
+    cursor: Cursor | None, *, prefix: str = ""
+) -> dict[str, int | str | list[str] | None]:
+    """A cursor as the parameters ``after``, ``xmax`` and ``pending`` of the SQL
+    that reads after it (sql/feed.sql, sql/retention.sql, sql/api.sql), each
+    name behind ``prefix`` when a statement takes two cursors.
+
+    The xids go as text (the SQL casts them ``::text::xid8``): psycopg has no
+    adapter for xid8. ``None`` (no cursor: an open bound) gives ``after``
+    NULL, which the statements read as "no bound".
+    """
+    if cursor is None:
+        return {f"{prefix}after": None, f"{prefix}xmax": "0", f"{prefix}pending": []}
+    return {
+        f"{prefix}after": cursor.after,
+        f"{prefix}xmax": str(cursor.xmax),
+        f"{prefix}pending": [str(x) for x in cursor.pending],
+    }

@@ -9,27 +9,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import NamedTuple
 
 import psycopg
+from psycopg.rows import scalar_row
 
 from outbox.errors import MigrationError
-from outbox.sqlfiles import migrations
+from outbox.names import MIGRATION_KEY
+from outbox.rows import record_row
+from outbox.sqlfiles import migrations, query
 
-# Arbitrary, fixed: "outbox migrate" as a 64-bit key.
-MIGRATION_LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"outbox migrate").digest()[:8], "big", signed=True
-)
+_SQL = "migrate.sql"
 
-_BOOTSTRAP = """
-CREATE SCHEMA IF NOT EXISTS outbox;
-CREATE TABLE IF NOT EXISTS outbox.schema_migrations (
-    version    integer     NOT NULL,
-    name       text        NOT NULL,
-    checksum   text        NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT schema_migrations_pkey PRIMARY KEY (version)
-)
-"""
+
+class _Applied(NamedTuple):
+    version: int
+    checksum: str
 
 
 def migrate(conn: psycopg.Connection, *, log: Callable[[str], None] | None = None) -> list[int]:
@@ -42,10 +37,11 @@ def migrate(conn: psycopg.Connection, *, log: Callable[[str], None] | None = Non
     applied: list[int] = []
     try:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-            conn.execute(_BOOTSTRAP)
-            rows = conn.execute("SELECT version, checksum FROM outbox.schema_migrations").fetchall()
-            done = {v: c for v, c in rows}
+            conn.execute(query("migrate_lock", _SQL), {"key": MIGRATION_KEY})
+            conn.execute(query("migrate_schema", _SQL))
+            conn.execute(query("migrate_versions_table", _SQL))
+            with conn.cursor(row_factory=record_row(_Applied)) as cur:
+                done = {r.version: r.checksum for r in cur.execute(query("migrate_applied", _SQL))}
             for version, name, sql in steps:
                 checksum = hashlib.sha256(sql.encode()).hexdigest()
                 if version in done:
@@ -56,9 +52,8 @@ def migrate(conn: psycopg.Connection, *, log: Callable[[str], None] | None = Non
                     log(f"applying {version:03d}_{name}")
                 conn.execute(sql.encode())
                 conn.execute(
-                    "INSERT INTO outbox.schema_migrations (version, name, checksum) "
-                    "VALUES (%s, %s, %s)",
-                    (version, name, checksum),
+                    query("migrate_record", _SQL),
+                    {"version": version, "name": name, "checksum": checksum},
                 )
                 applied.append(version)
     except psycopg.Error as exc:
@@ -67,8 +62,8 @@ def migrate(conn: psycopg.Connection, *, log: Callable[[str], None] | None = Non
 
 
 def current_version(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT to_regclass('outbox.schema_migrations') IS NOT NULL").fetchone()
-    if not row or not row[0]:
-        return 0
-    r = conn.execute("SELECT coalesce(max(version), 0) FROM outbox.schema_migrations").fetchone()
-    return int(r[0]) if r else 0
+    with conn.cursor(row_factory=scalar_row) as cur:
+        if not cur.execute(query("migrate_has_versions", _SQL)).fetchone():
+            return 0
+        version = cur.execute(query("migrate_current_version", _SQL)).fetchone()
+    return int(version) if version is not None else 0

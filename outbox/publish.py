@@ -16,15 +16,17 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, overload
 
 import psycopg
+from psycopg.rows import scalar_row
 from psycopg.types.json import Jsonb
 
 from outbox.events import check_event_type
+from outbox.sqlfiles import query
 from outbox.tracing import checked_traceparent
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-_SQL = "SELECT outbox.publish(%s, %s, %s::text, %s::text)"
+_SQL = "publish.sql"
 
 
 def _args(
@@ -84,9 +86,11 @@ def publish_sync(
 ) -> int:
     """Publish on a sync psycopg connection; returns the event id."""
     key, tp = _args(event_type, key, traceparent)
-    row = conn.execute(_SQL, (event_type, Jsonb(payload), key, tp)).fetchone()
-    assert row is not None
-    return int(row[0])
+    params = {"event_type": event_type, "payload": Jsonb(payload), "key": key, "traceparent": tp}
+    with conn.cursor(row_factory=scalar_row) as cur:
+        event_id = cur.execute(query("publish", _SQL), params).fetchone()
+    assert event_id is not None
+    return int(event_id)
 
 
 async def apublish(
@@ -99,10 +103,12 @@ async def apublish(
 ) -> int:
     """Publish on an async psycopg connection; returns the event id."""
     key, tp = _args(event_type, key, traceparent)
-    cur = await conn.execute(_SQL, (event_type, Jsonb(payload), key, tp))
-    row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
+    params = {"event_type": event_type, "payload": Jsonb(payload), "key": key, "traceparent": tp}
+    async with conn.cursor(row_factory=scalar_row) as cur:
+        await cur.execute(query("publish", _SQL), params)
+        event_id = await cur.fetchone()
+    assert event_id is not None
+    return int(event_id)
 
 
 def publish_session(
@@ -118,7 +124,7 @@ def publish_session(
 
     key, tp = _args(event_type, key, traceparent)
     result = session.execute(
-        text("SELECT outbox.publish(:t, CAST(:p AS jsonb), CAST(:k AS text), CAST(:tp AS text))"),
-        {"t": event_type, "p": json.dumps(payload), "k": key, "tp": tp},
+        text(query("publish_session", _SQL)),
+        {"event_type": event_type, "payload": json.dumps(payload), "key": key, "traceparent": tp},
     )
     return int(result.scalar_one())

@@ -16,12 +16,13 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
 from outbox.errors import OutboxError
 from outbox.events import Matcher, is_pattern
+from outbox.rows import record_row
 from outbox.sqlfiles import query
 
 PREFIX = "obx_"
@@ -30,6 +31,28 @@ SCOPES = ("admin", "read", "feed")
 
 def _sql(name: str) -> str:
     return query(name, "tokens.sql")
+
+
+class _Listed(NamedTuple):
+    """A ``token_list`` row."""
+
+    id: int
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    scope: str
+    event_types: list[str] | None
+
+
+class _Stored(NamedTuple):
+    """A ``token_verify`` row."""
+
+    id: int
+    name: str
+    token_hash: str
+    scope: str
+    event_types: list[str] | None
 
 
 @dataclass(frozen=True)
@@ -124,16 +147,17 @@ def create_token(
 
 
 def list_tokens(conn: psycopg.Connection[Any]) -> list[TokenInfo]:
-    rows = conn.execute(_sql("token_list")).fetchall()
+    with conn.cursor(row_factory=record_row(_Listed)) as cur:
+        rows = cur.execute(_sql("token_list")).fetchall()
     return [
         TokenInfo(
-            id=r[0],
-            name=r[1],
-            created_at=r[2],
-            last_used_at=r[3],
-            revoked_at=r[4],
-            scope=r[5],
-            events=tuple(r[6]) if r[6] is not None else None,
+            id=r.id,
+            name=r.name,
+            created_at=r.created_at,
+            last_used_at=r.last_used_at,
+            revoked_at=r.revoked_at,
+            scope=r.scope,
+            events=tuple(r.event_types) if r.event_types is not None else None,
         )
         for r in rows
     ]
@@ -156,11 +180,12 @@ async def verify_token(
     if bootstrap and hmac.compare_digest(token.encode(), bootstrap.encode()):
         return Principal("bootstrap")
     digest = hash_token(token)
-    cur = await conn.execute(_sql("token_verify"), {"hash": digest})
-    row = await cur.fetchone()
-    if row and hmac.compare_digest(str(row[2]), digest):
-        events = tuple(row[4]) if row[4] is not None else None
-        return Principal(f"{row[0]}:{row[1]}", str(row[3]), events)
+    async with conn.cursor(row_factory=record_row(_Stored)) as cur:
+        await cur.execute(_sql("token_verify"), {"hash": digest})
+        row = await cur.fetchone()
+    if row and hmac.compare_digest(str(row.token_hash), digest):
+        events = tuple(row.event_types) if row.event_types is not None else None
+        return Principal(f"{row.id}:{row.name}", str(row.scope), events)
     return None
 
 

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, overload
 
 import psycopg
 
+from outbox.sqlfiles import query
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
@@ -31,9 +33,7 @@ log = logging.getLogger("outbox.tracing")
 
 TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 TRACESTATE_MAX = 512
-_SQL = (
-    "SELECT set_config('outbox.traceparent', %s, true), set_config('outbox.tracestate', %s, true)"
-)
+_SQL = "tracing.sql"
 
 
 def is_valid_traceparent(value: str) -> bool:
@@ -121,17 +121,11 @@ def set_trace_context(
         return None
     if isinstance(conn, psycopg.Connection):
         _warn_outside_transaction(conn)
-        conn.execute(_SQL, pair)
+        conn.execute(query("set_trace_context", _SQL), _params(pair))
     else:
         from sqlalchemy import text
 
-        conn.execute(
-            text(
-                "SELECT set_config('outbox.traceparent', :tp, true),"
-                " set_config('outbox.tracestate', :ts, true)"
-            ),
-            {"tp": pair[0], "ts": pair[1]},
-        )
+        conn.execute(text(query("set_trace_context_session", _SQL)), _params(pair))
     return pair[0]
 
 
@@ -145,8 +139,12 @@ async def aset_trace_context(
     if pair is None:
         return None
     _warn_outside_transaction(conn)
-    await conn.execute(_SQL, pair)
+    await conn.execute(query("set_trace_context", _SQL), _params(pair))
     return pair[0]
+
+
+def _params(pair: tuple[str, str | None]) -> dict[str, str | None]:
+    return {"traceparent": pair[0], "tracestate": pair[1]}
 
 
 def _warn_outside_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 
-from outbox.cursor import Cursor, encode_parts
+from outbox.cursor import Cursor, encode_parts, sql_params
 from outbox.rows import record_row
 from outbox.sqlfiles import query
 
@@ -210,7 +210,7 @@ async def read_batch(
     sql/feed.sql). ``conn`` must be idle; on an autocommit connection the
     statement is its own transaction, otherwise it is wrapped in one.
     """
-    params = {**cursor.params(), "limit": limit}
+    params = {**sql_params(cursor), "limit": limit}
     rows: list[Row]
     cur = conn.cursor(row_factory=record_row(Row))
     if conn.autocommit:
@@ -410,7 +410,7 @@ class Lag:
 async def measure_lag(conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> Lag:
     """How far ``cursor`` is behind (``feed_lag``: a bounded count, one round trip)."""
     cur = conn.cursor(row_factory=record_row(_LagRow))
-    await cur.execute(query("feed_lag", _SQL), {**cursor.params(), "cap": LAG_CAP})
+    await cur.execute(query("feed_lag", _SQL), {**sql_params(cursor), "cap": LAG_CAP})
     row = await cur.fetchone()
     assert row is not None
     return Lag(int(row.events), float(row.oldest_seconds) if row.events else 0.0)

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg.rows import scalar_row
 
-from outbox.cursor import Cursor
+from outbox.cursor import Cursor, sql_params
 from outbox.names import RETENTION_WATERMARK
 from outbox.relay.dispatcher import load_cursor
 from outbox.relay.sinks.store import oldest_cursors as sink_cursors
@@ -109,7 +109,7 @@ async def retention_round(
         # paused, keep what they have not published either.
         dispatched = protective([dispatched, *await sink_cursors(conn)]) or dispatched
         params = {
-            **dispatched.params(),
+            **sql_params(dispatched),
             "keep": keep,
             "limit": batch,
             "watermark": RETENTION_WATERMARK,

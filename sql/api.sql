@@ -1,30 +1,73 @@
--- Named queries of the REST API (api/webhooks.py, api/events.py).
--- Each block starts with "-- name: NAME". Lists are ordered by id so that a
--- row inserted while a client pages through never shifts the pages it has
--- not read yet (new rows get larger ids and land on later pages).
--- Blocks named *_columns or *_where are fragments (a column list, a WHERE
--- clause) that api/*.py joins into whole statements.
+-- The REST API's statements (api/webhooks.py, api/events.py, api/endpoint.py).
+-- Each block starts with "-- name: NAME" and is a whole statement. Lists are
+-- ordered by id so that a row inserted while a client pages through never
+-- shifts the pages it has not read yet (new rows get larger ids and land on
+-- later pages). Optional filters are parameters that may be NULL
+-- ("param IS NULL OR ..."), never SQL glued together.
+--
+-- The webhook statements return the same columns: every column a client may
+-- see. The secrets are deliberately absent, except where a statement's name
+-- says "with_secret" (create and rotate-secret show the secret once). The
+-- delivery statements likewise return one shape (DeliveryOut).
 
--- name: webhook_columns
--- Every column a client may see. The secrets are deliberately absent.
-id, name, url, event_types, payload_format, is_active, description,
-disabled_reason, created_at, updated_at, last_triggered_at, last_success_at,
-failing_since, success_count, failure_count, previous_secret_expires_at,
-seed_signature, headers
+-- name: webhook_insert
+INSERT INTO outbox.webhooks
+    (name, url, event_types, secret, payload_format, description, is_active, headers)
+VALUES (%(name)s, %(url)s, %(event_types)s, %(secret)s, %(payload_format)s,
+        %(description)s, %(is_active)s, %(headers)s)
+RETURNING id, name, url, event_types, payload_format, is_active, description,
+       disabled_reason, created_at, updated_at, last_triggered_at, last_success_at,
+       failing_since, success_count, failure_count, previous_secret_expires_at,
+       seed_signature, headers,
+          secret
 
--- name: webhook_where
+-- name: webhook_get
+SELECT id, name, url, event_types, payload_format, is_active, description,
+       disabled_reason, created_at, updated_at, last_triggered_at, last_success_at,
+       failing_since, success_count, failure_count, previous_secret_expires_at,
+       seed_signature, headers
+FROM outbox.webhooks
+WHERE id = %(id)s
+
+-- name: webhook_get_with_secret
+SELECT id, name, url, event_types, payload_format, is_active, description,
+       disabled_reason, created_at, updated_at, last_triggered_at, last_success_at,
+       failing_since, success_count, failure_count, previous_secret_expires_at,
+       seed_signature, headers,
+       secret
+FROM outbox.webhooks
+WHERE id = %(id)s
+
+-- name: webhook_list
 -- event_type: an exact name finds the webhooks that would receive it (exact,
 -- "prefix.*" and "*" subscriptions); a pattern finds that pattern itself.
-(%(is_active)s::boolean IS NULL OR is_active = %(is_active)s::boolean)
-AND (%(event_type)s::text IS NULL OR EXISTS (
-    SELECT 1 FROM unnest(event_types) AS p
-    WHERE p = %(event_type)s::text
-       OR p = '*'
-       OR (%(exact)s::boolean AND right(p, 2) = '.*'
-           AND starts_with(%(event_type)s::text, left(p, -1)))))
+-- The same filter as webhook_count.
+SELECT id, name, url, event_types, payload_format, is_active, description,
+       disabled_reason, created_at, updated_at, last_triggered_at, last_success_at,
+       failing_since, success_count, failure_count, previous_secret_expires_at,
+       seed_signature, headers
+FROM outbox.webhooks
+WHERE (%(is_active)s::boolean IS NULL OR is_active = %(is_active)s::boolean)
+  AND (%(event_type)s::text IS NULL OR EXISTS (
+      SELECT 1 FROM unnest(event_types) AS p
+      WHERE p = %(event_type)s::text
+         OR p = '*'
+         OR (%(exact)s::boolean AND right(p, 2) = '.*'
+             AND starts_with(%(event_type)s::text, left(p, -1)))))
+ORDER BY id
+LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: webhook_count
-SELECT count(*) FROM outbox.webhooks WHERE
+-- The total behind webhook_list's page: the same filter.
+SELECT count(*) AS total
+FROM outbox.webhooks
+WHERE (%(is_active)s::boolean IS NULL OR is_active = %(is_active)s::boolean)
+  AND (%(event_type)s::text IS NULL OR EXISTS (
+      SELECT 1 FROM unnest(event_types) AS p
+      WHERE p = %(event_type)s::text
+         OR p = '*'
+         OR (%(exact)s::boolean AND right(p, 2) = '.*'
+             AND starts_with(%(event_type)s::text, left(p, -1)))))
 
 -- name: webhook_exists
 SELECT 1 FROM outbox.webhooks WHERE id = %(id)s
@@ -73,30 +116,51 @@ SELECT
     count(*) FILTER (WHERE status = 'pending') AS pending_deliveries
 FROM outbox.deliveries
 
--- name: delivery_select
+-- name: delivery_page
 -- Deliveries with their event's payload (payloads are not copied into
 -- deliveries). LEFT JOIN: retention may already have removed the event of a
--- finished delivery; its payload is then null.
+-- finished delivery; its payload is then null. Uses deliveries_webhook_id_idx
+-- (webhook_id, id).
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, e.payload,
        d.response_status, d.response_body, d.status, d.error_message,
        d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
        d.replay, e.created_at AS event_created_at
 FROM outbox.deliveries d
 LEFT JOIN outbox.events e ON e.id = d.event_id
-
--- name: delivery_page_where
--- Uses deliveries_webhook_id_idx (webhook_id, id).
 WHERE d.webhook_id = %(webhook_id)s
   AND (%(status)s::text IS NULL OR d.status = %(status)s::text)
 ORDER BY d.id
 LIMIT %(limit)s OFFSET %(offset)s
 
+-- name: delivery_page_desc
+-- delivery_page newest first, the console's default: deliveries_webhook_id_idx
+-- is (webhook_id, id DESC). Offsets shift as new deliveries arrive; the
+-- console reloads page one instead of paging while live.
+SELECT d.id, d.webhook_id, d.event_id, d.event_type, e.payload,
+       d.response_status, d.response_body, d.status, d.error_message,
+       d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
+       d.replay
+FROM outbox.deliveries d
+LEFT JOIN outbox.events e ON e.id = d.event_id
+WHERE d.webhook_id = %(webhook_id)s
+  AND (%(status)s::text IS NULL OR d.status = %(status)s::text)
+ORDER BY d.id DESC
+LIMIT %(limit)s OFFSET %(offset)s
+
 -- name: delivery_count
-SELECT count(*) FROM outbox.deliveries
+-- The total behind delivery_page's page: the same filter.
+SELECT count(*) AS total FROM outbox.deliveries
 WHERE webhook_id = %(webhook_id)s
   AND (%(status)s::text IS NULL OR status = %(status)s::text)
 
--- name: delivery_one_where
+-- name: delivery_one
+-- One delivery as delivery_page shows it.
+SELECT d.id, d.webhook_id, d.event_id, d.event_type, e.payload,
+       d.response_status, d.response_body, d.status, d.error_message,
+       d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
+       d.replay
+FROM outbox.deliveries d
+LEFT JOIN outbox.events e ON e.id = d.event_id
 WHERE d.webhook_id = %(webhook_id)s AND d.id = %(id)s
 
 -- name: attempt_list
@@ -133,7 +197,7 @@ SELECT
 FROM outbox.deliveries
 
 -- name: token_any_live
-SELECT EXISTS (SELECT 1 FROM outbox.api_tokens WHERE revoked_at IS NULL)
+SELECT EXISTS (SELECT 1 FROM outbox.api_tokens WHERE revoked_at IS NULL) AS live
 
 -- name: token_touch
 -- At most one write a minute per token, however busy the token is.
@@ -169,15 +233,6 @@ JOIN outbox.webhooks w ON w.id = d.webhook_id
 LEFT JOIN outbox.events e ON e.id = d.event_id
 WHERE d.event_id = %(id)s
 ORDER BY d.webhook_id, d.replay
-
--- name: delivery_page_where_desc
--- Newest first, the console's default: deliveries_webhook_id_idx is
--- (webhook_id, id DESC). Offsets shift as new deliveries arrive; the
--- console reloads page one instead of paging while live.
-WHERE d.webhook_id = %(webhook_id)s
-  AND (%(status)s::text IS NULL OR d.status = %(status)s::text)
-ORDER BY d.id DESC
-LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: replay_range
 -- The events of a replay range that the webhook subscribes to now, and the

@@ -2,7 +2,8 @@
 -- transactions, support tickets), in its own schema "demo". Not a migration
 -- (the name has no number): `outbox demo` runs `schema` itself, idempotently.
 -- The app writes here with plain SQL; triggers compiled by outbox.capture
--- turn the writes into the six seed events.
+-- turn the writes into the six seed events. The last statements set up and
+-- watch a demo run (cli/demo.py, cli/demo_domain.py).
 
 -- name: schema
 CREATE SCHEMA IF NOT EXISTS demo;
@@ -133,3 +134,32 @@ SELECT 'pending', id, user_id, NULL FROM (
 UNION ALL
 SELECT 'ticket', id, user_id, status FROM (
     SELECT id, user_id, status FROM demo.tickets WHERE status <> 'closed' ORDER BY id DESC LIMIT 200) t
+
+-- name: referrer
+-- Who referred this user (NULL: nobody); a referral reward goes to them.
+SELECT referred_by_id FROM demo.users WHERE id = %(user_id)s
+
+-- name: webhook_repoint
+-- The demo webhook keeps its id and secret across runs, only the URL moves
+-- (the receiver's port changes every run); it is re-activated in case an
+-- earlier run's receiver was gone long enough to disable it.
+UPDATE outbox.webhooks SET url = %(url)s, event_types = %(event_types)s, is_active = true,
+       disabled_reason = NULL, failing_since = NULL, updated_at = now()
+WHERE id = (SELECT min(id) FROM outbox.webhooks WHERE name = %(name)s)
+RETURNING id, secret
+
+-- name: webhook_create
+INSERT INTO outbox.webhooks (name, url, event_types, secret, description)
+VALUES (%(name)s, %(url)s, %(event_types)s, %(secret)s, %(description)s)
+RETURNING id, secret
+
+-- name: last_event_id
+-- Where this run starts: a bounded run waits for the events after it.
+SELECT coalesce(max(id), 0) AS last_id FROM outbox.events
+
+-- name: undelivered_count
+-- Events of this run that the demo receiver has not acknowledged yet.
+SELECT count(*) AS missing FROM outbox.events e
+WHERE e.id > %(start_id)s AND NOT EXISTS (
+    SELECT 1 FROM outbox.deliveries d
+    WHERE d.webhook_id = %(webhook_id)s AND d.event_id = e.id AND d.status = 'success')
