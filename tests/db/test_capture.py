@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from outbox.capture import Rule, track, tracked, untrack
 from outbox.errors import CaptureError
@@ -194,8 +195,13 @@ def test_statement_and_row_level_capture_agree(conn: psycopg.Connection[Any]) ->
             ],
         )
     for t in ("a_row", "a_stmt"):
-        conn.execute(f"INSERT INTO {t} SELECT g, 'v' || g, 's' FROM generate_series(20, 1, -1) g")
-        conn.execute(f"DELETE FROM {t} WHERE id > 15")
+        table = sql.Identifier(t)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} SELECT g, 'v' || g, 's' FROM generate_series(20, 1, -1) g"
+            ).format(table)
+        )
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id > 15").format(table))
     rows = conn.execute("SELECT event_type, payload FROM outbox.events ORDER BY id").fetchall()
     by_table: dict[str, list[tuple[str, Any]]] = {"a_row": [], "a_stmt": []}
     for etype, payload in rows:

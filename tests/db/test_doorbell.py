@@ -35,15 +35,17 @@ async def test_each_sleeping_relay_hears_the_next_commit(
 
 def _asleep(conn: psycopg.Connection[Any]) -> int:
     """Relays holding or waiting for the doorbell lock."""
-    return _doorbell_requests(conn, "")
+    return _doorbell_requests(conn)
 
 
-def _doorbell_requests(conn: psycopg.Connection[Any], extra: str) -> int:
-    """Exclusive requests for this database's doorbell lock (``extra`` filters more)."""
+def _doorbell_requests(conn: psycopg.Connection[Any], *, waiting_only: bool = False) -> int:
+    """Exclusive requests for this database's doorbell lock (only those not granted yet)."""
     row = conn.execute(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
         " AND ((classid::bigint << 32) | objid::bigint) = outbox.doorbell_key()"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())" + extra
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND NOT (%(waiting_only)s AND granted)",
+        {"waiting_only": waiting_only},
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -125,7 +127,7 @@ async def test_an_open_writer_does_not_hold_back_others_that_did_not_ring(
 
 def _waiting(conn: psycopg.Connection[Any]) -> int:
     """Relays queued (not yet granted) for the doorbell lock."""
-    return _doorbell_requests(conn, " AND NOT granted")
+    return _doorbell_requests(conn, waiting_only=True)
 
 
 async def test_interrupted_sleep_returns_at_once_and_gives_the_request_up(

@@ -8,13 +8,12 @@ fragment meant to be glued into another.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from outbox.sqlfiles import queries, sql_dir
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 # What a whole statement (or a psycopg.sql template of one) starts with.
 _STATEMENT = re.compile(
     r"^(SELECT|WITH|INSERT|UPDATE|DELETE|SET|LISTEN|CREATE|DROP|ALTER|COMMENT|DO|TRUNCATE)\b"
