@@ -67,9 +67,6 @@ def sql(name: str) -> str:
     return query(name, "sinks.sql")
 
 
-_COLUMNS = sql("sink_columns")
-
-
 # -- models -------------------------------------------------------------------------
 
 
@@ -188,7 +185,7 @@ async def _out(db: AsyncConn, row: dict[str, Any]) -> SinkOut:
 
 async def _fetch(db: AsyncConn, sink_id: int) -> dict[str, Any]:
     async with db.cursor(row_factory=dict_row) as cur:
-        await cur.execute(f"SELECT {_COLUMNS} FROM outbox.sinks WHERE id = %(id)s", {"id": sink_id})
+        await cur.execute(sql("sink_get"), {"id": sink_id})
         row = await cur.fetchone()
     if row is None:
         raise ApiError(404, SINK_NOT_FOUND)
@@ -268,11 +265,7 @@ async def list_sinks(request: Request) -> Response:
     q = parse_query(request, SinkQuery)
     async with state_of(request).pool.connection() as db:
         async with db.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                f"SELECT {_COLUMNS} FROM outbox.sinks ORDER BY id"
-                " LIMIT %(limit)s OFFSET %(offset)s",
-                {"limit": q.limit, "offset": q.offset},
-            )
+            await cur.execute(sql("sink_list"), {"limit": q.limit, "offset": q.offset})
             rows = await cur.fetchall()
         cur2 = await db.execute(sql("sink_count"))
         total = await cur2.fetchone()

@@ -1,11 +1,22 @@
 -- Sinks: the table behind /sinks and `outbox sink`, and the publisher's
 -- bookkeeping (relay/sinks/). The schema is sql/006_sinks.sql.
 
--- name: sink_columns
--- Every column the API and the CLI show (the url is masked by the caller).
-id, name, kind, url, event_types, subject, stream, exchange, routing_key, description,
-is_active, cursor, published_count, publish_rate, last_published_at, last_error,
-last_error_at, owner, owner_seen_at, created_at, updated_at
+-- name: sink_get
+-- Every column the API and the CLI show (the url is masked by the caller);
+-- sink_list returns the same.
+SELECT id, name, kind, url, event_types, subject, stream, exchange, routing_key, description,
+       is_active, cursor, published_count, publish_rate, last_published_at, last_error,
+       last_error_at, owner, owner_seen_at, created_at, updated_at
+FROM outbox.sinks
+WHERE id = %(id)s
+
+-- name: sink_list
+SELECT id, name, kind, url, event_types, subject, stream, exchange, routing_key, description,
+       is_active, cursor, published_count, publish_rate, last_published_at, last_error,
+       last_error_at, owner, owner_seen_at, created_at, updated_at
+FROM outbox.sinks
+ORDER BY id
+LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: sink_insert
 INSERT INTO outbox.sinks
@@ -109,3 +120,10 @@ WHERE id = %(id)s
 -- A publisher that stops in an orderly way says so.
 UPDATE outbox.sinks SET owner = NULL, owner_seen_at = now(), publish_rate = 0
 WHERE id = %(id)s AND owner = %(owner)s
+
+-- name: sink_session
+-- For a sink worker's own session: safe without synchronous commit. A stored
+-- cursor lost in a server crash moves back to an earlier value, and the
+-- events after it are published again: at least once, as promised (JetStream
+-- drops the repeat by Nats-Msg-Id inside its duplicate window).
+SET synchronous_commit = off

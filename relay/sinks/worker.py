@@ -146,7 +146,7 @@ class SinkWorker:
     async def run(self) -> None:
         """Publish until stopped. Database errors propagate (the lock is gone
         with the session); :class:`SinkMoved` ends the worker too."""
-        await self.conn.execute("SET synchronous_commit = off")
+        await self.conn.execute(db.sql("sink_session"))  # why: sql/sinks.sql
         # Say who publishes it (owner) before anything else.
         if not await db.heartbeat(
             self.conn, self.config.id, old=self.stored, rate=0.0, owner=self.owner
