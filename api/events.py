@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from outbox.api import health
 from outbox.api.endpoint import (
     Doc,
     endpoint,
@@ -264,6 +265,15 @@ async def metrics(request: Request) -> Response:
     )
     text += _gauge(
         text, "outbox_delivery_queue_depth", "Pending deliveries that are due now", {"": n.due}
+    )
+    # The same verdicts as /health: a part that makes no progress is degraded.
+    verdict = await health.assess(st)
+    text += _gauge(
+        text,
+        "outbox_degraded",
+        "1 while the part is degraded (no progress while events wait, ids went backwards,"
+        " unreachable); /health says why",
+        {f'part="{part}"': int(bad) for part, bad in verdict["parts"].items()},
     )
     return Response(text, media_type=PROMETHEUS)
 

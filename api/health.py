@@ -7,8 +7,13 @@ events still wait for their delivery rows, and the sinks this process
 publishes (state, last error, lag).
 
 HTTP 200 with ``"status": "ok"``; HTTP 503 with ``"status": "degraded"``
-while the database is unreachable or the relay is reconnecting. Nothing has
-to be reset afterwards: each request checks again.
+while the database is unreachable or the relay is reconnecting, and also
+when a part makes no progress (relay/progress.py): the feed reader or the
+dispatcher has not moved forward for ``OUTBOX_STALL_AFTER`` while events
+wait (its reads fail or time out, its statement hangs, the leadership keeps
+changing hands), or event ids went backwards. Each problem names the part
+and why. Nothing has to be reset afterwards: each request checks again.
+``/metrics`` exports the same verdicts (:func:`assess`).
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from starlette.routing import BaseRoute, Route
 from outbox.api.state import AppState
 from outbox.cursor import Cursor
 from outbox.errors import CursorError
-from outbox.relay.dispatcher import load_cursor
+from outbox.names import DISPATCHER_STATE
 from outbox.relay.feed import measure_lag
+from outbox.relay.progress import ids_went_backwards, sequence_high
 from outbox.relay.reconnect import describe
+from outbox.sqlfiles import query
 
 # A health check must answer even when the database does not.
 TIMEOUT = 2.0
@@ -36,13 +43,74 @@ async def _database(state: AppState, cursor: Cursor | None) -> dict[str, Any]:
     """Lags measured on a pooled connection; raises when the database is unreachable."""
     async with state.pool.connection(timeout=TIMEOUT) as conn:
         feed = (await measure_lag(conn, cursor)).as_dict() if cursor else None
-        stored, _ = await load_cursor(conn)
+        cur = await conn.execute(
+            query("dispatcher_state_age", "progress.sql"), {"name": DISPATCHER_STATE}
+        )
+        row = await cur.fetchone()
+        stored = Cursor.decode(row[0]) if row else Cursor(0)
         dispatch = await measure_lag(conn, stored)
-    return {"feed_lag": feed, "dispatch_lag": dispatch.as_dict()}
+        high = await sequence_high(conn)
+    return {
+        "feed_lag": feed,
+        "dispatch_lag": dispatch.as_dict(),
+        "dispatch_cursor": stored,
+        "dispatch_age": float(row[1]) if row else None,
+        "id_high": high,
+    }
 
 
-async def health(request: Request) -> JSONResponse:
-    state: AppState = request.app.state.outbox
+def _feed_problem(state: AppState, lag: dict[str, Any] | None) -> str | None:
+    """The feed reader has read nothing for too long while events wait."""
+    progress = state.relay.feed_progress
+    waiting = lag["events"] if lag else 0
+    stalled = progress.since_ok()
+    if not waiting or stalled < state.settings.stall_after:
+        return None
+    why = progress.why()
+    return f"feed: no progress for {stalled:.0f}s while {waiting} events wait" + (
+        f" ({why})" if why else ""
+    )
+
+
+def _dispatcher_problem(state: AppState, lags: dict[str, Any]) -> str | None:
+    """Ids went backwards, or the stored dispatcher cursor has not moved for
+    too long while events wait for their delivery rows (judged from the
+    database, so every process sees it, leader or not)."""
+    stored: Cursor = lags["dispatch_cursor"]
+    backwards = ids_went_backwards(lags["id_high"], stored.after)
+    if backwards:
+        return f"dispatcher: {backwards}"
+    waiting = lags["dispatch_lag"]["events"]
+    age = lags["dispatch_age"]
+    if age is None:  # never dispatched: count from this process's start
+        age = state.relay.dispatcher.progress.since_ok()
+    if not waiting or age < state.settings.stall_after:
+        return None
+    relay = state.relay
+    reasons = []
+    flips = relay.leadership.recent_terms.recent()
+    if flips >= 3:
+        reasons.append(f"the leadership changed hands {flips} times in the last minute")
+    if relay.leadership.is_leader:
+        why = relay.dispatcher.progress.why()
+        if why:
+            reasons.append(why)
+    else:
+        reasons.append(
+            "this process is a follower: the leader's /health and log say more"
+            + (
+                f"; last leader error here: {relay.leadership.last_error}"
+                if relay.leadership.last_error
+                else ""
+            )
+        )
+    return f"dispatcher: no progress for {age:.0f}s while {waiting} events wait" + (
+        f" ({'; '.join(reasons)})" if reasons else ""
+    )
+
+
+async def assess(state: AppState) -> dict[str, Any]:
+    """The health verdict: ``{"problems": [...], "body": {...}}``."""
     relay = state.relay.health()
     database: dict[str, Any] = {"status": "ok"}
     lags: dict[str, Any] = {}
@@ -55,12 +123,26 @@ async def health(request: Request) -> JSONResponse:
         database = {"status": "ok", "error": "the stored dispatcher cursor is unreadable"}
 
     problems = []
+    parts: dict[str, bool] = {"database": False, "listener": False, "feed": False}
+    parts["dispatcher"] = False
     if database["status"] != "ok":
         problems.append("database unreachable")
+        parts["database"] = True
     if relay["listener"] not in ("connected", "disabled"):
         problems.append(f"listener {relay['listener']}")
+        parts["listener"] = True
     if relay["feed"]["state"] != "ok":
         problems.append(f"feed {relay['feed']['state']}")
+        parts["feed"] = True
+    if lags:
+        feed_stall = _feed_problem(state, lags.get("feed_lag"))
+        if feed_stall:
+            problems.append(feed_stall)
+            parts["feed"] = True
+        dispatch_stall = _dispatcher_problem(state, lags)
+        if dispatch_stall:
+            problems.append(dispatch_stall)
+            parts["dispatcher"] = True
     feed = dict(relay["feed"])
     if lags.get("feed_lag") is not None:
         feed["lag"] = lags["feed_lag"]
@@ -77,7 +159,12 @@ async def health(request: Request) -> JSONResponse:
         # last_error says why), not this process's, so it does not degrade it.
         "sinks": state.sinks.health(),
     }
-    return JSONResponse(body, status_code=503 if problems else 200)
+    return {"problems": problems, "parts": parts, "body": body}
+
+
+async def health(request: Request) -> JSONResponse:
+    verdict = await assess(request.app.state.outbox)
+    return JSONResponse(verdict["body"], status_code=503 if verdict["problems"] else 200)
 
 
 routes: list[BaseRoute] = [Route("/health", health, methods=["GET"], name="health")]

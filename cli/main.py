@@ -250,7 +250,13 @@ def _load_extra_commands() -> None:
     import importlib
 
     _EXTRA_COMMANDS.clear()  # main() may run more than once in a process (tests)
-    for mod in ("outbox.cli.serve", "outbox.cli.token", "outbox.cli.sink", "outbox.cli.demo"):
+    for mod in (
+        "outbox.cli.serve",
+        "outbox.cli.token",
+        "outbox.cli.sink",
+        "outbox.cli.repair",
+        "outbox.cli.demo",
+    ):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:

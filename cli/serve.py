@@ -153,6 +153,7 @@ _EPILOG = """environment (a flag overrides its variable):
   OUTBOX_MAX_HEADER_BYTES     largest request head, 431 above it (32768)
   OUTBOX_MAX_CONNECTIONS      open connections, WebSockets included; 503 above (4096)
   OUTBOX_WS_HANDSHAKE_TIMEOUT  a /ws handshake must finish within this (10s)
+  OUTBOX_STALL_AFTER          /health degraded after no progress this long, events waiting (30s)
   OUTBOX_LOG_LEVEL            critical, error, warning, info, debug (info)
   OUTBOX_LOOP                 asyncio: do not use uvloop even when installed (auto)
 

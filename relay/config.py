@@ -173,6 +173,9 @@ class Settings:
     max_header_bytes: int = 32 * 1024
     max_connections: int = 4096
     ws_handshake_timeout: float = 10.0
+    # /health: how long the feed reader or dispatcher may go without progress
+    # while events wait before the process is degraded (relay/progress.py).
+    stall_after: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -223,4 +226,5 @@ class Settings:
             ws_handshake_timeout=_positive(
                 dur("OUTBOX_WS_HANDSHAKE_TIMEOUT", "10s"), "OUTBOX_WS_HANDSHAKE_TIMEOUT"
             ),
+            stall_after=_positive(dur("OUTBOX_STALL_AFTER", "30s"), "OUTBOX_STALL_AFTER"),
         )

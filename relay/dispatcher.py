@@ -17,6 +17,14 @@ So a crash at any moment either keeps the whole batch (cursor and rows) or
 none of it: the batch is dispatched again and the unique key absorbs the
 repeat. Nothing is lost, nothing doubled.
 
+Event ids only grow (relay/progress.py): before dispatching a batch that
+holds rows at or below its cursor (late rows, or a reset sequence's reused
+ids) and at the start of each term, the dispatcher checks that the id
+sequence is not below its cursor. If it is, it refuses to dispatch — ids
+would collide with old deliveries and with ``webhook-id`` values receivers
+have seen — and says so in ``/health`` until ``outbox repair
+--fix-sequence`` has run; then it goes on by itself.
+
 The first leader ever starts from ``Cursor(0)``, so events committed before
 any relay ran are dispatched too. ``webhook.test`` events are never routed
 by subscription (the API inserts those deliveries itself). Inactive webhooks
@@ -39,7 +47,8 @@ from outbox.names import DELIVERIES_CHANNEL, DISPATCHER_STATE
 from outbox.relay.feed import Batch, read_batch
 from outbox.relay.leader import LostLeadership
 from outbox.relay.metrics import Metrics
-from outbox.relay.reconnect import nap
+from outbox.relay.progress import Progress, ids_went_backwards, sequence_high
+from outbox.relay.reconnect import describe, nap
 from outbox.rows import record_row
 from outbox.sqlfiles import query
 
@@ -118,6 +127,7 @@ class Dispatcher:
         self.batch_size = batch_size
         self.cursor: Cursor | None = None
         self.last_dispatch_at: float | None = None
+        self.progress = Progress()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -129,27 +139,68 @@ class Dispatcher:
 
         Connection errors propagate: the leader steps down and campaigns again.
         """
+        try:
+            await self._run(conn)
+        except Exception as exc:
+            self.progress.failed(describe(exc))
+            raise
+
+    async def _run(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # synchronous_commit off: why it is safe is in sql/dispatch.sql.
         await conn.execute(query("dispatcher_session", "dispatch.sql"))
         cursor, stored = await load_cursor(conn)
         self.cursor = cursor
         log.info("dispatching from cursor after id %s", cursor.after)
+        # A cursor beyond the log's end: refuse before anything is read.
+        if await self._ids_forward(conn, cursor) is None:
+            return
         while not self._stopping.is_set():
             self._wake.clear()
+            self.progress.start("feed read")
             batch = await read_batch(conn, cursor, self.batch_size)
+            if any(e.id <= cursor.after for e in batch.events):
+                # Late rows, or ids handed out again after a reset: which?
+                refused = await self._ids_forward(conn, cursor)
+                if refused is None:
+                    return
+                if refused:
+                    continue  # repaired meanwhile: read again (ids were renumbered)
             if batch.events:
+                self.progress.start("dispatch")
                 created = await dispatch(conn, batch, stored)
                 stored = batch.end.encode()
                 self.last_dispatch_at = time.time()
                 if created:
                     self.metrics.deliveries_created.inc(created)
                     self.sender.wake()
+            self.progress.ok()
             cursor = self.cursor = batch.end
             if batch.more:
                 continue
             if batch.events:
                 await nap(self._stopping, DISPATCH_GAP)
             await nap(self._wake, self.poll_interval)
+
+    async def _ids_forward(self, conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> bool | None:
+        """Wait while the id sequence is below ``cursor``, refusing and saying so.
+
+        Returns whether it had to refuse (False: ids were fine at once), or
+        None when the relay stopped meanwhile.
+        """
+        refused = False
+        while not self._stopping.is_set():
+            problem = ids_went_backwards(await sequence_high(conn), cursor.after)
+            if problem is None:
+                if refused:
+                    log.warning("event ids go forward again; dispatching resumes")
+                    self.progress.ok()
+                return refused
+            self.progress.refuse(problem)
+            if not refused:
+                log.error("%s", problem)
+                refused = True
+            await nap(self._stopping, max(self.poll_interval, 1.0))
+        return None
 
     async def stop(self) -> None:
         """Finish the current batch (its transaction), then return from run()."""

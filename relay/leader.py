@@ -29,6 +29,7 @@ import psycopg
 from psycopg.rows import scalar_row
 
 from outbox.names import LEADER_KEY
+from outbox.relay.progress import Terms
 from outbox.relay.reconnect import CONNECTION_ERRORS, backoff, close_quietly, connect, describe, nap
 from outbox.sqlfiles import query
 
@@ -71,6 +72,7 @@ class Leadership:
         self.is_leader = False
         self.leader_since: float | None = None
         self.terms = 0
+        self.recent_terms = Terms()
         self.last_error: str | None = None
         self._stopping = asyncio.Event()
 
@@ -90,6 +92,7 @@ class Leadership:
                 self.is_leader = True
                 self.leader_since = time.time()
                 self.terms += 1
+                self.recent_terms.began()
                 log.info("this relay is now the leader")
                 await self.work(conn)
                 return  # the work returns only when the relay stops

@@ -37,6 +37,7 @@ from outbox.relay.feed import Batch, Lag, head, measure_lag, read_batch
 from outbox.relay.leader import Leadership
 from outbox.relay.listener import Listener
 from outbox.relay.metrics import Metrics
+from outbox.relay.progress import Progress
 from outbox.relay.reconnect import (
     CONNECTION_ERRORS,
     backoff,
@@ -94,6 +95,7 @@ class Relay:
         self.feed_state = "starting"
         self.feed_error: str | None = None
         self.last_read_at: float | None = None
+        self.feed_progress = Progress()
         self.lag: Lag | None = None
         self._feed_conn: psycopg.AsyncConnection[Any] | None = None
         self._feed_wake = asyncio.Event()
@@ -139,6 +141,16 @@ class Relay:
             "outbox_relay_leader",
             "1 if this relay is the leader (dispatches deliveries, applies retention)",
             lambda: float(self.leadership.is_leader),
+        )
+        metrics.gauge(
+            "outbox_feed_seconds_since_progress",
+            "Seconds since this relay's feed reader last read successfully",
+            self.feed_progress.since_ok,
+        )
+        metrics.gauge(
+            "outbox_dispatcher_seconds_since_progress",
+            "Seconds since the dispatcher last moved forward (leader only; 0 on followers)",
+            lambda: self.dispatcher.progress.since_ok() if self.leadership.is_leader else 0.0,
         )
         metrics.gauge(
             "outbox_listener_connected",
@@ -223,7 +235,9 @@ class Relay:
                 conn = self._feed_conn
                 self._feed_wake.clear()
                 assert self.cursor is not None
+                self.feed_progress.start("feed read")
                 batch = await read_batch(conn, self.cursor, self.settings.batch_size)
+                self.feed_progress.ok()
                 # No await between these two lines: /ws takes relay.cursor as
                 # the seam between a client's catch-up read and the hub.
                 self.cursor = batch.end
@@ -248,6 +262,7 @@ class Relay:
                     return
                 self.feed_state = "reconnecting"
                 self.feed_error = describe(exc)
+                self.feed_progress.failed(self.feed_error)
                 delay = backoff(attempt)
                 attempt += 1
                 log.warning("feed read failed (%s); retrying in %.2fs", self.feed_error, delay)
@@ -322,11 +337,16 @@ class Relay:
                 "cursor": self.cursor.encode() if self.cursor else None,
                 "last_read_at": self.last_read_at,
                 "lag": self.lag.as_dict() if self.lag else None,
+                "progress": self.feed_progress.as_dict(),
             },
             "dispatcher": {
                 "cursor": self.dispatcher.cursor.encode()
                 if self.leadership.is_leader and self.dispatcher.cursor
                 else None,
                 "last_dispatch_at": self.dispatcher.last_dispatch_at,
+                "progress": self.dispatcher.progress.as_dict()
+                if self.leadership.is_leader
+                else None,
+                "leader_terms_last_minute": self.leadership.recent_terms.recent(),
             },
         }
