@@ -85,9 +85,9 @@ export class WebhooksView {
     const items = [
       ["webhooks", `${s.active_webhooks}/${s.total_webhooks}`, "active / total"],
       ["deliveries", s.total_deliveries.toLocaleString(), "within the retention window"],
-      ["pending", (s.pending_deliveries ?? 0).toLocaleString(), "waiting for an attempt or a retry"],
-      ["failed", s.failed_deliveries.toLocaleString(), "deliveries that gave up after their retries"],
-      ["success", `${Number(s.success_rate).toFixed(1)}%`, "of finished deliveries"],
+      ["pending", (s.pending_deliveries ?? 0).toLocaleString(), "deliveries waiting for an attempt or a retry"],
+      ["failed deliveries", s.failed_deliveries.toLocaleString(), "deliveries that gave up after their retries"],
+      ["delivered", `${Number(s.success_rate).toFixed(1)}%`, "of finished deliveries"],
     ];
     this.els.stats.replaceChildren(
       ...items.map(([label, value, title]) => {
@@ -119,10 +119,13 @@ export class WebhooksView {
       const url = el("div", "hook-url", h.url);
       url.title = h.url;
       const counts = el("div", "hook-counts");
-      counts.title = "attempts that succeeded / failed";
+      // Attempts, not deliveries (a delivery may take several): said so, as
+      // the totals above count deliveries.
+      counts.title = "attempts that succeeded / failed (a delivery may take several attempts)";
       counts.append(
         el("span", "count ok", `✓ ${(h.success_count ?? 0).toLocaleString()}`),
         el("span", "count bad", `✗ ${(h.failure_count ?? 0).toLocaleString()}`),
+        el("span", "muted small", "attempts"),
         el("span", "muted types", h.event_types.join(", ")),
       );
       li.append(top, url, counts);
