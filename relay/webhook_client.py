@@ -129,9 +129,9 @@ class _GuardedHandler(ResponseHandler):
 
     def set_response_params(self, **kwargs: Any) -> None:
         # Called once per request, after the connection was taken from the pool
-        # and before the request is written: anything buffered now arrived unasked.
-        stray = bool(self._tail) or bool(self._buffer) or self.should_close
-        self.request_written = False
+        # (and for a proxy's CONNECT, after that request was written). Bytes
+        # buffered while nothing was written to this connection came unasked.
+        stray = not self.request_written and (bool(self._tail) or bool(self._buffer))
         self._payload = None  # the previous response's (read to its end)
         super().set_response_params(**kwargs)
         if stray:

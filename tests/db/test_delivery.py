@@ -35,6 +35,7 @@ from tests.support.delivery import (
     webhook,
     worker,
 )
+from tests.support.proxy import running_proxy
 from tests.support.receivers import Drip, Hang, Reply, running
 from tests.support.servers import free_port
 from tests.support.waiting import wait_for
@@ -93,6 +94,20 @@ async def test_custom_headers_go_with_every_attempt(aconn: Conn, db_url: str) ->
         assert req.headers["authorization"] == "Bearer receiver-token"
         assert req.headers["x-tenant"] == "acme"
         assert Webhook(TEST_SECRET).verify(req.body, req.headers) == PAYLOAD
+
+
+async def test_through_the_egress_proxy(aconn: Conn, db_url: str) -> None:
+    """OUTBOX_WEBHOOK_PROXY: the relay resolves nothing itself; the proxy connects."""
+    async with running() as rx, running_proxy() as proxy:
+        proxy.target = ("127.0.0.1", rx.port)
+        settings = fast(db_url, webhook_allow_networks=(), webhook_proxy=proxy.url)
+        async with worker(settings) as w:
+            wid = await create_webhook(aconn, "http://hooks.example/hook")
+            _, did = await enqueue(aconn, wid, "user.created", PAYLOAD)
+            w.wake()
+            await wait_for(lambda: status_is(aconn, did, "success"))
+    assert proxy.asked == ["POST http://hooks.example/hook HTTP/1.1"]
+    assert Webhook(TEST_SECRET).verify(rx.requests[0].body, rx.requests[0].headers) == PAYLOAD
 
 
 async def test_envelope_format(aconn: Conn, db_url: str) -> None:
