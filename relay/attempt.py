@@ -31,6 +31,18 @@ from outbox.relay.webhook_client import ResponseTooLarge, translate
 
 #: The most of a response body that is read (and discarded past the stored cap).
 READ_LIMIT = 1024 * 1024
+_MAX_URLS = 10_000
+_urls: dict[str, httpx.URL] = {}
+
+
+def _url(url: str) -> httpx.URL:
+    """``url`` parsed once (httpx would parse the string on every request)."""
+    parsed = _urls.get(url)
+    if parsed is None:
+        if len(_urls) >= _MAX_URLS:
+            _urls.clear()
+        parsed = _urls[url] = httpx.URL(url)
+    return parsed
 
 
 async def post(
@@ -56,7 +68,7 @@ async def post(
     kept = bytearray()
     try:
         async with asyncio.timeout_at(deadline):
-            async with client.stream("POST", url, content=body, headers=headers) as response:
+            async with client.stream("POST", _url(url), content=body, headers=headers) as response:
                 result.status = response.status_code
                 result.response_headers = {k: _text(v) for k, v in response.headers.items()}
                 if response.status_code in (429, 503):
@@ -77,7 +89,7 @@ async def post(
     except UnsafeURL as exc:
         result.error_class = "UnsafeURL"
         result.error_message = exc.reason
-    except (httpx.HTTPError, OSError) as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
         error = translate(exc)
         result.error_class = type(error).__name__
         result.error_message = _text(str(error)) or result.error_class

@@ -30,6 +30,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import psycopg
@@ -72,6 +73,36 @@ class _Interrupted(Exception):
     """The claim ends without an attempt to record (stopping, or lease nearly over)."""
 
 
+class _StoppedWaiting(Exception):
+    """The worker began stopping during an in-memory wait between attempts."""
+
+
+class _Run:
+    """One claim's short retries (``relay.retry.InMemoryRun``)."""
+
+    __slots__ = ("attempt", "job", "last_wait", "lease_end", "worker")
+
+    def __init__(
+        self,
+        worker: DeliveryWorker,
+        job: Job,
+        lease_end: float,
+        attempt: Callable[[], Awaitable[AttemptResult]],
+    ) -> None:
+        self.worker, self.job, self.lease_end, self.attempt = worker, job, lease_end, attempt
+        self.last_wait = 0.0
+
+    def fits(self, wait: float) -> bool:
+        """Short, fits in the lease with a whole attempt after it, and not stopping."""
+        w = self.worker
+        end = asyncio.get_running_loop().time() + wait + w.settings.webhook_timeout
+        return wait <= w.policy.memory_max and end <= self.lease_end and not w.stopping
+
+    def hold(self, result: AttemptResult, wait: float) -> None:
+        self.last_wait = wait
+        self.worker._submit(Outcome(self.job, result, "hold", wait))
+
+
 class _Endpoint:
     __slots__ = ("in_hand", "slots")
 
@@ -91,7 +122,9 @@ class DeliveryWorker:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.policy = RetryPolicy(settings.retry_schedule, max_age=settings.retry_max_age)
+        self.policy = RetryPolicy(
+            settings.retry_schedule, max_age=settings.retry_max_age, sleep=self._retry_sleep
+        )
         self.worker_id = worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         )
@@ -172,6 +205,12 @@ class DeliveryWorker:
         if self._running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._finished.wait(), self._grace() + 10.0)
+
+    async def _retry_sleep(self, wait: float) -> None:
+        """An in-memory wait between attempts; cut short (and abandoned) by stop()."""
+        await nap(self._stopping, wait)
+        if self._stopping.is_set():
+            raise _StoppedWaiting
 
     # --- claiming ----------------------------------------------------------------
 
@@ -380,25 +419,14 @@ class DeliveryWorker:
             job.attempt += 1
             return result
 
-        def fits(wait: float) -> bool:
-            """Short, fits in the lease with a whole attempt after it, and not stopping."""
-            end = loop.time() + wait + self.settings.webhook_timeout
-            return (
-                wait <= self.policy.memory_max and end <= lease_end and not self._stopping.is_set()
-            )
-
-        async def sleep(wait: float) -> None:
-            await nap(self._stopping, wait)
-            if self._stopping.is_set():
-                self._release(Release(job, delay=wait))
-                raise _Interrupted
-
-        def hold(result: AttemptResult, wait: float) -> None:
-            self._submit(Outcome(job, result, "hold", wait))
-
         # The short retries of one claim run under tenacity; what does not fit
         # in memory is stored in the row (tenacity decided the wait).
-        outcome = await self.policy.in_memory(once, fits=fits, sleep=sleep, before_sleep=hold)
+        run = _Run(self, job, lease_end, once)
+        try:
+            outcome = await self.policy.in_memory(run)
+        except _StoppedWaiting:
+            self._release(Release(job, delay=run.last_wait))
+            raise _Interrupted from None
         if isinstance(outcome, Stored):
             if outcome.delay is None:
                 self._submit(Outcome(job, outcome.result, "failed"))

@@ -27,12 +27,13 @@ wait given by :meth:`RetryPolicy.next_delay` in the row.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import tenacity
 from tenacity import RetryCallState
@@ -163,14 +164,37 @@ class wait_retry_after(wait_base):
         return wait
 
 
-class stop_unless(stop_base):
-    """Stop when ``fits(upcoming_sleep)`` is false (the in-memory window of one claim)."""
+class InMemoryRun(Protocol):
+    """One claim's short retries, as :meth:`RetryPolicy.in_memory` runs them."""
 
-    def __init__(self, fits: Callable[[float], bool]) -> None:
-        self.fits = fits
+    #: The network call (all that tenacity wraps).
+    attempt: Callable[[], Awaitable[AttemptResult]]
+
+    def fits(self, wait: float) -> bool:
+        """Whether a wait of ``wait`` seconds may be slept in memory."""
+
+    def hold(self, result: AttemptResult, wait: float) -> None:
+        """Before an in-memory wait: ``result`` is recorded, the claim kept."""
+
+
+def _run(rs: RetryCallState) -> InMemoryRun:
+    run = rs.args[0]
+    return run  # type: ignore[no-any-return]
+
+
+class stop_unless_it_fits(stop_base):
+    """Stop the in-memory run when its wait does not fit (it is stored instead)."""
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return not self.fits(retry_state.upcoming_sleep)
+        return not _run(retry_state).fits(retry_state.upcoming_sleep)
+
+
+def _hold(rs: RetryCallState) -> None:
+    _run(rs).hold(_result(rs), rs.upcoming_sleep)
+
+
+async def _attempt(run: InMemoryRun) -> AttemptResult:
+    return await run.attempt()
 
 
 def _retryable(result: Any) -> bool:
@@ -194,6 +218,7 @@ class RetryPolicy:
         *,
         max_age: timedelta | None = None,
         memory_max: float = MEMORY_MAX,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         base: wait_base
         if isinstance(schedule, Exponential):
@@ -221,12 +246,17 @@ class RetryPolicy:
             retry_error_callback=lambda _rs: None,
             sleep=lambda _s: None,
         )
+        # One AsyncRetrying for every delivery: a call keeps its state in its
+        # own RetryCallState, and every strategy and hook here is synchronous,
+        # so concurrent calls never interleave inside tenacity's iteration.
         self._in_memory = tenacity.AsyncRetrying(
             retry=self.retry,
             wait=self.wait,
-            stop=self.stop,
+            stop=self.stop | stop_unless_it_fits(),
             after=adopt_stored_state,
+            before_sleep=_hold,
             retry_error_callback=self._stored,
+            sleep=sleep,
         )
 
     def next_delay(self, result: AttemptResult) -> float | None:
@@ -245,24 +275,13 @@ class RetryPolicy:
         exhausted = self.stop(rs)
         return Stored(_result(rs), None if exhausted else rs.upcoming_sleep)
 
-    async def in_memory(
-        self,
-        attempt: Callable[[], Awaitable[AttemptResult]],
-        *,
-        fits: Callable[[float], bool],
-        sleep: Callable[[float], Awaitable[None]],
-        before_sleep: Callable[[AttemptResult, float], None],
-    ) -> AttemptResult | Stored:
-        """Run ``attempt`` and its retries whose wait ``fits`` in memory.
+    async def in_memory(self, run: InMemoryRun) -> AttemptResult | Stored:
+        """Run ``run.attempt`` and its retries whose wait ``run.fits`` in memory.
 
         Returns the final result (success, or no retry: 410), or :class:`Stored`:
         the last result and the wait to store (``None``: exhausted).
-        ``before_sleep(result, wait)`` runs before each in-memory wait.
+        ``run.hold(result, wait)`` runs before each in-memory wait, and the
+        policy's ``sleep`` sleeps it (it may raise to abandon the run).
         """
-        retrying = self._in_memory.copy(
-            stop=self.stop | stop_unless(fits),
-            sleep=sleep,
-            before_sleep=lambda rs: before_sleep(_result(rs), rs.upcoming_sleep),
-        )
-        outcome: AttemptResult | Stored = await retrying(attempt)
+        outcome: AttemptResult | Stored = await self._in_memory(_attempt, run)
         return outcome

@@ -13,6 +13,8 @@ request than httpx's default transport (BENCHMARKS.md, B4). On that engine:
   only checked address literals to connect to. TLS is verified against the
   URL's host name (aiohttp passes it as ``server_hostname``), with certifi's
   CAs and the system's.
+* **No state from receivers** — no cookies are kept (aiohttp's and httpx's
+  jars both discard them).
 * **Bounded responses** — a response head of more than :data:`MAX_HEADERS`
   fields or a line over :data:`MAX_LINE` bytes is refused by the parser
   (:class:`ResponseHeadTooLarge`); bodies are streamed by the caller and
@@ -284,6 +286,15 @@ class GuardedTransport(AiohttpTransport):
         return response
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing: a receiver's ``Set-Cookie`` is never
+    stored (a receiver must not grow the relay's memory with cookies, nor
+    have them sent back), and the per-response parsing is skipped."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
 def make_client(
     *,
     max_connections: int,
@@ -339,4 +350,6 @@ def make_client(
     )
     for name in ("accept", "accept-encoding"):
         client.headers.pop(name, None)
+    # httpx has no switch for its cookie persistence; its jar is this attribute.
+    client._cookies = _NoCookies()
     return client

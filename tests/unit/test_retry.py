@@ -109,57 +109,71 @@ def test_parse_retry_after_never_raises(value: str | None, expected: float | Non
     assert parse_retry_after(value) == expected
 
 
-async def test_in_memory_retries_run_under_tenacity() -> None:
-    policy = RetryPolicy(parse_schedule("10ms,10ms,1h"))
-    statuses = iter([500, 503, 500])
-    attempt = 0
-    slept: list[float] = []
-    held: list[tuple[int, float]] = []
+class Run:
+    """An InMemoryRun over scripted statuses."""
 
-    async def once() -> AttemptResult:
-        nonlocal attempt
-        attempt += 1
-        return result(attempt, next(statuses))
+    def __init__(self, statuses: list[int], first: int = 1, fits_up_to: float = 1.0) -> None:
+        self.statuses = iter(statuses)
+        self.n = first - 1
+        self.fits_up_to = fits_up_to
+        self.held: list[tuple[int, float]] = []
+
+    async def attempt(self) -> AttemptResult:
+        self.n += 1
+        return result(self.n, next(self.statuses))
+
+    def fits(self, wait: float) -> bool:
+        return wait <= self.fits_up_to
+
+    def hold(self, r: AttemptResult, wait: float) -> None:
+        self.held.append((r.attempt, wait))
+
+
+async def test_in_memory_retries_run_under_tenacity() -> None:
+    slept: list[float] = []
 
     async def sleep(wait: float) -> None:
         slept.append(wait)
         await asyncio.sleep(0)
 
-    outcome = await policy.in_memory(
-        once,
-        fits=lambda wait: wait <= 1.0,
-        sleep=sleep,
-        before_sleep=lambda r, wait: held.append((r.attempt, wait)),
-    )
+    policy = RetryPolicy(parse_schedule("10ms,10ms,1h"), sleep=sleep)
+    run = Run([500, 503, 500])
+    outcome = await policy.in_memory(run)
     # Two short waits in memory, then the hour is stored.
-    assert held == [(1, 0.01), (2, 0.01)] and slept == [0.01, 0.01]
+    assert run.held == [(1, 0.01), (2, 0.01)] and slept == [0.01, 0.01]
     assert isinstance(outcome, Stored) and outcome.delay == 3600.0
     assert outcome.result.attempt == 3
 
 
 async def test_in_memory_run_ends_on_success_or_exhaustion() -> None:
-    policy = RetryPolicy(parse_schedule("10ms"))
-
     async def never_sleep(_wait: float) -> None:
         return None
 
-    statuses = iter([500, 200])
-    n = 0
-
-    async def once() -> AttemptResult:
-        nonlocal n
-        n += 1
-        return result(n, next(statuses))
-
-    ok = await policy.in_memory(
-        once, fits=lambda _w: True, sleep=never_sleep, before_sleep=lambda *_: None
-    )
+    policy = RetryPolicy(parse_schedule("10ms"), sleep=never_sleep)
+    ok = await policy.in_memory(Run([500, 200]))
     assert isinstance(ok, AttemptResult) and ok.ok and ok.attempt == 2
-
-    async def failing() -> AttemptResult:
-        return result(2, 500)  # the stored state: already the last attempt
-
-    exhausted = await policy.in_memory(
-        failing, fits=lambda _w: True, sleep=never_sleep, before_sleep=lambda *_: None
-    )
+    # The stored state says attempt 2 is already the last one.
+    exhausted = await policy.in_memory(Run([500], first=2))
     assert isinstance(exhausted, Stored) and exhausted.delay is None
+
+
+async def test_concurrent_runs_share_one_policy() -> None:
+    async def sleep(wait: float) -> None:
+        await asyncio.sleep(wait)
+
+    policy = RetryPolicy(parse_schedule("1ms,1ms,1ms"), sleep=sleep)
+    runs = [Run([500] * (i % 4) + [200]) for i in range(20)]
+    outcomes = await asyncio.gather(*(policy.in_memory(r) for r in runs))
+    assert all(isinstance(o, AttemptResult) and o.ok for o in outcomes)
+    assert [o.attempt for o in outcomes[:4]] == [1, 2, 3, 4]  # type: ignore[union-attr]
+
+
+async def test_a_raising_sleep_abandons_the_run() -> None:
+    async def stopping(_wait: float) -> None:
+        raise RuntimeError("stopping")
+
+    policy = RetryPolicy(parse_schedule("10ms"), sleep=stopping)
+    run = Run([500, 200])
+    with pytest.raises(RuntimeError, match="stopping"):
+        await policy.in_memory(run)
+    assert run.held == [(1, 0.01)]

@@ -509,3 +509,12 @@ async def test_tls_verifies_the_host_name(tmp_path: Path, monkeypatch: pytest.Mo
     )
     assert len(rx.requests) == 2 and rx.connections == 1
     assert rx.requests[0].headers["host"] == f"hooks.test:{port}"
+
+
+async def test_cookies_from_a_receiver_are_never_kept_or_sent() -> None:
+    async with running() as rx, _client() as client:
+        rx.script(Reply(200, b"{}", tuple(("Set-Cookie", f"c{i}=v; Path=/") for i in range(50))))
+        assert (await _post(client, rx.url)).ok
+        assert (await _post(client, rx.url)).ok
+        assert len(client.cookies) == 0
+    assert all("cookie" not in r.headers for r in rx.requests)
