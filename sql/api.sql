@@ -139,7 +139,7 @@ LIMIT %(limit)s OFFSET %(offset)s
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, e.payload,
        d.response_status, d.response_body, d.status, d.error_message,
        d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
-       d.replay
+       d.replay, e.created_at AS event_created_at
 FROM outbox.deliveries d
 LEFT JOIN outbox.events e ON e.id = d.event_id
 WHERE d.webhook_id = %(webhook_id)s
@@ -158,7 +158,7 @@ WHERE webhook_id = %(webhook_id)s
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, e.payload,
        d.response_status, d.response_body, d.status, d.error_message,
        d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
-       d.replay
+       d.replay, e.created_at AS event_created_at
 FROM outbox.deliveries d
 LEFT JOIN outbox.events e ON e.id = d.event_id
 WHERE d.webhook_id = %(webhook_id)s AND d.id = %(id)s

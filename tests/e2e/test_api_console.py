@@ -141,6 +141,8 @@ async def test_event_deliveries_and_newest_first_delivery_pages(
 
     newest = (await client.get(f"/webhooks/{a['id']}/deliveries?order=desc&limit=2")).json()
     assert [d["id"] for d in newest["items"]] == [d3, d2] and newest["total"] == 3
+    # The event's own time, where a replay by time of "what failed" starts.
+    assert all(d["event_created_at"] for d in newest["items"])
     page2 = await client.get(f"/webhooks/{a['id']}/deliveries?order=desc&limit=2&offset=2")
     assert [d["id"] for d in page2.json()["items"]] == [d1]
     oldest = (await client.get(f"/webhooks/{a['id']}/deliveries")).json()

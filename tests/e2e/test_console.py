@@ -155,6 +155,9 @@ async def test_a_newcomer_creates_a_webhook_fixes_its_url_and_replays_what_it_mi
         url_input = form.locator("#" + await _field_id(form, "Endpoint URL"))
         await url_input.fill("ftp://crm.invalid/hook")
         await form.locator("#" + await _field_id(form, "Event types")).fill("user.*")
+        await form.locator("[data-test=add-header]").click()
+        await form.locator(".hrow .hname").fill("X-Tenant")
+        await form.locator(".hrow .hvalue").fill("acme")
         await form.locator("[data-test=webhook-save]").click()
         url_error = form.locator('[data-error-for="url"]')
         await url_error.wait_for(timeout=WAIT_MS)
@@ -214,6 +217,7 @@ async def test_a_newcomer_creates_a_webhook_fixes_its_url_and_replays_what_it_mi
 
         await wait_for(received, timeout=30, what="the replayed events at the fixed URL")
         assert all(json.loads(r.body)["name"].startswith("u") for r in rx.requests)
+        assert all(r.headers.get("x-tenant") == "acme" for r in rx.requests)  # custom header
         await page.click("#delivery-tabs button[data-status=success]")
         await wait_count(page, "#deliveries tr.d-success", 3, what="3 successful replays")
         assert (await texts(page, "#deliveries tr.d-success .tag")).count("replay 1") == 3
@@ -229,6 +233,7 @@ async def test_a_newcomer_creates_a_webhook_fixes_its_url_and_replays_what_it_mi
         )
         body = await page.inner_text("#drawer-body")
         assert "x-webhook-event" in body and "webhook.test" in body
+        assert "x-tenant" in body.lower()
         await screenshot(page, "console-delivery-ok")
         await page.click("#drawer-close")
 
