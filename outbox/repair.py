@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from outbox.cursor import Cursor
+from outbox.cursor import Cursor, sql_params
 from outbox.names import DISPATCHER_STATE, RETENTION_WATERMARK
 from outbox.sqlfiles import query
 
@@ -78,7 +78,7 @@ def fix_sequence(conn: psycopg.Connection[Any]) -> Diagnosis:
             return found
         conn.execute(_sql("repair_setval"), {"floor": found.used})
         rows = conn.execute(
-            _sql("repair_renumber"), {"floor": found.used, **found.cursor.params()}
+            _sql("repair_renumber"), {"floor": found.used, **sql_params(found.cursor)}
         ).fetchall()
         moved = sorted((int(r[0]), int(r[1])) for r in rows)
     return Diagnosis(found.sequence, found.used, found.cursor, moved)

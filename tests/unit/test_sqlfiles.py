@@ -17,7 +17,8 @@ from tests.support.paths import ROOT
 
 # What a whole statement (or a psycopg.sql template of one) starts with.
 _STATEMENT = re.compile(
-    r"^(SELECT|WITH|INSERT|UPDATE|DELETE|SET|LISTEN|CREATE|DROP|ALTER|COMMENT|DO|TRUNCATE)\b"
+    r"^(SELECT|WITH|INSERT|UPDATE|DELETE|SET|LISTEN|NOTIFY|LOCK|CREATE|DROP|ALTER|COMMENT|DO"
+    r"|TRUNCATE|VACUUM|ANALYZE|VALUES|CALL|GRANT|REVOKE)\b"
 )
 _USE = re.compile(r"""query\(\s*"([a-z0-9_]+)",\s*(?:"([a-z0-9_]+\.sql)"|(_SQL|SQL_FILE))""")
 _MODULE_FILE = re.compile(r"""^(?:_SQL|SQL_FILE)\s*=\s*"([a-z0-9_]+\.sql)"$""", re.MULTILINE)
