@@ -14,6 +14,13 @@ wait (its reads fail or time out, its statement hangs, the leadership keeps
 changing hands), or event ids went backwards. Each problem names the part
 and why. Nothing has to be reset afterwards: each request checks again.
 ``/metrics`` exports the same verdicts (:func:`assess`).
+
+``capture``: the last check of every capture rule's trigger (relay/
+capture_check.py). A rule whose trigger is missing, stale or disabled, or
+whose table was dropped, makes the status ``degraded`` and is named in
+``problems`` — but the answer stays HTTP 200 when nothing else is wrong:
+this process still serves and delivers, and a load balancer must not take
+every copy out of service for a trigger only ``outbox track`` can restore.
 """
 
 from __future__ import annotations
@@ -143,6 +150,9 @@ async def assess(state: AppState) -> dict[str, Any]:
         if dispatch_stall:
             problems.append(dispatch_stall)
             parts["dispatcher"] = True
+    capture_problems = len(relay["capture"]["problems"])
+    for p in relay["capture"]["problems"]:
+        problems.append(f"capture rule {p['rule']} {p['state']}")
     feed = dict(relay["feed"])
     if lags.get("feed_lag") is not None:
         feed["lag"] = lags["feed_lag"]
@@ -158,13 +168,16 @@ async def assess(state: AppState) -> dict[str, Any]:
         # Informational: a broker that refuses is the sink's problem (its
         # last_error says why), not this process's, so it does not degrade it.
         "sinks": state.sinks.health(),
+        "capture": relay["capture"],
     }
-    return {"problems": problems, "parts": parts, "body": body}
+    return {"problems": problems, "parts": parts, "body": body, "capture": capture_problems}
 
 
 async def health(request: Request) -> JSONResponse:
     verdict = await assess(request.app.state.outbox)
-    return JSONResponse(verdict["body"], status_code=503 if verdict["problems"] else 200)
+    # Capture problems alone degrade the status, not the HTTP answer.
+    serious = len(verdict["problems"]) > verdict["capture"]
+    return JSONResponse(verdict["body"], status_code=503 if serious else 200)
 
 
 routes: list[BaseRoute] = [Route("/health", health, methods=["GET"], name="health")]

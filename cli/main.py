@@ -61,13 +61,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_track(args: argparse.Namespace) -> int:
-    from outbox.capture import Rule, track
+    from outbox.capture import Policy, Rule, set_policy, track
     from outbox.db import connect
 
     ops = [(op, getattr(args, op)) for op in ("insert", "update", "delete")]
     ops = [(op, ev) for op, ev in ops if ev]
+    if args.all_columns and (args.columns is not None or args.exclude):
+        raise OutboxError("--all-columns cannot be combined with --columns or --exclude")
+    policy = Policy() if args.all_columns else Policy.of(args.columns, args.exclude or ())
     if not ops:
-        raise OutboxError("give at least one of --insert, --update, --delete")
+        if policy is None:
+            raise OutboxError(
+                "give at least one of --insert, --update, --delete "
+                "(or only --columns/--exclude/--all-columns to change the table's policy)"
+            )
+        if args.of or args.when or args.key:
+            raise OutboxError("--of, --when and --key belong to a rule: give --insert/--update")
+        with connect(_db_url(args)) as conn:
+            result = set_policy(conn, args.table, policy)
+        _say(f"policy of {result[0].table}: {policy.describe()}")
+        for r in result:
+            _say(f"  regenerated: {r.operation} -> {r.event_type} (trigger {r.trigger_name})")
+        return 0
     if args.of and not args.update:
         raise OutboxError("--of applies to --update rules only")
     rules = []
@@ -82,16 +97,15 @@ def cmd_track(args: argparse.Namespace) -> int:
                 event_type=ev,
                 of=args.of if op == "update" else (),
                 when=when,
-                columns=args.columns,
-                exclude=args.exclude or (),
                 key=args.key or (),
             )
         )
     with connect(_db_url(args)) as conn:
-        result = track(conn, rules)
+        result = track(conn, rules, policy=policy)
     for r in result:
-        state = "tracked" if r.changed else "unchanged"
-        _say(f"{state}: {r.table} {r.operation} -> {r.event_type} (trigger {r.trigger_name})")
+        _say(f"{r.status}: {r.table} {r.operation} -> {r.event_type} (trigger {r.trigger_name})")
+    if result and policy is not None:
+        _say(f"policy of {result[0].table}: {policy.describe()} (every rule of the table)")
     return 0
 
 
@@ -109,32 +123,70 @@ def cmd_untrack(args: argparse.Namespace) -> int:
 def cmd_tracked(args: argparse.Namespace) -> int:
     import json
 
-    from outbox.capture import tracked
+    from outbox.capture import ddl_guard_installed, policy_of, tracked
     from outbox.db import connect
 
     with connect(_db_url(args)) as conn:
         rules = tracked(conn)
+        guard = ddl_guard_installed(conn)
+    tables: dict[str, list[Any]] = {}
+    for r in rules:
+        tables.setdefault(r.table, []).append(r)
     if args.json:
-        _say(json.dumps([r.__dict__ for r in rules], default=list, indent=2))
+        doc = {
+            "ddl_event_trigger": guard,
+            "tables": [
+                {
+                    "table": name,
+                    "policy": {"kind": policy_of(rs[0]).kind, "columns": policy_of(rs[0]).columns},
+                    "rules": [
+                        {
+                            "operation": r.operation,
+                            "event_type": r.event_type,
+                            "of": r.of,
+                            "when": r.when,
+                            "key": r.key,
+                            "level": r.level,
+                            "trigger_name": r.trigger_name,
+                            "function_name": r.function_name,
+                            "state": r.state,
+                            "detail": r.detail,
+                        }
+                        for r in rs
+                    ],
+                }
+                for name, rs in tables.items()
+            ],
+        }
+        _say(json.dumps(doc, default=list, indent=2))
         return 0
     if not rules:
         _say("no capture rules (add one with `outbox track TABLE --insert EVENT`)")
         return 0
-    for r in rules:
-        extra = []
-        if r.of:
-            extra.append("of " + ",".join(r.of))
-        if r.when:
-            extra.append(f"when {r.when}")
-        if r.columns is not None:
-            extra.append("columns " + ",".join(r.columns))
-        if r.exclude:
-            extra.append("exclude " + ",".join(r.exclude))
-        if r.key:
-            extra.append("key " + ",".join(r.key))
-        tail = f"  [{'; '.join(extra)}]" if extra else ""
-        _say(f"{r.table:30} {r.operation:6} -> {r.event_type}{tail}")
-    return 0
+    for name, rs in tables.items():
+        _say(f"{name}  [policy: {policy_of(rs[0]).describe()}]")
+        for r in rs:
+            extra = []
+            if r.of:
+                extra.append("of " + ",".join(r.of))
+            if r.when:
+                extra.append(f"when {r.when}")
+            if r.key:
+                extra.append("key " + ",".join(r.key))
+            tail = f"  [{'; '.join(extra)}]" if extra else ""
+            state = "" if r.state == "ok" else f"  {r.state.upper()}: {r.detail}"
+            _say(f"  {r.operation:6} -> {r.event_type}{tail}{state}")
+    bad = [r for r in rules if r.state != "ok"]
+    if bad:
+        _say(
+            f"{len(bad)} rule(s) not capturing as tracked: "
+            "`outbox track` with the same rule restores it"
+        )
+    if not guard:
+        _say(
+            "note: no DDL event trigger (needs a superuser): schema changes are found by this check"
+        )
+    return 1 if bad else 0
 
 
 # --- parser ------------------------------------------------------------------------
@@ -172,10 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
         "track",
         help="capture a table's changes as events",
         description="Compile capture rules into triggers. Re-running the same rule changes "
-        "nothing; a changed rule replaces its trigger atomically.",
+        "nothing (or restores its trigger if it went missing); a changed rule replaces its "
+        "trigger atomically. --columns/--exclude/--all-columns are the table's column policy, "
+        "shared by all its rules; given alone (no --insert/--update/--delete) they change it "
+        "and regenerate every rule of the table in one transaction. Rules follow the table "
+        "and its columns through renames (docs/capture.md).",
         epilog="example:\n  outbox track tickets --insert ticket.created\n"
-        "  outbox track tickets --update ticket.status_changed --of status\n"
-        "  outbox track users --insert user.created --exclude password_hash",
+        "  outbox track tickets --update ticket.status_changed --of status --key id\n"
+        "  outbox track users --insert user.created --exclude password_hash\n"
+        "  outbox track users --exclude password_hash,ssn     # change the policy",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("table", help="table name, optionally schema-qualified")
@@ -201,14 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COL,...",
         type=_csv,
         default=None,
-        help="payload holds only these columns",
+        help="the table's column policy: payloads hold only these columns (every rule of "
+        "the table; later commands without a policy keep it)",
     )
     p.add_argument(
         "--exclude",
         metavar="COL,...",
         type=_csv,
         default=(),
-        help="payload leaves these columns out (e.g. password_hash)",
+        help="the table's column policy: payloads leave these columns out, also after "
+        "they are renamed (e.g. password_hash)",
+    )
+    p.add_argument(
+        "--all-columns",
+        action="store_true",
+        help="the table's column policy: every column (clears --columns/--exclude)",
     )
     p.add_argument(
         "--key",
@@ -231,7 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
     p.set_defaults(func=cmd_untrack)
 
-    p = sub.add_parser("tracked", help="list capture rules")
+    p = sub.add_parser(
+        "tracked",
+        help="list capture rules",
+        description="List the rules per table with the table's column policy, and verify "
+        "each rule's trigger and function (exit status 1 if one is missing, stale, "
+        "disabled or its table is gone).",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_db(p)
     p.set_defaults(func=cmd_tracked)

@@ -58,7 +58,26 @@ def migrate(conn: psycopg.Connection, *, log: Callable[[str], None] | None = Non
                 applied.append(version)
     except psycopg.Error as exc:
         raise MigrationError(f"migration failed: {str(exc).strip().splitlines()[0]}") from exc
+    _ddl_guard(conn, log)
     return applied
+
+
+def _ddl_guard(conn: psycopg.Connection, log: Callable[[str], None] | None) -> None:
+    """The DDL event triggers of schema-aware capture need a superuser (or a
+    managed provider's admin role); without them, migrate says so in one
+    line and carries on: outbox serve's rule check protects that database."""
+    from outbox.capture import install_ddl_guard
+
+    try:
+        installed = install_ddl_guard(conn)
+    except psycopg.Error as exc:
+        raise MigrationError(f"migration failed: {str(exc).strip().splitlines()[0]}") from exc
+    if not installed and log:
+        log(
+            "note: the DDL event trigger was not installed (it needs a superuser): capture "
+            "rules are not re-checked on ALTER/DROP; outbox serve and outbox tracked report "
+            "stale rules instead (docs/capture.md)"
+        )
 
 
 def current_version(conn: psycopg.Connection) -> int:

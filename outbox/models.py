@@ -23,11 +23,12 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Integer,
+    SmallInteger,
     Text,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, OID, TIMESTAMP
 from sqlalchemy.types import UserDefinedType
 from sqlmodel import Field, SQLModel
 
@@ -64,6 +65,11 @@ def _text_array(*, nullable: bool, empty_default: bool = False) -> Any:
     return Column(
         ARRAY(Text), nullable=nullable, server_default=text("'{}'") if empty_default else None
     )
+
+
+def _attnums() -> Any:
+    """Columns by identity (``pg_attribute.attnum``), so renames do not matter."""
+    return Column(ARRAY(SmallInteger), nullable=False, server_default=text("'{}'"))
 
 
 def _count(default: str = "0") -> Any:
@@ -107,8 +113,40 @@ class Event(SQLModel, table=True):
     tracestate: str | None = Field(default=None, sa_column=_text(nullable=True))
 
 
+class CaptureTable(SQLModel, table=True):
+    """``outbox.capture_tables``: a tracked table by identity (``relid``, NULL
+    once dropped) and its column policy, shared by all of its rules."""
+
+    __tablename__ = "capture_tables"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: int | None = Field(default=None, sa_column=_identity_pk(always=True))
+    relid: int | None = Field(default=None, sa_column=Column(OID, nullable=True, unique=True))
+    table_schema: str = Field(sa_column=_text(nullable=False))
+    table_name: str = Field(sa_column=_text(nullable=False))
+    previous_names: list[str] = Field(
+        default_factory=list, sa_column=_text_array(nullable=False, empty_default=True)
+    )
+    policy: str = Field(
+        default="all", sa_column=Column(Text, nullable=False, server_default=text("'all'"))
+    )
+    policy_attnums: list[int] = Field(default_factory=list, sa_column=_attnums())
+    policy_columns: list[str] = Field(
+        default_factory=list, sa_column=_text_array(nullable=False, empty_default=True)
+    )
+    columns_seen: Any = Field(
+        default=None, sa_column=Column(JSONB, nullable=False, server_default=text("'[]'"))
+    )
+    retired_exclusions: list[str] = Field(
+        default_factory=list, sa_column=_text_array(nullable=False, empty_default=True)
+    )
+    created_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+    updated_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
+
+
 class CaptureRule(SQLModel, table=True):
-    """``outbox.capture_rules``: written by ``outbox track``, one trigger per row."""
+    """``outbox.capture_rules``: written by ``outbox track``, one trigger per row.
+    ``*_attnums`` hold the columns by identity; ``*_columns`` their current names."""
 
     __tablename__ = "capture_rules"
     __table_args__ = {"schema": SCHEMA}
@@ -122,10 +160,6 @@ class CaptureRule(SQLModel, table=True):
         default_factory=list, sa_column=_text_array(nullable=False, empty_default=True)
     )
     when_sql: str | None = Field(default=None, sa_column=_text(nullable=True))
-    columns: list[str] | None = Field(default=None, sa_column=_text_array(nullable=True))
-    exclude_columns: list[str] = Field(
-        default_factory=list, sa_column=_text_array(nullable=False, empty_default=True)
-    )
     trigger_name: str = Field(sa_column=_text(nullable=False))
     function_name: str = Field(sa_column=_text(nullable=False))
     definition_hash: str = Field(sa_column=_text(nullable=False))
@@ -133,6 +167,10 @@ class CaptureRule(SQLModel, table=True):
     key_columns: list[str] = Field(
         default_factory=list, sa_column=_text_array(nullable=False, empty_default=True)
     )
+    table_id: int = Field(sa_column=_owner("outbox.capture_tables.id"))
+    level: str = Field(sa_column=_text(nullable=False))
+    of_attnums: list[int] = Field(default_factory=list, sa_column=_attnums())
+    key_attnums: list[int] = Field(default_factory=list, sa_column=_attnums())
 
 
 class Webhook(SQLModel, table=True):
@@ -290,6 +328,7 @@ class Sink(SQLModel, table=True):
 
 TABLE_MODELS: tuple[type[SQLModel], ...] = (
     Event,
+    CaptureTable,
     CaptureRule,
     Webhook,
     Delivery,

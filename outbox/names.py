@@ -26,7 +26,8 @@ CHANNELS = (EVENTS_CHANNEL, DELIVERIES_CHANNEL)
 DOORBELL_KEY = _key("outbox doorbell")  # sql/003_doorbell.sql, relay/doorbell.py
 LEADER_KEY = _key("outbox relay leader")  # relay/leader.py: session lock of the leader
 MIGRATION_KEY = _key("outbox migrate")  # outbox/migrate.py: one migrator at a time
-LOCK_KEYS = (DOORBELL_KEY, LEADER_KEY, MIGRATION_KEY)
+CAPTURE_KEY = _key("outbox capture")  # outbox/capture.py: one track/untrack at a time
+LOCK_KEYS = (DOORBELL_KEY, LEADER_KEY, MIGRATION_KEY, CAPTURE_KEY)
 # Sinks take the two-key form pg_try_advisory_lock(SINK_LOCK_CLASS, sink id),
 # held by the sink's one publisher (relay/sinks/runner.py); two-key locks
 # never collide with the one-key (bigint) locks above. sha256("outbox sink")[:4].

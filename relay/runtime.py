@@ -30,6 +30,7 @@ import psycopg
 
 from outbox.cursor import Cursor
 from outbox.names import DELIVERIES_CHANNEL, EVENTS_CHANNEL
+from outbox.relay.capture_check import CAPTURE_CHECK_INTERVAL, CaptureCheck
 from outbox.relay.config import Settings
 from outbox.relay.dispatcher import Dispatcher, Waker
 from outbox.relay.doorbell import Doorbell
@@ -83,6 +84,7 @@ class Relay:
         sender: Waker,
         leader_retry_interval: float = 1.0,
         retention_interval: float = RETENTION_INTERVAL,
+        capture_check_interval: float = CAPTURE_CHECK_INTERVAL,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -92,6 +94,10 @@ class Relay:
         # The end of the last batch handed to the hub; None until start().
         self.cursor: Cursor | None = None
         self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # No silent stop: every capture rule's trigger checked (issue 21).
+        self.capture_check = CaptureCheck(
+            settings.database_url, metrics, instance=self.instance, interval=capture_check_interval
+        )
         self.feed_state = "starting"
         self.feed_error: str | None = None
         self.last_read_at: float | None = None
@@ -199,6 +205,7 @@ class Relay:
                 tg.create_task(self._feed_loop(), name="relay-feed")
                 tg.create_task(self.leadership.run(), name="relay-leader")
                 tg.create_task(self._retention_loop(), name="relay-retention")
+                tg.create_task(self.capture_check.run(), name="relay-capture-check")
                 if self.listener is not None:
                     tg.create_task(self.listener.run(), name="relay-listener")
         finally:
@@ -218,6 +225,7 @@ class Relay:
         self._feed_wake.set()
         await self.dispatcher.stop()
         await self.leadership.stop()
+        await self.capture_check.stop()
         if self.listener is not None:
             await self.listener.stop()
 
@@ -339,6 +347,7 @@ class Relay:
                 "lag": self.lag.as_dict() if self.lag else None,
                 "progress": self.feed_progress.as_dict(),
             },
+            "capture": self.capture_check.health(),
             "dispatcher": {
                 "cursor": self.dispatcher.cursor.encode()
                 if self.leadership.is_leader and self.dispatcher.cursor

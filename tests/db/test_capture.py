@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from outbox.capture import Rule, track, tracked, untrack
+from outbox.capture import FUNCTION_VERSION, Rule, track, tracked, untrack
 from outbox.errors import CaptureError
 from tests.support.capture import create_tickets, events
 
@@ -65,11 +65,13 @@ def test_when_condition(conn: psycopg.Connection[Any], tickets: str) -> None:
 
 
 def test_exclude_and_columns_project_payload(conn: psycopg.Connection[Any], tickets: str) -> None:
+    # The column policy is the table's (CONTRACT "Schema changes on tracked
+    # tables"): one --exclude covers every rule of tickets.
+    conn.execute("CREATE TABLE public.briefs (id int PRIMARY KEY, title text, body text)")
     track(
         conn,
         [
             Rule(tickets, "insert", "ticket.created", exclude=("password_hash",)),
-            Rule(tickets, "insert", "ticket.brief", columns=("id", "title")),
             Rule(
                 tickets,
                 "update",
@@ -77,10 +79,12 @@ def test_exclude_and_columns_project_payload(conn: psycopg.Connection[Any], tick
                 of=("password_hash", "status"),
                 exclude=("password_hash",),
             ),
+            Rule("briefs", "insert", "ticket.brief", columns=("id", "title")),
         ],
     )
     conn.execute("INSERT INTO tickets (title, status, password_hash) VALUES ('a', 'o', 'h1')")
     conn.execute("UPDATE tickets SET password_hash = 'h2', status = 'c'")
+    conn.execute("INSERT INTO briefs VALUES (1, 'a', 'long')")
     got = dict(events(conn))
     assert "password_hash" not in got["ticket.created"]
     assert got["ticket.created"]["title"] == "a"
@@ -140,7 +144,7 @@ def test_trigger_functions_are_version_suffixed(
     conn: psycopg.Connection[Any], tickets: str
 ) -> None:
     rule = track(conn, [Rule(tickets, "insert", "ticket.created")])[0]
-    assert rule.function_name.endswith("_v1")
+    assert rule.function_name.endswith(f"_{FUNCTION_VERSION}")
 
 
 def test_rolled_back_change_produces_no_event(conn: psycopg.Connection[Any], tickets: str) -> None:
@@ -191,7 +195,7 @@ def test_statement_and_row_level_capture_agree(conn: psycopg.Connection[Any]) ->
                     when="NEW.id % 3 <> 0",
                     level=level,
                 ),
-                Rule(t, "delete", f"{t}.deleted", columns=("id",), level=level),
+                Rule(t, "delete", f"{t}.deleted", level=level),  # the table's policy
             ],
         )
     for t in ("a_row", "a_stmt"):

@@ -4,5 +4,7 @@ from __future__ import annotations
 
 import re
 
-NOTIFY_CALL = re.compile(r"pg_notify\(\s*'([^']*)'")
+# The quote may be doubled: the capture compiler (sql/010) writes the call
+# inside a string literal of the trigger source it generates.
+NOTIFY_CALL = re.compile(r"pg_notify\(\s*''?([^']*)'")
 LOCK_CALL = re.compile(r"pg_(?:try_)?advisory_(?:xact_)?lock(?:_shared)?\(\s*(-?\d+)")
