@@ -60,7 +60,7 @@ export class HealthView {
     // Every part as reported, the ones above included: whatever a newer
     // server adds (sinks, capture rules, ...) shows up without a page change.
     const parts = Object.entries(h).filter(([k, v]) => !["status", "problems"].includes(k) && v && typeof v === "object");
-    $("health-parts").replaceChildren(...parts.map(([name, value]) => card(name, value)));
+    $("health-parts").replaceChildren(...parts.map(([name, value]) => card(name, value)).filter(Boolean));
     setNav(ok);
   }
 
@@ -83,7 +83,7 @@ export class HealthView {
       name.append(el("strong", "", s.name), el("div", "muted mono small", s.url));
       const state = el("td");
       state.append(s.last_error ? badge("failing", "bad") : s.is_active ? badge("active", "ok") : badge("paused", "off"));
-      const lag = s.lag ? `${s.lag.events.toLocaleString()}${s.lag.capped ? "+" : ""} events` : "—";
+      const lag = s.lag ? events(s.lag.events, s.lag.capped) : "—";
       const age = s.lag && s.lag.events ? ` (oldest ${Math.round(s.lag.oldest_seconds)} s)` : "";
       const err = el("td", "err-cell", s.last_error || "—");
       if (s.last_error_at) err.title = `since ${when(s.last_error_at)}`;
@@ -110,9 +110,13 @@ async function readHealth() {
   }
 }
 
+function events(n, capped) {
+  return `${n.toLocaleString()}${capped ? "+" : ""} event${n === 1 && !capped ? "" : "s"}`;
+}
+
 function lagText(lag) {
   if (!lag) return ["—", ""];
-  const n = `${lag.events.toLocaleString()}${lag.capped ? "+" : ""} events`;
+  const n = events(lag.events, lag.capped);
   return [n, lag.events ? `oldest ${seconds(lag.oldest_seconds)}` : "caught up"];
 }
 
@@ -135,7 +139,7 @@ function tiles(h) {
   const stateOf = (v) => (GOOD.has(v) ? "ok" : v ? "bad" : "");
   return [
     tile("database", db.status || "—", db.error || "", stateOf(db.status)),
-    tile("listener", h.listener || "—", "LISTEN connection for the doorbell", stateOf(h.listener)),
+    tile("listener", h.listener || "—", "the LISTEN connection", stateOf(h.listener)),
     tile("role", h.role || "—", h.instance ? `instance ${h.instance}` : "", h.role ? "ok" : ""),
     tile("feed", feed.state || "—", feed.error || (feed.last_read_at ? `read ${ago(epoch(feed.last_read_at))}` : ""), stateOf(feed.state)),
     tile("feed lag", feedLag, feedNote, feed.lag && feed.lag.events > 1000 ? "wait" : "ok"),
@@ -167,11 +171,30 @@ function card(name, value) {
     const dl = el("dl", "facts");
     for (const [k, v] of flatten(value)) {
       if (k === "status" || k === "state") continue;
-      dl.append(el("dt", "", k.replace(/_/g, " ")), el("dd", /cursor|instance/.test(k) ? "mono cut" : "", show(k, v)));
+      const dd = el("dd", /cursor|instance/.test(k) ? "mono cut" : "");
+      if (Array.isArray(v) && v.length && typeof v[0] === "object") dd.append(items(v));
+      else dd.textContent = show(k, v);
+      dl.append(el("dt", "", k.replace(/_/g, " ")), dd);
     }
-    if (dl.childElementCount) c.append(dl);
+    if (!dl.childElementCount) return null; // its state alone: the tiles say it
+    c.append(dl);
   }
   return c;
+}
+
+// A list of objects (e.g. the sinks this process publishes): one line each,
+// its name and state, and its error when it has one.
+function items(list) {
+  const ul = el("ul", "hitems");
+  for (const it of list) {
+    const li = el("li");
+    const state = it.state || it.status;
+    li.append(el("span", "mono", it.name || it.id || "?"));
+    if (state) li.append(badge(state, GOOD.has(state) ? "ok" : "bad"));
+    if (it.last_error || it.error) li.append(el("div", "err-cell", it.last_error || it.error));
+    ul.append(li);
+  }
+  return ul;
 }
 
 function label(name) {

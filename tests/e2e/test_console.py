@@ -13,6 +13,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -33,6 +34,7 @@ from tests.support.servers import free_port, serve_app
 from tests.support.waiting import wait_for
 
 TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 pytestmark = [pytest.mark.browser, needs_chromium]
@@ -278,6 +280,22 @@ async def test_a_read_token_sees_everything_and_can_change_nothing(
     reader = create_token(conn, "viewer", scope="read")
     feeder = create_token(conn, "dash", scope="feed", events=["user.*"])
     async with serve_app(settings) as srv, open_page() as page:
+        # A sink whose broker refuses (RabbitMQ with a wrong password): the
+        # health view shows its lag and last error.
+        async with httpx.AsyncClient(base_url=srv.base_url, headers=AUTH) as admin:
+            sink = await admin.post(
+                "/sinks",
+                json={
+                    "name": "broken-amqp",
+                    "kind": "amqp",
+                    "url": "amqp://guest:wrong@127.0.0.1:5672/",
+                    "event_types": ["user.*"],
+                    "exchange": "nope",
+                    "routing_key": "{type}",
+                },
+            )
+            assert sink.status_code == 201, sink.text
+        publish(conn, "user.created", {"name": "Bea"})  # something for it to publish
         await login(page, srv.base_url, reader)
         assert (await page.inner_text("#scope")).strip() == "read only"
         await page.click("#nav-webhooks")
@@ -294,6 +312,12 @@ async def test_a_read_token_sees_everything_and_can_change_nothing(
             assert await count(page, write) == 0 or not await page.is_visible(write), write
         await page.click("#nav-health")
         await page.wait_for_selector("#health-summary[data-status]", timeout=WAIT_MS)
+        row = page.locator("#sinks tr:has-text('broken-amqp')")
+        await row.wait_for(timeout=WAIT_MS)
+        await page.wait_for_selector(
+            "#sinks tr:has-text('broken-amqp') .badge:text('failing')", timeout=30_000
+        )
+        assert "guest:wrong" not in await row.inner_text()  # the password is never shown
         await screenshot(page, "console-read-token")
 
         # A feed token: only the feed, and only its event patterns.
@@ -304,8 +328,8 @@ async def test_a_read_token_sees_everything_and_can_change_nothing(
         assert not await page.is_visible("#nav-webhooks")
         assert not await page.is_visible("#nav-health")
         assert await page.is_visible("#view-events")
-        await wait_count(page, "#events li.ev", 1)
-        assert await texts(page, "#events li.ev .ev-type") == ["user.created"]
+        await wait_count(page, "#events li.ev", 2)
+        assert await texts(page, "#events li.ev .ev-type") == ["user.created"] * 2
         await page.goto(f"{srv.base_url}/#/webhooks")
         assert not await page.is_visible("#view-webhooks")
         # Opening an event shows no deliveries section (not the feed's to see).
