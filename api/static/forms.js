@@ -79,7 +79,9 @@ function showErrors(err, fields, general) {
       const base = e.field.split(".")[0];
       const f = fields[base] || fields[ALIASES[base]];
       if (f) {
-        f.error.textContent = f.error.hidden ? e.message : `${f.error.textContent}; ${e.message}`;
+        // A field the form offers but this server does not know yet.
+        const msg = e.message === "unknown field" ? "unknown field: this server does not support it yet" : e.message;
+        f.error.textContent = f.error.hidden ? msg : `${f.error.textContent}; ${msg}`;
         f.error.hidden = false;
         f.wrap.classList.add("invalid");
       } else {

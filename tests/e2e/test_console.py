@@ -224,6 +224,25 @@ async def test_a_newcomer_creates_a_webhook_fixes_its_url_and_replays_what_it_mi
         await wait_count(page, "#deliveries tr.d-success", 3, what="3 successful replays")
         assert (await texts(page, "#deliveries tr.d-success .tag")).count("replay 1") == 3
 
+        # Per-key ordering: sent when chosen. A server without it (#17) says
+        # "unknown field", and the form shows that next to the control.
+        await page.click("[data-test=edit]")
+        form = page.locator("[data-test=webhook-form]")
+        await form.locator("#" + await _field_id(form, "Ordering")).select_option("key")
+        await form.locator("[data-test=webhook-save]").click()
+        ordering_error = form.locator('[data-error-for="ordering"]')
+        await wait_for(
+            lambda: _settled(page, ordering_error),
+            timeout=10,
+            what="ordering saved or refused next to its field",
+        )
+        if await ordering_error.is_visible():
+            assert (await ordering_error.inner_text()).strip()
+            await screenshot(page, "console-field-error")
+            await form.locator("button:has-text('Cancel')").click()
+        else:
+            await page.wait_for_selector("#hd-facts :text('key')", timeout=WAIT_MS)
+
         # Send a test and inspect it.
         await page.click("#delivery-tabs button[data-status='']")
         await page.click("[data-test=send-test]")
@@ -257,6 +276,11 @@ async def test_a_newcomer_creates_a_webhook_fixes_its_url_and_replays_what_it_mi
         await page.click("[data-test=delete]")
         await page.click("[data-test=delete-dialog] [data-test=confirm]")
         await page.wait_for_selector("#hook-list :text('No webhooks yet')", timeout=WAIT_MS)
+
+
+async def _settled(page: Any, error: Any) -> bool:
+    """The form either closed (saved) or shows the error."""
+    return await error.is_visible() or await count(page, "[data-test=webhook-form]") == 0
 
 
 async def _field_id(form: Any, label: str) -> str:
