@@ -554,3 +554,12 @@ def install_ddl_guard(conn: psycopg.Connection) -> bool:
     with conn.transaction():
         row = conn.execute(_q("ddl_guard_install")).fetchone()
     return bool(row and row[0])
+
+
+def reanchor(conn: psycopg.Connection) -> int:
+    """Re-find tracked tables whose identity changed (restored from a dump);
+    how many moved. ``outbox migrate`` runs it."""
+    with conn.transaction():
+        conn.execute(_q("capture_lock"), {"key": _LOCK_KEY})
+        row = conn.execute(_q("capture_reanchor")).fetchone()
+    return int(row[0]) if row else 0

@@ -66,12 +66,15 @@ def _ddl_guard(conn: psycopg.Connection, log: Callable[[str], None] | None) -> N
     """The DDL event triggers of schema-aware capture need a superuser (or a
     managed provider's admin role); without them, migrate says so in one
     line and carries on: outbox serve's rule check protects that database."""
-    from outbox.capture import install_ddl_guard
+    from outbox.capture import install_ddl_guard, reanchor
 
     try:
         installed = install_ddl_guard(conn)
+        moved = reanchor(conn)
     except psycopg.Error as exc:
         raise MigrationError(f"migration failed: {str(exc).strip().splitlines()[0]}") from exc
+    if moved and log:
+        log(f"capture: {moved} tracked table(s) found again by their triggers (a restore?)")
     if not installed and log:
         log(
             "note: the DDL event trigger was not installed (it needs a superuser): capture "

@@ -135,3 +135,8 @@ WHERE evtname IN ('outbox_capture_ddl_end', 'outbox_capture_sql_drop') AND evten
 
 -- name: ddl_guard_install
 SELECT outbox.track_install_ddl_guard()
+
+-- name: capture_reanchor
+-- After a dump and restore: tables whose oid no longer carries their rules'
+-- triggers move to the table that does (sql/011).
+SELECT outbox.track_reanchor()

@@ -583,3 +583,47 @@ def test_migration_moves_per_rule_policies_to_the_most_restrictive_table_policy(
             "brief.created": "ok",
             "brief.deleted": "ok",
         }
+
+
+def test_a_dump_and_restore_is_found_again_by_migrate(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """pg_dump/restore gives tables new oids and renumbers the attnums of a
+    table that had dropped columns; the rules' triggers tell which is which."""
+    import subprocess
+
+    conn.execute(
+        "CREATE TABLE users (id int PRIMARY KEY, junk text, email text, password_hash text)"
+    )
+    conn.execute("ALTER TABLE users DROP COLUMN junk")  # attnums shift in the restore
+    conn.execute("CREATE TABLE filler (id int)")  # the restore hands out other oids
+    track(
+        conn, [Rule("users", "insert", "user.created", exclude=("password_hash",), key=("email",))]
+    )
+    dump = subprocess.run(
+        ["pg_dump", "--no-owner", db_url], capture_output=True, check=True, timeout=60
+    ).stdout
+    with fresh_database("outbox_restore") as name:
+        url = url_for(name)
+        subprocess.run(
+            ["psql", "-q", "-v", "ON_ERROR_STOP=1", url],
+            input=dump,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        with psycopg.connect(url, autocommit=True) as restored:
+            [before] = tracked(restored)
+            assert before.state == "stale" and "restored from a dump" in (before.detail or "")
+        said: list[str] = []
+        with psycopg.connect(url) as c:
+            migrate(c, log=said.append)
+        assert any("found again by their triggers" in s for s in said)
+        with psycopg.connect(url, autocommit=True) as restored:
+            assert states(restored) == {"user.created": "ok"}
+            restored.execute("ALTER TABLE users RENAME password_hash TO pw_hash")
+            restored.execute("INSERT INTO users VALUES (1, 'a@x', 'h')")
+            row = restored.execute(
+                "SELECT key, payload FROM outbox.events WHERE event_type = 'user.created'"
+            ).fetchone()
+            assert row == ("a@x", {"id": 1, "email": "a@x"})

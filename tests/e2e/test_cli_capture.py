@@ -94,3 +94,60 @@ def test_cli_missing_schema(empty_db_url: str) -> None:
     r = _cli(empty_db_url, "tracked")
     assert r.returncode == 1
     assert "run `outbox migrate`" in r.stderr
+
+
+def test_cli_tracked_shows_the_table_policy_once_and_json(
+    db_url: str, conn: psycopg.Connection[Any], tickets: str
+) -> None:
+    import json
+
+    r = _cli(db_url, "track", "tickets", "--insert", "ticket.created", "--exclude", "password_hash")
+    assert r.returncode == 0, r.stderr
+    assert "policy of public.tickets: exclude password_hash (every rule of the table)" in r.stdout
+    r = _cli(db_url, "track", "tickets", "--update", "ticket.status_changed", "--of", "status")
+    assert r.returncode == 0, r.stderr
+    r = _cli(db_url, "tracked")
+    assert r.returncode == 0, r.stdout
+    lines = r.stdout.splitlines()
+    assert lines[0] == "public.tickets  [policy: exclude password_hash]"
+    assert r.stdout.count("policy:") == 1
+    assert lines[1].split() == ["insert", "->", "ticket.created"]
+    assert "ticket.status_changed  [of status]" in lines[2]
+    doc = json.loads(_cli(db_url, "tracked", "--json").stdout)
+    assert doc["ddl_event_trigger"] is True
+    [table] = doc["tables"]
+    assert table["table"] == "public.tickets"
+    assert table["policy"] == {"kind": "exclude", "columns": ["password_hash"]}
+    assert [(x["event_type"], x["state"]) for x in table["rules"]] == [
+        ("ticket.created", "ok"),
+        ("ticket.status_changed", "ok"),
+    ]
+    # Another policy for one rule: refused, one line; the policy alone changes it.
+    r = _cli(db_url, "track", "tickets", "--delete", "ticket.gone", "--exclude", "title")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "has the column policy exclude password_hash" in r.stderr
+    r = _cli(db_url, "track", "tickets", "--exclude", "password_hash,title")
+    assert r.returncode == 0, r.stderr
+    assert "policy of public.tickets: exclude password_hash,title" in r.stdout
+    assert r.stdout.count("regenerated:") == 2
+    conn.execute("INSERT INTO tickets (title, password_hash) VALUES ('t', 'h')")
+    assert events(conn)[-1] == ("ticket.created", {"id": 1, "status": None, "priority": None})
+
+
+def test_cli_tracked_names_a_rule_that_does_not_capture(
+    db_url: str, conn: psycopg.Connection[Any], tickets: str
+) -> None:
+    r = _cli(db_url, "track", "tickets", "--insert", "ticket.created")
+    assert r.returncode == 0, r.stderr
+    trigger = conn.execute(
+        "SELECT trigger_name FROM outbox.capture_rules WHERE event_type = 'ticket.created'"
+    ).fetchone()
+    assert trigger is not None
+    conn.execute(f"ALTER TABLE tickets DISABLE TRIGGER {trigger[0]}")
+    r = _cli(db_url, "tracked")
+    assert r.returncode == 1
+    assert "ticket.created  DISABLED: trigger" in r.stdout
+    assert "`outbox track` with the same rule restores it" in r.stdout
+    r = _cli(db_url, "track", "tickets", "--insert", "ticket.created")
+    assert "restored: public.tickets insert -> ticket.created" in r.stdout
+    assert _cli(db_url, "tracked").returncode == 0
