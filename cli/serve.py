@@ -144,10 +144,13 @@ _EPILOG = """environment (a flag overrides its variable):
   OUTBOX_BATCH_SIZE           feed rows per read (1000)
   OUTBOX_NOTIFY               false: poll only, no LISTEN (true)
   OUTBOX_RETENTION            keep events and finished deliveries this long (7d)
-  OUTBOX_RETRY_SCHEDULE       delays between webhook attempts (5s,5m,30m,2h,5h,10h,10h)
+  OUTBOX_RETRY_SCHEDULE       delays between webhook attempts (5s,5m,30m,2h,5h,10h,10h),
+                              or exponential(FIRST,MAX,ATTEMPTS) with full jitter
+  OUTBOX_RETRY_MAX_AGE        no webhook attempt later than this after its event (none)
   OUTBOX_WEBHOOK_TIMEOUT      seconds per webhook attempt (15)
   OUTBOX_DISABLE_AFTER        disable an endpoint failing this long (5d)
   OUTBOX_WEBHOOK_ALLOW_NETWORKS  CIDRs webhook URLs may resolve to although private
+  OUTBOX_WEBHOOK_PROXY        send every webhook request through this HTTP(S) proxy (none)
   OUTBOX_WS_ALLOWED_ORIGINS   browser Origins allowed on /ws (same host)
   OUTBOX_HEADER_TIMEOUT       a request head must arrive within this (10s)
   OUTBOX_MAX_HEADER_BYTES     largest request head, 431 above it (32768)

@@ -120,6 +120,7 @@ class _GuardedHandler(ResponseHandler):
     """
 
     request_written = False
+    _early = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -132,18 +133,30 @@ class _GuardedHandler(ResponseHandler):
     def set_response_params(self, **kwargs: Any) -> None:
         # Called once per request, after the connection was taken from the pool
         # (and for a proxy's CONNECT, after that request was written). Bytes
-        # buffered while nothing was written to this connection came unasked.
-        stray = not self.request_written and (bool(self._tail) or bool(self._buffer))
+        # that came while nothing was written to this connection came unasked.
+        stray = self._early or (
+            not self.request_written and (bool(self._tail) or bool(self._buffer))
+        )
         self._payload = None  # the previous response's (read to its end)
         super().set_response_params(**kwargs)
         if stray:
             self._unsolicited()
 
     def data_received(self, data: bytes) -> None:
-        if data and (not self.request_written or self._answered()):
+        if not data:
+            super().data_received(data)
+        elif not self.request_written:
+            # Before our request: dropped, and the request it would answer fails.
+            self._early = True
+            if self._parser is not None:
+                self._unsolicited()
+        elif self._answered():
+            # After the response, on an idle connection: it must not be reused.
             self._unsolicited()
-            return
-        super().data_received(data)
+            if self.transport is not None:
+                self.transport.close()
+        else:
+            super().data_received(data)
 
     def _answered(self) -> bool:
         """The response was read to its end: the connection is (about to be) idle."""
@@ -151,13 +164,13 @@ class _GuardedHandler(ResponseHandler):
         return payload is not None and payload.is_eof() and not self._buffer
 
     def _unsolicited(self) -> None:
+        # The waiting (or next) request fails; aiohttp closes the connection
+        # instead of pooling it (set_exception marks it should_close).
         self._buffer.clear()
         self._tail = b""
         self.set_exception(
             UnsolicitedResponse("the server sent a response before the request was sent")
         )
-        if self.transport is not None:
-            self.transport.close()
 
 
 class GuardedConnector(aiohttp.TCPConnector):

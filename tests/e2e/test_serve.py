@@ -76,6 +76,8 @@ def test_help_names_the_environment_variables() -> None:
         "OUTBOX_NOTIFY",
         "OUTBOX_API_TOKEN",
         "OUTBOX_LOG_LEVEL",
+        "OUTBOX_WEBHOOK_PROXY",
+        "OUTBOX_RETRY_MAX_AGE",
     ):
         assert name in out, name
 
@@ -87,6 +89,9 @@ def test_bad_configuration_fails_at_start_with_one_line(db_url: str, empty_db_ur
         ({"OUTBOX_POLL_INTERVAL": "0"}, [], "OUTBOX_POLL_INTERVAL", 1),
         ({"OUTBOX_RETENTION": "0s"}, [], "OUTBOX_RETENTION", 1),
         ({"OUTBOX_LOG_LEVEL": "loud"}, [], "OUTBOX_LOG_LEVEL", 1),
+        ({"OUTBOX_WEBHOOK_PROXY": "socks5://egress:1080"}, [], "OUTBOX_WEBHOOK_PROXY", 1),
+        ({"OUTBOX_RETRY_SCHEDULE": "exponential(5s,1s,3)"}, [], "OUTBOX_RETRY_SCHEDULE", 1),
+        ({"OUTBOX_RETRY_MAX_AGE": "forever"}, [], "OUTBOX_RETRY_MAX_AGE", 1),
         ({}, ["--poll-interval", "soon"], "--poll-interval", 2),
         ({}, ["--port", "70000"], "--port", 2),
         ({"OUTBOX_PORT": "eighty"}, ["--port", "0", "--batch-size", "0"], "--batch-size", 2),
