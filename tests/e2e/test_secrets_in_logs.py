@@ -21,6 +21,7 @@ from tests.support.waiting import wait_for
 
 BOOTSTRAP = "bootstrap-secret-0123456789"
 DB_PASSWORD = "db-pass-s3cr3t-value"
+SINK_PASSWORD = "sink-pass-s3cr3t-value"
 
 
 async def test_a_debug_level_run_logs_no_secret(db_url: str, tmp_path: Path) -> None:
@@ -36,7 +37,7 @@ async def test_a_debug_level_run_logs_no_secret(db_url: str, tmp_path: Path) -> 
         db=params["dbname"],
     )
     assert make_conninfo(url_with_password)
-    secrets = [stored, BOOTSTRAP, DB_PASSWORD]
+    secrets = [stored, BOOTSTRAP, DB_PASSWORD, SINK_PASSWORD]
     async with running() as receiver:
         with serve_processes() as procs:
             p = ServeProcess(
@@ -71,6 +72,15 @@ async def test_a_debug_level_run_logs_no_secret(db_url: str, tmp_path: Path) -> 
                 )
                 assert r.status_code == 200, r.text
                 secrets.append(r.json()["secret"])
+                # A sink whose broker refuses (port 9): its URL, password
+                # included, is in every error it logs.
+                r = await client.post(
+                    "/sinks",
+                    headers={"X-API-Key": BOOTSTRAP},
+                    json={"name": "s", "url": f"nats://app:{SINK_PASSWORD}@127.0.0.1:9"},
+                )
+                assert r.status_code == 201, r.text
+                assert SINK_PASSWORD not in r.text
             # /ws, every placement Starlette accepts, and the subprotocol header.
             placements = [
                 ("/ws", {"Authorization": f"Bearer {stored}"}),
