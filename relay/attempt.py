@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -31,8 +32,16 @@ from outbox.relay.webhook_client import ResponseTooLarge, translate
 
 #: The most of a response body that is read (and discarded past the stored cap).
 READ_LIMIT = 1024 * 1024
+#: aiohttp (under httpx-aiohttp) warns that a ``bytes`` body over 1 MiB "might
+#: lock the event loop" (a ResourceWarning). Such a body is handed over as a
+#: stream with its length instead: the same bytes on the wire, no warning.
+_LARGE_BODY = 1024 * 1024
 _MAX_URLS = 10_000
 _urls: dict[str, httpx.URL] = {}
+
+
+async def _one_chunk(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 def _url(url: str) -> httpx.URL:
@@ -66,9 +75,14 @@ async def post(
     started, t0 = time.time(), loop.time()
     result = AttemptResult(attempt=attempt, started_at=started, duration=0.0)
     kept = bytearray()
+    content: bytes | AsyncIterator[bytes] = body
+    if len(body) > _LARGE_BODY:
+        content = _one_chunk(body)
+        headers = {**headers, "Content-Length": str(len(body))}
     try:
         async with asyncio.timeout_at(deadline):
-            async with client.stream("POST", _url(url), content=body, headers=headers) as response:
+            request = client.stream("POST", _url(url), content=content, headers=headers)
+            async with request as response:
                 result.status = response.status_code
                 result.response_headers = {k: _text(v) for k, v in response.headers.items()}
                 if response.status_code in (429, 503):
