@@ -70,7 +70,8 @@ def _feed_problem(state: AppState, lag: dict[str, Any] | None) -> str | None:
     """The feed reader has read nothing for too long while events wait."""
     progress = state.relay.feed_progress
     waiting = lag["events"] if lag else 0
-    stalled = progress.since_ok()
+    # Stalled only if the events have waited that long too (not just arrived).
+    stalled = min(progress.since_ok(), lag["oldest_seconds"] if lag else 0.0)
     if not waiting or stalled < state.settings.stall_after:
         return None
     why = progress.why()
@@ -91,6 +92,9 @@ def _dispatcher_problem(state: AppState, lags: dict[str, Any]) -> str | None:
     age = lags["dispatch_age"]
     if age is None:  # never dispatched: count from this process's start
         age = state.relay.dispatcher.progress.since_ok()
+    # After a quiet hour the cursor's last move is old: stalled only if the
+    # events have been waiting that long as well.
+    age = min(age, lags["dispatch_lag"]["oldest_seconds"])
     if not waiting or age < state.settings.stall_after:
         return None
     relay = state.relay
