@@ -40,8 +40,9 @@ def register(sub: Any) -> None:
         "repair",
         help="check (and with --fix-sequence repair) an event id sequence that went backwards",
         description="Event ids must only grow: receivers de-duplicate on webhook-id evt_N. "
-        "After TRUNCATE ... RESTART IDENTITY, ALTER SEQUENCE ... RESTART or setval the "
-        "relay refuses to dispatch and /health says so. Without flags this says what is "
+        "TRUNCATE outbox.events RESTART IDENTITY is undone by itself (migration 009); after "
+        "ALTER SEQUENCE ... RESTART or setval the relay refuses to dispatch and /health "
+        "says so. Without flags this says what is "
         "wrong (exit 1 when something is); --fix-sequence moves outbox.events_id_seq above "
         "every id used and gives the events written since fresh ids, in one transaction.",
     )
