@@ -159,6 +159,9 @@ _EPILOG = """environment (a flag overrides its variable):
   OUTBOX_STALL_AFTER          /health degraded after no progress this long, events waiting (30s)
   OUTBOX_LOG_LEVEL            critical, error, warning, info, debug (info)
   OUTBOX_LOOP                 asyncio: do not use uvloop even when installed (auto)
+  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER, OTEL_SERVICE_NAME, ...
+                              export the relay's spans over OTLP (the standard
+                              OpenTelemetry variables; needs outbox-relay[otel])
 
 Several copies may run against one database: each serves its own clients,
 one of them (the leader, elected by an advisory lock) creates deliveries.
@@ -330,6 +333,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from outbox.api.app import GRACE, create_app
     from outbox.api.ws import uvicorn_ws_options
     from outbox.relay.config import Settings
+    from outbox.relay.tracing import configure_tracing
 
     env = environment(args, os.environ)
     settings = Settings.from_env(env)
@@ -358,6 +362,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,
         **uvicorn_ws_options(settings),
     )
+    # OTEL_* variables: export the relay's spans (nothing unless asked for).
+    # After uvicorn.Config, which set the logging up: its line is logged.
+    stop_tracing = configure_tracing()
     server = uvicorn.Server(config)
     servers.append(server)
     # uvicorn re-raises a caught SIGTERM/SIGINT once it has shut down, to get
@@ -365,7 +372,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # that re-raise a no-op and exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    run_loop(server.serve())
+    try:
+        run_loop(server.serve())
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()  # exports the spans still queued
     if failures:
         raise OutboxError(f"stopped because a component failed: {failures[0]!r}")
     if not server.started:

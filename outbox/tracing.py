@@ -4,15 +4,16 @@ A transaction that sets ``outbox.traceparent`` (``SET LOCAL`` or
 ``set_config(..., true)``) has it stored on every event it writes, by the
 capture triggers and by ``outbox.publish``; the relay carries it to ``/ws``,
 ``/events``, webhook requests and sinks. :func:`set_trace_context` sets it
-from the current OpenTelemetry span (``opentelemetry-api`` is optional:
-without it, pass the traceparent string yourself)::
+from the current OpenTelemetry span (``opentelemetry-api``, a dependency,
+imported only when it is called; or pass the traceparent string yourself)::
 
     with session.begin():
         outbox.tracing.set_trace_context(session)   # the request's span
         session.add(order)
 
 An invalid value is dropped with a warning (here and in the database),
-never fails the write.
+never fails the write. The relay's side (its spans, the headers it sends) is
+:mod:`outbox.relay.tracing`; docs/tracing.md has both.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import psycopg
 
-from outbox.relay import delivery_db
+from outbox.relay import delivery_db, tracing
 from outbox.relay.attempt import post
 from outbox.relay.config import Settings
 from outbox.relay.delivery_db import AsyncConn, Job, Outcome, Release
@@ -401,7 +401,20 @@ class DeliveryWorker:
                     # The webhook's own headers first; none may shadow the relay's
                     # (relay/webhook_headers.py refuses those names at the API).
                     headers = {**job.headers, **headers}
+                # traceparent/tracestate: this attempt's span (relay/tracing.py).
+                span = tracing.start_attempt(
+                    headers,
+                    job.traceparent,
+                    job.tracestate,
+                    url=job.url,
+                    attempt=job.attempt,
+                    delivery_id=job.id,
+                    webhook_id=job.webhook_id,
+                    event_id=job.event_id,
+                    event_type=job.event_type,
+                )
                 self._in_flight += 1
+                result: AttemptResult | None = None
                 try:
                     result = await post(
                         client,
@@ -415,6 +428,8 @@ class DeliveryWorker:
                     )
                 finally:
                     self._in_flight -= 1
+                    if span is not None:
+                        tracing.end_attempt(span, result)
             result.request_headers = redact(headers)
             job.attempt += 1
             return result

@@ -44,6 +44,7 @@ from psycopg.rows import scalar_row
 
 from outbox.cursor import Cursor
 from outbox.names import DELIVERIES_CHANNEL, DISPATCHER_STATE
+from outbox.relay import tracing
 from outbox.relay.feed import Batch, read_batch
 from outbox.relay.leader import LostLeadership
 from outbox.relay.metrics import Metrics
@@ -167,7 +168,9 @@ class Dispatcher:
                     continue  # repaired meanwhile: read again (ids were renumbered)
             if batch.events:
                 self.progress.start("dispatch")
+                started_ns = time.time_ns()
                 created = await dispatch(conn, batch, stored)
+                tracing.dispatched(batch.events, started_ns, created)
                 stored = batch.end.encode()
                 self.last_dispatch_at = time.time()
                 if created:

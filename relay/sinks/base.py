@@ -49,6 +49,7 @@ HEADER_EVENT_ID = "Outbox-Event-Id"
 HEADER_EVENT_TYPE = "Outbox-Event-Type"
 HEADER_KEY = "Outbox-Key"
 HEADER_TRACEPARENT = "traceparent"
+HEADER_TRACESTATE = "tracestate"
 
 
 class BrokerError(OutboxError):
@@ -280,7 +281,11 @@ def build_messages(events: Iterable[Event], matcher: Matcher, template: Template
             headers[HEADER_KEY] = key
         trace = e.traceparent
         if trace:
+            # The writer's context; with an SDK installed the worker makes it
+            # the publish span's (relay/tracing.py).
             headers[HEADER_TRACEPARENT] = trace
+            if e.tracestate:
+                headers[HEADER_TRACESTATE] = e.tracestate
         out.append(
             Message(
                 e.id,

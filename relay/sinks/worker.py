@@ -38,10 +38,12 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from opentelemetry.trace import Span
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from outbox.cursor import Cursor
 from outbox.events import Matcher
+from outbox.relay import tracing
 from outbox.relay.feed import Batch, Lag, measure_lag, read_batch
 from outbox.relay.reconnect import nap
 from outbox.relay.sinks import open_publisher
@@ -114,6 +116,7 @@ class SinkWorker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._spans: list[Span] = []  # of the batch being published
         # Every BrokerError is retried, for as long as it takes (a sink waits,
         # it never skips): retry_initial * 2**n seconds plus jitter, at most
         # retry_max; the sleep ends early when the worker is told to stop.
@@ -236,7 +239,16 @@ class SinkWorker:
         """Publish until acknowledged; retries only the broker call."""
         publisher = self._publisher
         assert publisher is not None
-        duplicates: int = await self._retrying(publisher.publish, messages)
+        # A span per traced message, until the broker acknowledged it (relay/tracing.py).
+        spans = self._spans = tracing.start_publish(self.config, messages)
+        try:
+            duplicates: int = await self._retrying(publisher.publish, messages)
+        except BaseException as exc:
+            tracing.end_publish(spans, exc)
+            raise
+        finally:
+            self._spans = []
+        tracing.end_publish(spans)
         if self.failing_since is not None:
             log.info(
                 "sink %s: publishing again after %.1fs of failures",
@@ -261,6 +273,7 @@ class SinkWorker:
             self.failing_since = time.monotonic()
         changed = error != self.last_error
         self.state, self.last_error = "retrying", error
+        tracing.publish_failed(self._spans, error)
         if self.on_error is not None:
             self.on_error(self.config)
         if first or changed:

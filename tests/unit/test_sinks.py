@@ -32,6 +32,7 @@ def event(id: int, type: str = "user.created", key: str | None = None, trace: st
         timestamp=datetime(2024, 1, 15, 10, 30, tzinfo=UTC).isoformat(),
         key=key,
         traceparent=trace,
+        tracestate="vendor=x" if trace else None,
     )
 
 
@@ -93,6 +94,7 @@ def test_messages_carry_id_type_key_and_traceparent_headers() -> None:
     assert msgs[0].msg_id == "evt_1" and msgs[0].destination == "o.user.created._"
     assert msgs[1].headers["Outbox-Key"] == "user:3"
     assert msgs[1].headers["traceparent"] == trace
+    assert msgs[1].headers["tracestate"] == "vendor=x"
     assert msgs[1].destination == "o.user.created.user:3"
     assert json.loads(msgs[1].body)["data"] == {"a": 1, "name": "Zoë"}
 
