@@ -6,6 +6,11 @@ A cursor is ``(after, xmax, pending)``: every committed event with
 the read producing the cursor saw as still in progress: the xids listed in
 ``pending`` (its snapshot's xip, plus any deliberately held back) and any xid
 at or above its snapshot's ``xmax``. See relay/feed.py for why that is enough.
+
+A cursor can point inside a transaction: ``done`` maps some pending xids to
+the largest id of theirs already emitted (their rows at or below it are
+passed; the rest are not). Encoded as ``xid.id`` in the pending list, so a
+cursor without positions reads as before.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from outbox.errors import CursorError
 
 _VERSION = "1"
 _MAX_PENDING = 100_000
+
+
+def pending_csv(xids: tuple[int, ...] | list[int], done: dict[int, int]) -> str:
+    """Sorted pending xids as text, each partly emitted one as ``xid.id``."""
+    return ",".join(f"{x}.{done[x]}" if done.get(x) else str(x) for x in sorted(xids))
 
 
 def encode_parts(after: int, xmax: int, pending_csv: str) -> str:
@@ -34,9 +44,18 @@ class Cursor:
     after: int
     xmax: int = 0
     pending: tuple[int, ...] = ()
+    # (xid, largest id emitted) for pending xids partly emitted; xid in pending.
+    done: tuple[tuple[int, int], ...] = ()
 
     def encode(self) -> str:
-        return encode_parts(self.after, self.xmax, ",".join(map(str, self.pending)))
+        return encode_parts(self.after, self.xmax, pending_csv(self.pending, dict(self.done)))
+
+    def position(self, xid: int) -> int:
+        """The largest id of pending ``xid`` already emitted (0: none)."""
+        for x, k in self.done:
+            if x == xid:
+                return k
+        return 0
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
@@ -48,14 +67,23 @@ class Cursor:
             version, after, xmax, pending = raw.split(":")
             if version != _VERSION:
                 raise ValueError(version)
-            xids = tuple(int(x) for x in pending.split(",") if x)
-            value = cls(int(after), int(xmax), xids)
+            xids: list[int] = []
+            done: list[tuple[int, int]] = []
+            for item in pending.split(","):
+                if not item:
+                    continue
+                xid, dot, pos = item.partition(".")
+                xids.append(int(xid))
+                if dot:
+                    done.append((int(xid), int(pos)))
+            value = cls(int(after), int(xmax), tuple(xids), tuple(done))
         except (ValueError, binascii.Error, UnicodeDecodeError):
             raise CursorError("invalid cursor") from None
         if (
             value.after < 0
             or value.xmax < 0
             or any(x <= 0 for x in value.pending)
+            or any(k <= 0 for _, k in value.done)
             or len(xids) > _MAX_PENDING
         ):
             raise CursorError("invalid cursor")
@@ -67,7 +95,7 @@ class Cursor:
 
 def sql_params(
     cursor: Cursor | None, *, prefix: str = ""
-) -> dict[str, int | str | list[str] | None]:
+) -> dict[str, int | str | list[str] | list[int] | None]:
     """A cursor as the parameters ``after``, ``xmax`` and ``pending`` of the SQL
     that reads after it (sql/feed.sql, sql/retention.sql, sql/api.sql), each
     name behind ``prefix`` when a statement takes two cursors.
@@ -77,9 +105,18 @@ def sql_params(
     NULL, which the statements read as "no bound".
     """
     if cursor is None:
-        return {f"{prefix}after": None, f"{prefix}xmax": "0", f"{prefix}pending": []}
+        return {
+            f"{prefix}after": None,
+            f"{prefix}xmax": "0",
+            f"{prefix}pending": [],
+            f"{prefix}pending_done": [],
+        }
+    done = dict(cursor.done)
     return {
         f"{prefix}after": cursor.after,
         f"{prefix}xmax": str(cursor.xmax),
         f"{prefix}pending": [str(x) for x in cursor.pending],
+        # The feed read's page of late rows starts after these (sql/feed.sql);
+        # other statements treat a partly emitted xid as wholly pending.
+        f"{prefix}pending_done": [done.get(x, 0) for x in cursor.pending],
     }

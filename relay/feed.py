@@ -25,12 +25,27 @@ except rows of transactions S saw as in progress — which the next read looks
 up by xid. An idle transaction that wrote nothing costs one xid in the
 cursor, never latency.
 
+Late rows are paged too (at most ``limit`` per read, by id). A cursor may
+then point inside a transaction: a pending xid can carry a position ``k``
+(``Cursor.done``), meaning its rows with id <= k are emitted and the rest
+are not. A read that fills its late page reads no rows above ``after``; it
+keeps the cursor's ``after`` and ``xmax`` (so every transaction it did not
+reach is still matched, listed or at/above xmax), moves the position of each
+transaction it emitted part of to the largest id emitted, drops from the
+list each transaction it emitted whole, and lists one at/above xmax emitted
+whole as passed up to ``after``. The claim above holds for each position:
+what the next read looks up by xid starts after it, and nothing at or below
+it is unemitted. Each such read moves a position forward, so a late
+transaction of any size drains in ``size / limit`` reads, memory bounded by
+the page.
+
 Order: within a batch, transactions are ordered by their largest event id
 and each transaction's events by id, so one transaction's events come out
 together and an event caused by another transaction's committed change
 comes after it. A full page is cut before the first transaction that
 continues past the page, unless that transaction is the first in the page
 (a transaction larger than a page is emitted in id order across batches).
+A full page of late rows is cut the same way.
 """
 
 from __future__ import annotations
@@ -42,7 +57,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 
-from outbox.cursor import Cursor, encode_parts, sql_params
+from outbox.cursor import Cursor, encode_parts, pending_csv, sql_params
 from outbox.rows import record_row
 from outbox.sqlfiles import query
 
@@ -224,6 +239,9 @@ async def read_batch(
     late = [r for r in rows if r.kind == "l"]
     beyond = {r.xid for r in rows if r.kind == "c"}
     snapshot = next(r.event_type for r in rows if r.kind == "s")
+    if len(late) >= limit:
+        late_more = {r.xid for r in rows if r.kind == "m"}
+        return _late_page(late, late_more, cursor)
     _, xmax, xip = parse_snapshot(snapshot)
     page.sort(key=_row_id)
     full = len(page) >= limit
@@ -240,8 +258,45 @@ async def read_batch(
         if held:
             late = [r for r in late if r.xid not in held]
     new_after = page[-1].id if page else cursor.after
-    end = Cursor(new_after, xmax, tuple(sorted(held.union(xip))))
+    was = dict(cursor.done)
+    # A held transaction keeps the position it had (its rows up to it are passed).
+    done = tuple((x, was[x]) for x in sorted(held) if was.get(x))
+    end = Cursor(new_after, xmax, tuple(sorted(held.union(xip))), done)
     return Batch(_order(late + page, cursor, end), cursor, end, full)
+
+
+def _late_page(late: list[Row], more: set[int], cursor: Cursor) -> Batch:
+    """A full page of late rows (the statement then read no page above ``after``).
+
+    Cut like a page (:func:`_cut`): whole transactions, or the first one's
+    part when it alone goes on past the page. The cursor stays at ``after``
+    and its xmax; each emitted transaction's position moves to its largest
+    emitted id, so the next read goes on from there (bounded memory however
+    large the transaction). A transaction wholly emitted leaves ``pending``;
+    one at or above xmax (not listed) is listed as passed up to ``after``, as
+    its xid still matches ``xid >= xmax``.
+    """
+    late.sort(key=_row_id)
+    late = late[: _cut(late, more)]
+    pos = {x: cursor.position(x) for x in cursor.pending}
+    listed = set(cursor.pending)  # the others match ``xid >= xmax``
+    top: dict[int, int] = {}
+    for r in late:
+        top[r.xid] = r.id
+    for xid, high in top.items():
+        if xid in more:
+            pos[xid] = high
+        elif xid in listed and xid < cursor.xmax:
+            del pos[xid]
+        else:
+            pos[xid] = cursor.after
+    end = Cursor(
+        cursor.after,
+        cursor.xmax,
+        tuple(sorted(pos)),
+        tuple((x, k) for x, k in sorted(pos.items()) if k),
+    )
+    return Batch(_order(late, cursor, end), cursor, end, True)
 
 
 def _row_id(row: Row) -> int:
@@ -324,9 +379,12 @@ class _TxnCursors:
     ``after_j`` is then emitted, or owned by a transaction the cursor names
     (see the module docstring), so resuming from it repeats at most the
     transaction being processed. An event in the middle of a transaction
-    carries the cursor from before that transaction. (A transaction too big
-    for one page is emitted across batches; resuming from a cursor taken
-    while it is pending re-sends its earlier part too.)
+    carries the cursor from before that transaction's part in this batch. A
+    transaction too big for one page is emitted across batches, and the
+    cursors between them point inside it (above ``after`` by ``after``
+    itself, late rows by a position): resuming re-sends at most one page.
+    Until a transaction is emitted here its position is the start's; once
+    emitted, the end's.
     """
 
     __slots__ = ("_end", "_start", "_txns", "_values")
@@ -345,20 +403,27 @@ class _TxnCursors:
         return self._values[pos]
 
     def _build(self) -> list[str]:
-        txns, end = self._txns, self._end
-        base = set(end.pending)  # snapshot xip and held-back transactions
+        txns, start, end = self._txns, self._start, self._end
+        start_pos, end_pos = dict(start.done), dict(end.done)
+        in_batch = {t[0] for t in txns}
+        # Snapshot xip and held-back (or untouched late) transactions.
+        base = {x: end_pos.get(x, 0) for x in end.pending if x not in in_batch}
+        ends_pending = set(end.pending)
         by_low = sorted(range(len(txns)), key=lambda k: txns[k][1])
-        after = self._start.after
+        after = start.after
         waiting: set[int] = set()  # not yet emitted, with a row <= after
         done: set[int] = set()
         values: list[str] = []
         ptr = 0
-        csv = ",".join(map(str, sorted(base)))
+        text = pending_csv(list(base), base)
         changed = False
         for j, (xid, _low, high) in enumerate(txns):
             done.add(xid)
             if xid in waiting:
                 waiting.discard(xid)
+                changed = True
+            if xid in ends_pending:  # emitted in part: its position from now on
+                base[xid] = end_pos.get(xid, 0)
                 changed = True
             after = max(after, high)
             while ptr < len(by_low) and txns[by_low[ptr]][1] <= after:
@@ -371,9 +436,10 @@ class _TxnCursors:
                 values.append(end.encode())
                 continue
             if changed:  # most transactions leave the pending list as it was
-                csv = ",".join(map(str, sorted(base | waiting)))
+                entries = {**base, **{x: start_pos.get(x, 0) for x in waiting}}
+                text = pending_csv(list(entries), entries)
                 changed = False
-            values.append(encode_parts(after, end.xmax, csv))
+            values.append(encode_parts(after, end.xmax, text))
         return values
 
 
