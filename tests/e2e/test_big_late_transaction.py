@@ -16,7 +16,6 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from websockets.asyncio.client import connect
@@ -36,9 +35,7 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-async def test_huge_late_transaction_reaches_a_resuming_client(
-    db_url: str, tmp_path: Path
-) -> None:
+async def test_huge_late_transaction_reaches_a_resuming_client(db_url: str, tmp_path: Path) -> None:
     serve = ServeProcess(db_url, tmp_path / "serve.log")
     peak = 0.0
     sampling = True
