@@ -24,8 +24,8 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from outbox.api.config import Settings
 from outbox.api.state import AppState
-from outbox.relay.config import Settings
 from outbox.relay.metrics import Metrics
 
 log = logging.getLogger("outbox.app")
@@ -47,7 +47,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         metrics = Metrics()
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            settings.database_url,
+            settings.database.url,
             min_size=2,
             max_size=10,
             open=False,
@@ -58,17 +58,22 @@ def create_app(
             check=AsyncConnectionPool.check_connection,
         )
         await pool.open(wait=False)
-        hub = Hub(settings, metrics)
-        sender = DeliveryWorker(settings, metrics)
+        hub = Hub(settings.hub, metrics)
+        sender = DeliveryWorker(
+            settings.delivery,
+            metrics,
+            database_url=settings.database.url,
+            poll_interval=settings.feed.poll_interval,
+        )
         # The feed loop hands each batch to the hub and wakes the sink workers.
         waking = WakingHub(hub)
         relay = Relay(settings, metrics, hub=waking, sender=sender)
         sink_runner = waking.runner = SinkRunner(
-            settings.database_url,
+            settings.database.url,
             metrics,
             instance=relay.instance,
-            batch_size=settings.batch_size,
-            poll_interval=settings.poll_interval,
+            batch_size=settings.feed.batch_size,
+            poll_interval=settings.feed.poll_interval,
         )
         app.state.outbox = AppState(settings, pool, metrics, hub, relay, sender, sink_runner)
         try:
@@ -111,6 +116,6 @@ def create_app(
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(ws.RawSend), *errors.middleware(settings)],
+        middleware=[Middleware(ws.RawSend), *errors.middleware(settings.api)],
         exception_handlers=errors.exception_handlers,
     )

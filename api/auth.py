@@ -43,7 +43,7 @@ async def authenticate(
     if not token:
         return None, MISSING
     async with state.pool.connection() as db:
-        principal = await verify_token(db, token, state.settings.api_token)
+        principal = await verify_token(db, token, state.settings.api.api_token)
     if principal is None:
         return None, INVALID
     return principal, ""

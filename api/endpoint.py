@@ -97,7 +97,7 @@ async def require_token(request: Request) -> Principal:
     principal, reason = await authenticate(request)
     st = state_of(request)
     if principal is None:
-        if not st.settings.api_token and not await _any_live_token(st):
+        if not st.settings.api.api_token and not await _any_live_token(st):
             reason = NO_TOKEN
         raise ApiError(401, reason, headers={"WWW-Authenticate": "Bearer"})
     await _touch(request, st, principal.identity)

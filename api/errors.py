@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from outbox.relay.config import Settings
+from outbox.api.config import ApiSettings
 
 log = logging.getLogger("outbox.api")
 
@@ -190,6 +190,6 @@ class CatchAll:
             await error_response(500, "internal server error")(scope, receive, send)
 
 
-def middleware(settings: Settings) -> list[Middleware]:
+def middleware(settings: ApiSettings) -> list[Middleware]:
     """Outermost first: the catch-all wraps the body limit and every route."""
     return [Middleware(CatchAll), Middleware(BodyLimit, limit=settings.max_request_body)]

@@ -72,7 +72,7 @@ def _feed_problem(state: AppState, lag: dict[str, Any] | None) -> str | None:
     waiting = lag["events"] if lag else 0
     # Stalled only if the events have waited that long too (not just arrived).
     stalled = min(progress.since_ok(), lag["oldest_seconds"] if lag else 0.0)
-    if not waiting or stalled < state.settings.stall_after:
+    if not waiting or stalled < state.settings.feed.stall_after:
         return None
     why = progress.why()
     return f"feed: no progress for {stalled:.0f}s while {waiting} events wait" + (
@@ -95,7 +95,7 @@ def _dispatcher_problem(state: AppState, lags: dict[str, Any]) -> str | None:
     # After a quiet hour the cursor's last move is old: stalled only if the
     # events have been waiting that long as well.
     age = min(age, lags["dispatch_lag"]["oldest_seconds"])
-    if not waiting or age < state.settings.stall_after:
+    if not waiting or age < state.settings.feed.stall_after:
         return None
     relay = state.relay
     reasons = []

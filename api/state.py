@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from outbox.relay.config import Settings
+from outbox.api.config import Settings
 from outbox.relay.metrics import Metrics
 
 if TYPE_CHECKING:

@@ -57,7 +57,7 @@ from outbox.api.schemas import (
 from outbox.cursor import Cursor, sql_params
 from outbox.errors import CursorError
 from outbox.relay import ops
-from outbox.relay.config import Settings
+from outbox.relay.config import DeliverySettings
 from outbox.relay.signing import generate_secret
 from outbox.relay.ssrf import UnsafeURL, check_url
 from outbox.rows import record_row
@@ -71,7 +71,7 @@ BOTH_NOT_FOUND = {404: f"{NOT_FOUND} / {DELIVERY_NOT_FOUND}"}
 URL_CHECK_TIMEOUT = 5.0
 
 
-async def _check_url(url: str, settings: Settings) -> None:
+async def _check_url(url: str, settings: DeliverySettings) -> None:
     try:
         async with asyncio.timeout(URL_CHECK_TIMEOUT):
             await check_url(url, settings.webhook_allow_networks)
@@ -125,7 +125,7 @@ async def create_webhook(request: Request) -> Response:
     patterns = merge_patterns(body.event_type, body.event_types)
     if patterns is None:
         raise ValidationFailed.one("event_type", "give event_type or event_types")
-    await _check_url(body.url, st.settings)
+    await _check_url(body.url, st.settings.delivery)
     params = {
         "name": body.name,
         "url": body.url,
@@ -223,7 +223,7 @@ async def update_webhook(request: Request) -> Response:
     else:
         patterns = merge_patterns(body.event_type, body.event_types)
     if body.url is not None:
-        await _check_url(body.url, st.settings)
+        await _check_url(body.url, st.settings.delivery)
     params = {
         "id": webhook_id,
         "name": body.name,
@@ -400,7 +400,7 @@ async def rotate_secret(request: Request) -> Response:
     st = state_of(request)
     webhook_id = path_id(request, "webhook_id")
     body = await parse_body(request, RotateRequest, required=False)
-    overlap = st.settings.rotation_overlap
+    overlap = st.settings.api.rotation_overlap
     seed = "old"
     if body is not None and body.overlap_seconds is not None:
         overlap = timedelta(seconds=body.overlap_seconds)

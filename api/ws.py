@@ -38,11 +38,11 @@ from starlette.types import Send as ASGISend
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from outbox.api.auth import authenticate
+from outbox.api.config import Settings
 from outbox.api.state import AppState
 from outbox.cursor import Cursor
 from outbox.errors import CursorError
 from outbox.events import Matcher, is_pattern, restrict
-from outbox.relay.config import Settings
 from outbox.relay.feed import read_batch
 from outbox.relay.hub import POLICY_VIOLATION, TRY_AGAIN_LATER, Client
 from outbox.relay.reconnect import describe
@@ -76,19 +76,21 @@ def uvicorn_ws_options(settings: Settings) -> dict[str, Any]:
     (and the test server) pass these to ``uvicorn.Config``.
     """
     from outbox.api.http_protocol import http_options
+
+    hub, server = settings.hub, settings.server
     from outbox.api.ws_protocol import bounded_protocol
 
     return {
         # One socket write per client per loop turn (api/ws_protocol.py).
-        "ws": bounded_protocol(settings.ws_max_queue_bytes),
-        "ws_max_size": settings.ws_max_message,
-        "ws_ping_interval": settings.ws_ping_interval,
-        "ws_ping_timeout": settings.ws_ping_interval,
-        "ws_per_message_deflate": settings.ws_per_message_deflate,
+        "ws": bounded_protocol(hub.ws_max_queue_bytes),
+        "ws_max_size": hub.ws_max_message,
+        "ws_ping_interval": hub.ws_ping_interval,
+        "ws_ping_timeout": hub.ws_ping_interval,
+        "ws_per_message_deflate": hub.ws_per_message_deflate,
         **http_options(
-            max_header_bytes=settings.max_header_bytes,
-            header_timeout=settings.header_timeout,
-            max_connections=settings.max_connections,
+            max_header_bytes=server.max_header_bytes,
+            header_timeout=server.header_timeout,
+            max_connections=server.max_connections,
         ),
     }
 
@@ -184,12 +186,12 @@ def handle_message(client: Client, text: str) -> str:
 
 async def ws_endpoint(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.outbox
-    if not origin_allowed(websocket, state.settings.ws_allowed_origins):
+    if not origin_allowed(websocket, state.settings.api.ws_allowed_origins):
         await websocket.close(POLICY_VIOLATION, "Origin not allowed")
         return
     try:
         # The handshake waits for nothing longer than this (a slow database).
-        async with asyncio.timeout(state.settings.ws_handshake_timeout):
+        async with asyncio.timeout(state.settings.hub.ws_handshake_timeout):
             principal, reason = await authenticate(websocket, allow_query=True)
     except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
         detail = "Database unavailable"
@@ -315,7 +317,7 @@ async def _serve(
     tasks = [
         asyncio.create_task(feed(), name="ws-feed"),
         asyncio.create_task(
-            _read(websocket, client, state.settings.ws_max_message), name="ws-read"
+            _read(websocket, client, state.settings.hub.ws_max_message), name="ws-read"
         ),
         asyncio.create_task(client.closed.wait(), name="ws-closed"),
     ]
@@ -349,7 +351,7 @@ async def _catch_up(
     while True:
         try:
             async with state.pool.connection() as conn:
-                batch = await read_batch(conn, cursor, state.settings.batch_size)
+                batch = await read_batch(conn, cursor, state.settings.feed.batch_size)
         except (psycopg.Error, PoolTimeout):
             client.close(TRY_AGAIN_LATER, "database unavailable; resume with your last cursor")
             return sent

@@ -60,10 +60,12 @@ class Params:
 
 
 def params(ctx: Context) -> Params:
-    from outbox.relay.config import Settings
+    from outbox.relay.config import DeliverySettings
 
-    defaults = Settings()
-    concurrency = min(defaults.delivery_concurrency, defaults.endpoint_concurrency)
+    fields = DeliverySettings.model_fields  # the defaults, not this environment's
+    concurrency = min(
+        int(fields["delivery_concurrency"].default), int(fields["endpoint_concurrency"].default)
+    )
     if ctx.smoke:
         return Params(deliveries=30, concurrency=concurrency, repeats=1)
     return Params(deliveries=3000, concurrency=concurrency, repeats=ctx.reps(3))

@@ -14,29 +14,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import ipaddress
 import logging
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any
 
 import psycopg
 from psycopg.rows import scalar_row
+from pydantic import AliasChoices, BeforeValidator, Field
 
-from outbox.cli.main import _say
+from outbox.api.config import Settings
+from outbox.cli.main import SettingFlags, _say
 from outbox.errors import ConfigError, OutboxError
+from outbox.relay.config import Flag, Group, seconds_between
 from outbox.sqlfiles import query
-
-if TYPE_CHECKING:
-    from outbox.relay.config import Settings
 
 log = logging.getLogger("outbox.demo")
 
@@ -46,6 +44,47 @@ MAX_RATE = 10_000.0
 DEMO_RETRY_SCHEDULE = "2s,10s"
 DRAIN_TIMEOUT = 20.0
 STATUS_EVERY = 10.0
+
+
+def _rate(value: object) -> float:
+    try:
+        rate = float(str(value).strip()) if isinstance(value, str) else value
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not isinstance(rate, int | float) or isinstance(rate, bool):
+        raise ValueError("not a number")
+    if not 0.01 <= rate <= MAX_RATE:
+        raise ValueError(f"out of range 0.01..{MAX_RATE:g}")
+    return float(rate)
+
+
+_seconds = seconds_between(0.001, 365 * 86400.0)
+
+
+def _duration(value: object) -> float | None:
+    return None if value is None else _seconds(value)
+
+
+class DemoSettings(Group):
+    """What only the demo reads (the rest is ``outbox serve``'s settings)."""
+
+    rate: Annotated[float, BeforeValidator(_rate)] = Field(
+        DEFAULT_RATE, validation_alias="OUTBOX_DEMO_RATE", description="events per second"
+    )
+    duration: Annotated[float | None, BeforeValidator(_duration)] = Field(
+        None, validation_alias="OUTBOX_DEMO_DURATION", description="stop after this long"
+    )
+    no_traffic: Flag = Field(False, validation_alias="OUTBOX_DEMO_NO_TRAFFIC")
+    embedded: Flag = Field(False, validation_alias="OUTBOX_DEMO_EMBEDDED")
+    data_dir: Path | None = Field(
+        None, validation_alias=AliasChoices("OUTBOX_EMBEDDED_DIR"), description="embedded cluster"
+    )
+
+
+class DemoProcessSettings(Settings):
+    """``outbox serve``'s settings plus the demo's own."""
+
+    demo: DemoSettings
 
 
 @dataclass(frozen=True)
@@ -58,6 +97,7 @@ class DemoOptions:
     database_url: str
     embedded: bool
     data_dir: Path | None
+    settings: Settings
     # --database-url / OUTBOX_DATABASE_URL: the user pointed the demo at it.
     named_url: str | None = None
     # DATABASE_URL or PG* set: their server must answer (no silent fallback).
@@ -65,46 +105,32 @@ class DemoOptions:
     reset: bool = False
 
 
-_TRUE = ("1", "true", "yes", "on")
+# The demo's flags that set settings (declared below, beside register()).
+FLAGS = SettingFlags(DemoProcessSettings.variables())
 
 
-def _source(
-    flag_value: str | None, env: Mapping[str, str], env_name: str, flag: str
-) -> tuple[Mapping[str, str], str]:
-    """Where a setting comes from: the flag if given, else the variable (named in errors)."""
-    if flag_value is not None:
-        return {flag: flag_value}, flag
-    return env, env_name
-
-
-def options(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> DemoOptions:
+def options(args: argparse.Namespace) -> DemoOptions:
     """Flags override environment variables; a bad value names the flag or the variable."""
-    from outbox.relay.config import _float, _int, database_url, parse_duration
-
-    env = os.environ if env is None else env
-    rate = _float(
-        *_source(args.rate, env, "OUTBOX_DEMO_RATE", "--rate"), DEFAULT_RATE, 0.01, MAX_RATE
-    )
-    port = _int(*_source(args.port, env, "OUTBOX_PORT", "--port"), 8080, 0, 65535)
-    duration = None
-    src, culprit = _source(args.duration, env, "OUTBOX_DEMO_DURATION", "--duration")
-    raw = src.get(culprit) or None
-    if raw is not None:
-        duration = parse_duration(raw, name=culprit).total_seconds()
-        if duration <= 0:
-            raise ConfigError(f"{culprit}: must be above zero, got {raw!r}")
-    data_dir = args.data_dir or env.get("OUTBOX_EMBEDDED_DIR") or None
+    try:
+        loaded = DemoProcessSettings.load(**FLAGS.values(args))
+    except ConfigError as exc:
+        raise FLAGS.named(exc) from None
+    demo = loaded.demo
     return DemoOptions(
-        rate=rate,
-        duration=duration,
-        traffic=not (args.no_traffic or env.get("OUTBOX_DEMO_NO_TRAFFIC", "").lower() in _TRUE),
-        host=args.host or env.get("OUTBOX_HOST") or "127.0.0.1",
-        port=port,
-        database_url=args.database_url or database_url(env),
-        embedded=args.embedded or env.get("OUTBOX_DEMO_EMBEDDED", "").lower() in _TRUE,
-        data_dir=Path(data_dir).expanduser() if data_dir else None,
-        named_url=args.database_url or env.get("OUTBOX_DATABASE_URL") or None,
-        ambient_set=bool(env.get("DATABASE_URL")) or _libpq_configured(env),
+        rate=demo.rate,
+        duration=demo.duration,
+        traffic=not demo.no_traffic,
+        host=loaded.server.host,
+        port=loaded.server.port,
+        database_url=loaded.database.url,
+        embedded=demo.embedded,
+        data_dir=demo.data_dir.expanduser() if demo.data_dir else None,
+        settings=Settings.model_validate(
+            {name: getattr(loaded, name) for name in Settings.model_fields}
+        ),
+        named_url=loaded.database.named_url or None,
+        # PG* are libpq's own variables: whether any is set, not what they say.
+        ambient_set=bool(loaded.database.ambient_url) or _libpq_configured(os.environ),
         reset=bool(getattr(args, "reset", False)),
     )
 
@@ -135,65 +161,13 @@ def resolve_database(opts: DemoOptions, env: Mapping[str, str] | None = None) ->
 # --- serving ---------------------------------------------------------------------------
 
 
-def _uvicorn_server(app: Any, sock: socket.socket, **config: Any) -> Any:
-    """A uvicorn server that leaves signal handling to the demo.
-
-    uvicorn installs its own SIGINT handler per server; the demo runs two
-    servers and a traffic task and stops them in its own order.
-    """
-    import uvicorn
-
-    class _Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Generator[None, None, None]:
-            yield
-
-    host, port = sock.getsockname()[:2]
-    cfg = uvicorn.Config(
-        app, host=host, port=port, lifespan="on", access_log=False, log_level="warning", **config
-    )
-    return _Server(cfg)
-
-
-def _bind(host: str, port: int, what: str) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"{what}: cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-async def _start(server: Any, sock: socket.socket, name: str) -> asyncio.Task[None]:
-    task = asyncio.create_task(server.serve(sockets=[sock]), name=name)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while not server.started:
-        if task.done():
-            exc = task.exception()
-            raise OutboxError(
-                f"{name} did not start" + (f": {exc}" if exc else " (see the log above)")
-            )
-        if loop.time() > deadline:
-            server.should_exit = True
-            raise OutboxError(f"{name} did not start within 60 s")
-        await asyncio.sleep(0.05)
-    return task
-
-
 def _link_host(host: str) -> str:
     if host in ("0.0.0.0", "", "::"):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
 
 
-async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
-    from outbox.api.app import create_app
-    from outbox.api.ws import uvicorn_ws_options
+async def run_demo(opts: DemoOptions, url: str) -> int:
     from outbox.cli.demo_domain import (
         FLAKY_WEBHOOK,
         MAIN_WEBHOOK,
@@ -202,12 +176,13 @@ async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
         register_webhook,
         summary,
     )
+    from outbox.cli.server import HttpServer, bind, running
     from outbox.db import connect
     from outbox.tokens import create_token, new_token
 
-    env = os.environ
-    token = settings.api_token or new_token()
-    recv_sock = _bind("127.0.0.1", 0, "webhook receiver")
+    settings = opts.settings
+    token = settings.api.api_token or new_token()
+    recv_sock = bind("127.0.0.1", 0)
     recv_port = recv_sock.getsockname()[1]
     base = f"http://127.0.0.1:{recv_port}/hooks"
     with connect(url) as conn:
@@ -235,90 +210,116 @@ async def run_demo(opts: DemoOptions, url: str, settings: Settings) -> int:
 
     # The demo must be allowed to deliver to its own loopback receiver.
     loopback = ipaddress.ip_network("127.0.0.1/32")
-    nets = settings.webhook_allow_networks
-    settings = dataclasses.replace(
-        settings,
-        database_url=url,
-        host=opts.host,
-        port=opts.port,
-        api_token=token,
-        webhook_allow_networks=nets if loopback in nets else (*nets, loopback),
-    )
-    if not env.get("OUTBOX_RETRY_SCHEDULE"):
-        from outbox.relay.config import parse_schedule
-
-        settings = dataclasses.replace(settings, retry_schedule=parse_schedule(DEMO_RETRY_SCHEDULE))
-    app_sock = _bind(opts.host, opts.port, "--port (env OUTBOX_PORT)")
+    nets = settings.delivery.webhook_allow_networks
+    changes: dict[str, Any] = {
+        "database_url": url,
+        "api_token": token,
+        "webhook_allow_networks": nets if loopback in nets else (*nets, loopback),
+    }
+    if "retry_schedule" not in settings.delivery.model_fields_set:
+        changes["retry_schedule"] = DEMO_RETRY_SCHEDULE  # OUTBOX_RETRY_SCHEDULE not set
+    settings = settings.replace(**changes)
+    try:
+        app_sock = bind(opts.host, opts.port)
+    except ConfigError as exc:
+        recv_sock.close()
+        raise FLAGS.named(exc) from None
     port = app_sock.getsockname()[1]
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    recv_server = _uvicorn_server(receiver.app, recv_sock)
-    app_server = _uvicorn_server(create_app(settings), app_sock, **uvicorn_ws_options(settings))
+    recv = HttpServer(receiver.app, recv_sock, name="the webhook receiver")
+    servers = [recv.server]
 
     def on_signal() -> None:
         if stop.is_set():  # a second Ctrl-C: do not wait for anything
-            app_server.force_exit = recv_server.force_exit = True
+            for server in servers:
+                server.force_exit = True
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
 
-    recv_task = await _start(recv_server, recv_sock, "the webhook receiver")
+    traffic = Traffic(url, opts.rate) if opts.traffic else None
     app_task: asyncio.Task[None] | None = None
-    traffic: Traffic | None = None
+    failed: BaseException | None = None
+    await recv.start()
     try:
         _say("starting the server (REST API, /ws, relay, webhook delivery) ...")
-        app_task = await _start(app_server, app_sock, "the server")
-        page = f"http://{_link_host(opts.host)}:{port}/"
-        _say("")
-        _say(f"  admin live feed:  {page}#token={token}")
-        _say(f"  read-only view:   {page}#token={read_token}  (scope read: sees, changes nothing)")
-        _say(
-            f"  API token:        {token}"
-            + (
-                "  (from OUTBOX_API_TOKEN)"
-                if env.get("OUTBOX_API_TOKEN")
-                else "  (made for this run only; set OUTBOX_API_TOKEN to keep one)"
-            )
-        )
-        _say(f"  try:              curl -H 'Authorization: Bearer {token}' {page}webhooks")
-        _say("")
-        if opts.traffic:
-            traffic = Traffic(url, opts.rate)
-            until = f"for {opts.duration:g} s" if opts.duration else "until Ctrl-C"
-            _say(f"traffic: about {opts.rate:g} events/s {until}")
-            traffic_task: asyncio.Task[Any] = asyncio.create_task(
-                traffic.run(stop, opts.duration), name="traffic"
-            )
-        else:
-            _say(
-                "traffic: off (--no-traffic); write to the demo.* tables yourself"
-                + ("" if opts.duration else ", Ctrl-C to stop")
-            )
-            traffic_task = asyncio.create_task(_idle(stop, opts.duration), name="traffic")
-        await _report_until(traffic_task, app_task, traffic, receiver, stop)
-        if opts.duration and not stop.is_set() and not app_task.done():
-            await _drain(url, main_id, start_id, stop)
+        async with running(settings, sock=app_sock) as app:
+            servers.append(app.http.server)
+            app_task = asyncio.create_task(app.wait(), name="the server")
+            try:
+                await _show_and_run(
+                    opts,
+                    url,
+                    (token, read_token),
+                    port,
+                    receiver,
+                    traffic,
+                    app_task,
+                    stop,
+                    (main_id, start_id),
+                )
+            finally:
+                app_task.cancel()
+            if app.failures:
+                failed = app.failures[0]
     finally:
         stop.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        app_server.should_exit = True
-        if app_task is not None:
-            await _finish(app_task, 30)
-        recv_server.should_exit = True
-        await _finish(recv_task, 10)
+        await recv.stop()
     events = traffic.stats.events if traffic else 0
     _say(f"done: {events} events written; webhook receiver: {summary(receiver.stats)}")
-    if (
-        app_task is not None
-        and app_task.done()
-        and not app_task.cancelled()
-        and app_task.exception() is not None
-    ):
-        raise OutboxError(f"the server stopped: {app_task.exception()}")
+    if failed is not None:
+        raise OutboxError(f"the server stopped: {failed}")
     return 0
+
+
+async def _show_and_run(
+    opts: DemoOptions,
+    url: str,
+    tokens: tuple[str, str],
+    port: int,
+    receiver: Any,
+    traffic: Any,
+    app_task: asyncio.Task[None],
+    stop: asyncio.Event,
+    drain: tuple[int, int],
+) -> None:
+    """Print where to look, then write traffic until it ends, Ctrl-C, or the server stops."""
+    token, read_token = tokens
+    main_id, start_id = drain
+    page = f"http://{_link_host(opts.host)}:{port}/"
+    _say("")
+    _say(f"  admin live feed:  {page}#token={token}")
+    _say(f"  read-only view:   {page}#token={read_token}  (scope read: sees, changes nothing)")
+    _say(
+        f"  API token:        {token}"
+        + (
+            "  (from OUTBOX_API_TOKEN)"
+            if opts.settings.api.api_token
+            else "  (made for this run only; set OUTBOX_API_TOKEN to keep one)"
+        )
+    )
+    _say(f"  try:              curl -H 'Authorization: Bearer {token}' {page}webhooks")
+    _say("")
+    if traffic is not None:
+        until = f"for {opts.duration:g} s" if opts.duration else "until Ctrl-C"
+        _say(f"traffic: about {opts.rate:g} events/s {until}")
+        traffic_task: asyncio.Task[Any] = asyncio.create_task(
+            traffic.run(stop, opts.duration), name="traffic"
+        )
+    else:
+        _say(
+            "traffic: off (--no-traffic); write to the demo.* tables yourself"
+            + ("" if opts.duration else ", Ctrl-C to stop")
+        )
+        traffic_task = asyncio.create_task(_idle(stop, opts.duration), name="traffic")
+    await _report_until(traffic_task, app_task, traffic, receiver, stop)
+    if opts.duration and not stop.is_set() and not app_task.done():
+        await _drain(url, main_id, start_id, stop)
 
 
 async def _idle(stop: asyncio.Event, duration: float | None) -> None:
@@ -390,18 +391,6 @@ async def _drain(url: str, webhook_id: int, start_id: int, stop: asyncio.Event) 
         )
 
 
-async def _finish(task: asyncio.Task[None], grace: float) -> None:
-    """Wait for a server task to end by itself; cancel it after ``grace`` seconds."""
-    try:
-        await asyncio.wait_for(asyncio.shield(task), timeout=grace)
-    except TimeoutError:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-    except Exception:  # noqa: S110 - reported by the caller from task.exception()
-        pass
-
-
 # --- the command ------------------------------------------------------------------------
 
 
@@ -409,7 +398,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from outbox.cli.demo_domain import EVENT_TYPES, setup
     from outbox.db import connect
     from outbox.migrate import current_version, migrate
-    from outbox.relay.config import Settings
 
     logging.basicConfig(
         level=logging.INFO,
@@ -418,19 +406,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     # One line per webhook request is noise at demo rates; the receiver counts them.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    opts = options(args)
+    opts = options(args)  # a bad flag or OUTBOX_* value fails here, before anything starts
     if opts.reset:
         from outbox.cli import demo_db
 
         demo_db.reset(
             named_url=opts.named_url,
-            ambient_url=os.environ.get("DATABASE_URL") or "",
+            ambient_url=opts.settings.database.ambient_url,
             data_dir=opts.data_dir,
             env=os.environ,
             say=_say,
         )
         return 0
-    settings = Settings.from_env()  # a bad OUTBOX_* value fails here, before anything starts
     from outbox.cli import demo_db
 
     target = resolve_database(opts)
@@ -450,7 +437,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"schema demo ready: users, transactions, tickets, ticket_messages; "
             f"{len(rules)} capture rules -> {', '.join(EVENT_TYPES)}"
         )
-        rc = asyncio.run(run_demo(opts, url, settings))
+        rc = asyncio.run(run_demo(opts, url))
         _say(demo_db.where_things_are(target))
         return rc
     finally:
@@ -479,6 +466,57 @@ examples:
                            the embedded cluster)"""
 
 
+FLAGS.add(
+    None,
+    "--rate",
+    "demo_rate",
+    metavar="N",
+    help=f"events per second to generate (default {DEFAULT_RATE:g})",
+)
+FLAGS.add(
+    None,
+    "--duration",
+    "demo_duration",
+    metavar="TIME",
+    help="stop after this long, e.g. 30s or 5m (default: until Ctrl-C)",
+)
+FLAGS.add(
+    None,
+    "--no-traffic",
+    "demo_no_traffic",
+    action="store_true",
+    help="write no traffic; only serve",
+)
+FLAGS.add(None, "--host", "host", metavar="HOST", help="listen address (default 127.0.0.1)")
+FLAGS.add(
+    None, "--port", "port", metavar="PORT", help="listen port, 0 = any free one (default 8080)"
+)
+FLAGS.add(
+    None,
+    "--database-url",
+    "database_url",
+    metavar="URL",
+    help="the database to use, as named; default: a database of its own, "
+    "outbox_demo, on the server of DATABASE_URL / PG* variables / the local server, "
+    "else the embedded cluster",
+)
+FLAGS.add(
+    None,
+    "--embedded",
+    "demo_embedded",
+    action="store_true",
+    help="always use the private embedded cluster",
+)
+FLAGS.add(
+    None,
+    "--data-dir",
+    "embedded_dir",
+    metavar="DIR",
+    help="where the embedded cluster lives (default "
+    "$XDG_DATA_HOME/outbox-relay/pg, as root /var/lib/outbox-relay/pg)",
+)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
@@ -491,54 +529,11 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--rate",
-        metavar="N",
-        help=f"events per second to generate (env OUTBOX_DEMO_RATE; default {DEFAULT_RATE:g})",
-    )
-    p.add_argument(
-        "--duration",
-        metavar="TIME",
-        help="stop after this long, e.g. 30s or 5m (env OUTBOX_DEMO_DURATION; "
-        "default: until Ctrl-C)",
-    )
-    p.add_argument(
-        "--no-traffic",
-        action="store_true",
-        default=False,
-        help="write no traffic; only serve (env OUTBOX_DEMO_NO_TRAFFIC)",
-    )
-    p.add_argument(
-        "--host", metavar="HOST", help="listen address (env OUTBOX_HOST; default 127.0.0.1)"
-    )
-    p.add_argument(
-        "--port",
-        metavar="PORT",
-        help="listen port, 0 = any free one (env OUTBOX_PORT; default 8080)",
-    )
-    p.add_argument(
-        "--database-url",
-        metavar="URL",
-        help="the database to use, as named (env OUTBOX_DATABASE_URL); default: a "
-        "database of its own, outbox_demo, on the server of DATABASE_URL / PG* "
-        "variables / the local server, else the embedded cluster",
-    )
-    p.add_argument(
-        "--embedded",
-        action="store_true",
-        default=False,
-        help="always use the private embedded cluster (env OUTBOX_DEMO_EMBEDDED)",
-    )
-    p.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="where the embedded cluster lives (env OUTBOX_EMBEDDED_DIR; default "
-        "$XDG_DATA_HOME/outbox-relay/pg, as root /var/lib/outbox-relay/pg)",
-    )
-    p.add_argument(
         "--reset",
         action="store_true",
         default=False,
         help="remove what earlier demo runs created (database outbox_demo or the "
         "demo's schemas, webhooks and capture rules, the embedded cluster) and exit",
     )
+    FLAGS.register(p)
     p.set_defaults(func=cmd_demo)

@@ -12,9 +12,73 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from outbox.errors import OutboxError
+from outbox.errors import ConfigError, OutboxError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+class SettingFlags:
+    """Flags that set a setting: ``--lease`` sets ``lease`` (``OUTBOX_LEASE``).
+
+    Each flag's help names its variable. The flags given are passed to the
+    settings as constructor arguments (so they win over the environment),
+    and a :class:`ConfigError` about a setting that a flag gave names the
+    flag (:meth:`named`).
+    """
+
+    def __init__(self, variables: dict[str, str]) -> None:
+        self.variables = variables
+        self.flags: dict[str, str] = {}  # setting -> flag
+        self.dests: dict[str, str] = {}  # setting -> argparse dest
+        self.given: dict[str, Any] = {}
+        self.switches: set[str] = set()  # store_true flags: False means not given
+        self.kwargs: dict[str, dict[str, Any]] = {}
+
+    def add(
+        self, parser: argparse.ArgumentParser | None, flag: str, setting: str, **kw: Any
+    ) -> None:
+        """Declare ``flag`` (kw as for ``add_argument``); add it to ``parser`` if given."""
+        self.flags[setting] = flag
+        self.dests[setting] = kw.get("dest") or flag.lstrip("-").replace("-", "_")
+        if kw.get("action") == "store_true":
+            self.switches.add(setting)
+        self.kwargs[setting] = kw
+        if parser is not None:
+            self.register(parser, only=setting)
+
+    def register(self, parser: argparse.ArgumentParser, *, only: str | None = None) -> None:
+        """Add the declared flags to ``parser``; each help names its variable."""
+        for setting, flag in self.flags.items():
+            if only is not None and setting != only:
+                continue
+            kw = dict(self.kwargs[setting])
+            kw["help"] = f"{kw.get('help', '')} (env {self.variables[setting]})".lstrip()
+            kw.setdefault("default", None)
+            parser.add_argument(flag, **kw)
+
+    def values(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The settings the command line gave, by setting name."""
+        given = {s: getattr(args, d, None) for s, d in self.dests.items()}
+        self.given = {
+            s: v
+            for s, v in given.items()
+            if v is not None and not (s in self.switches and v is False)
+        }
+        return dict(self.given)
+
+    def name_of(self, setting: str) -> str | None:
+        """The flag, when it is what gave ``setting``."""
+        return self.flags.get(setting) if setting in self.given else None
+
+    def named(self, exc: ConfigError, *, usage: bool = False) -> ConfigError:
+        """``exc`` saying the flag where a flag gave the value; with ``usage``,
+        a :class:`UsageError` (exit status 2) when a flag gave the bad value."""
+        kind = UsageError if usage and exc.field and self.name_of(exc.field) else type(exc)
+        out = kind(
+            exc.reason, field=exc.field, value=exc.value, variable=exc.variable, related=exc.related
+        )
+        out.args = (exc.describe(self.name_of),)
+        return out
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -345,6 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
+    except UsageError as exc:
+        print(f"outbox {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except OutboxError as exc:
         print(f"outbox {args.command}: error: {exc}", file=sys.stderr)
         return 1

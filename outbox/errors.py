@@ -1,6 +1,32 @@
-"""One small exception hierarchy; the class docstring is the default message."""
+"""One exception tree for the whole package; the class docstring is the default message.
+
+    OutboxError                      anything outbox-relay raises on purpose
+    ├── ConfigError                  a setting is invalid: .field .value .variable
+    │   └── UsageError               ... and a command-line flag set it (exit status 2)
+    ├── DatabaseUnavailable          the database is not reachable
+    ├── MigrationError               a migration failed
+    ├── CaptureError                 a capture rule is invalid
+    ├── InvalidEventType             not a lowercase dotted name
+    ├── CursorError                  a cursor is malformed
+    │   └── CursorExpired            ... or older than retention (410, /ws close 1008)
+    ├── RelayError                   the long-running relay (outbox.relay)
+    │   ├── LostLeadership           another relay took over the leader's work
+    │   └── DeliveryError            a webhook request failed (outbox.relay.http)
+    │       └── ConnectError, ReadError, RemoteProtocolError, LocalProtocolError
+    ├── UnsafeURL                    a webhook URL points where it may not (outbox.relay.ssrf)
+    ├── EmbeddedError                the demo's private cluster (outbox.cli.embedded)
+    └── ApiError                     an HTTP error the client can act on (outbox.api.errors;
+        ├── ValidationFailed         also a Starlette HTTPException): 422 naming the field
+        └── BodyTooLarge             413
+
+Library errors speak in settings and fields, never in command-line flags:
+the CLI maps :attr:`ConfigError.field` to the flag that set it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 
 class OutboxError(Exception):
@@ -11,7 +37,67 @@ class OutboxError(Exception):
 
 
 class ConfigError(OutboxError):
-    """Invalid configuration."""
+    """Invalid configuration.
+
+    ``field`` is the setting's name (the environment variable without
+    ``OUTBOX_``, in lower case: ``lease`` for ``OUTBOX_LEASE``), ``value`` the
+    value given, ``variable`` the environment variable. ``reason`` may name
+    other settings as ``{name}`` (listed in ``related``); :meth:`describe`
+    fills them in with whatever the caller calls them (the CLI: the flag when
+    one was given).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        field: str | None = None,
+        value: object = None,
+        variable: str | None = None,
+        related: Sequence[str] = (),
+    ) -> None:
+        self.reason = reason
+        self.field = field
+        self.value = value
+        self.variable = variable or (f"OUTBOX_{field.upper()}" if field else None)
+        self.related = tuple(related)
+        super().__init__(self.describe())
+
+    def describe(self, name_of: Callable[[str], str | None] | None = None) -> str:
+        """One line: ``OUTBOX_LEASE=1ms: must exceed OUTBOX_WEBHOOK_TIMEOUT (15s)``.
+
+        ``name_of(field)`` may return how the caller spells a setting (e.g.
+        ``"--lease"``); then the line reads ``--lease 1ms (OUTBOX_LEASE): ...``.
+        """
+
+        def env(field: str) -> str:
+            return f"OUTBOX_{field.upper()}"
+
+        def called(field: str) -> str:
+            return (name_of(field) if name_of else None) or env(field)
+
+        reason = self.reason.format_map({f: called(f) for f in self.related})
+        if self.field is None:
+            return reason
+        value = _show(self.value)
+        flag = name_of(self.field) if name_of else None
+        if flag:
+            return f"{flag} {value} ({self.variable}): {reason}"
+        return f"{self.variable}={value}: {reason}"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value else repr(value)
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}s"
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+class UsageError(ConfigError):
+    """A command-line flag has an invalid value."""
 
 
 class DatabaseUnavailable(OutboxError):
@@ -36,3 +122,15 @@ class CursorError(OutboxError):
 
 class CursorExpired(CursorError):
     """The cursor is older than the retention window."""
+
+
+class RelayError(OutboxError):
+    """The relay failed."""
+
+
+class LostLeadership(RelayError):
+    """Another relay took over the leader's work."""
+
+
+class DeliveryError(RelayError):
+    """A webhook request failed."""

@@ -37,7 +37,7 @@ import psycopg
 
 from outbox.relay import delivery_db, tracing
 from outbox.relay.attempt import post
-from outbox.relay.config import Settings
+from outbox.relay.config import DeliverySettings
 from outbox.relay.delivery_db import AsyncConn, Job, Outcome, Release
 from outbox.relay.metrics import Metrics
 from outbox.relay.reconnect import (
@@ -114,13 +114,18 @@ class _Endpoint:
 class DeliveryWorker:
     def __init__(
         self,
-        settings: Settings,
+        settings: DeliverySettings,
         metrics: Metrics,
         *,
+        database_url: str,
+        poll_interval: float,
         resolver: Resolver | None = None,
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
+        self.database_url = database_url
+        # The claimer's poll timer behind the wake-ups (OUTBOX_POLL_INTERVAL).
+        self.poll_interval = poll_interval
         self.metrics = metrics
         self.policy = RetryPolicy(
             settings.retry_schedule, max_age=settings.retry_max_age, sleep=self._retry_sleep
@@ -243,7 +248,7 @@ class DeliveryWorker:
     def _idle_timeout(self, now: float) -> float:
         while self._timers and self._timers[0] <= now:
             heapq.heappop(self._timers)
-        poll = self.settings.poll_interval
+        poll = self.poll_interval
         return min(poll, self._timers[0] - now) if self._timers else poll
 
     async def _claim_loop(self, tg: asyncio.TaskGroup, client: httpx.AsyncClient) -> None:
@@ -262,7 +267,7 @@ class DeliveryWorker:
                 started = loop.time()
                 try:
                     if conn is None or conn.closed:
-                        conn = await connect(self.settings.database_url, "outbox-delivery-claim")
+                        conn = await connect(self.database_url, "outbox-delivery-claim")
                     limit = self._claim_limit(room)
                     jobs = await delivery_db.claim(
                         conn,
@@ -489,7 +494,7 @@ class DeliveryWorker:
                 self._outcomes, self._releases = [], []
                 try:
                     if conn is None or conn.closed:
-                        conn = await connect(self.settings.database_url, "outbox-delivery-record")
+                        conn = await connect(self.database_url, "outbox-delivery-record")
                     done = await delivery_db.flush(
                         conn, outcomes, releases, disable_after=self.settings.disable_after
                     )

@@ -31,7 +31,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from outbox.events import Matcher
-from outbox.relay.config import Settings
+from outbox.relay.config import HubSettings
 from outbox.relay.feed import Batch
 from outbox.relay.metrics import Metrics
 from outbox.tokens import is_live
@@ -234,7 +234,7 @@ class Hub:
     """Registry of connected clients and the fan-out of each batch to them."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics, *, revoke_check_interval: float = 2.0
+        self, settings: HubSettings, metrics: Metrics, *, revoke_check_interval: float = 2.0
     ) -> None:
         self.settings = settings
         self.metrics = metrics

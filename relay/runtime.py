@@ -31,7 +31,7 @@ import psycopg
 from outbox.cursor import Cursor
 from outbox.names import DELIVERIES_CHANNEL, EVENTS_CHANNEL
 from outbox.relay.capture_check import CAPTURE_CHECK_INTERVAL, CaptureCheck
-from outbox.relay.config import Settings
+from outbox.relay.config import RelaySettings
 from outbox.relay.dispatcher import Dispatcher, Waker
 from outbox.relay.doorbell import Doorbell
 from outbox.relay.feed import Batch, Lag, head, measure_lag, read_batch
@@ -77,7 +77,7 @@ class Relay:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: RelaySettings,
         metrics: Metrics,
         *,
         hub: BatchSink,
@@ -87,6 +87,8 @@ class Relay:
         capture_check_interval: float = CAPTURE_CHECK_INTERVAL,
     ) -> None:
         self.settings = settings
+        self.url = settings.database.url
+        self.feed = settings.feed
         self.metrics = metrics
         self.hub = hub
         self.sender = sender
@@ -96,7 +98,7 @@ class Relay:
         self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # No silent stop: every capture rule's trigger checked (issue 21).
         self.capture_check = CaptureCheck(
-            settings.database_url, metrics, instance=self.instance, interval=capture_check_interval
+            settings.database.url, metrics, instance=self.instance, interval=capture_check_interval
         )
         self.feed_state = "starting"
         self.feed_error: str | None = None
@@ -108,23 +110,26 @@ class Relay:
         self._stopping = asyncio.Event()
         self._last_busy = 0.0
         self.doorbell: Doorbell | None = (
-            Doorbell(settings.database_url, application_name=f"outbox doorbell {self.instance}")
-            if settings.notify
+            Doorbell(settings.database.url, application_name=f"outbox doorbell {self.instance}")
+            if settings.feed.notify
             else None
         )
         self.dispatcher = Dispatcher(
-            metrics, sender, poll_interval=settings.poll_interval, batch_size=settings.batch_size
+            metrics,
+            sender,
+            poll_interval=settings.feed.poll_interval,
+            batch_size=settings.feed.batch_size,
         )
         self.leadership = Leadership(
-            settings.database_url,
+            settings.database.url,
             self.dispatcher.run,
             application_name=f"outbox leader {self.instance}",
             retry_interval=leader_retry_interval,
         )
-        channels = [EVENTS_CHANNEL, DELIVERIES_CHANNEL] if settings.notify else []
+        channels = [EVENTS_CHANNEL, DELIVERIES_CHANNEL] if settings.feed.notify else []
         self.listener: Listener | None = (
             Listener(
-                settings.database_url,
+                settings.database.url,
                 channels,
                 on_notify=self._on_notify,
                 on_connect=self._on_listen,
@@ -189,7 +194,7 @@ class Relay:
         """
         if self.cursor is not None:
             return
-        self._feed_conn = await connect(self.settings.database_url, f"outbox feed {self.instance}")
+        self._feed_conn = await connect(self.url, f"outbox feed {self.instance}")
         self.cursor = await head(self._feed_conn)
         self.feed_state = "ok"
         log.info(
@@ -237,14 +242,12 @@ class Relay:
         while not self._stopping.is_set():
             try:
                 if self._feed_conn is None or self._feed_conn.closed:
-                    self._feed_conn = await connect(
-                        self.settings.database_url, f"outbox feed {self.instance}"
-                    )
+                    self._feed_conn = await connect(self.url, f"outbox feed {self.instance}")
                 conn = self._feed_conn
                 self._feed_wake.clear()
                 assert self.cursor is not None
                 self.feed_progress.start("feed read")
-                batch = await read_batch(conn, self.cursor, self.settings.batch_size)
+                batch = await read_batch(conn, self.cursor, self.feed.batch_size)
                 self.feed_progress.ok()
                 # No await between these two lines: /ws takes relay.cursor as
                 # the seam between a client's catch-up read and the hub.
@@ -286,7 +289,7 @@ class Relay:
         """
         bell = self.doorbell
         if bell is None:
-            await nap(self._feed_wake, self.settings.poll_interval)
+            await nap(self._feed_wake, self.feed.poll_interval)
             return
         now = time.monotonic()
         if busy:
@@ -297,16 +300,16 @@ class Relay:
             return
         if bell.held:
             # The read after taking the lock found nothing: sleep until rung.
-            await nap(self._feed_wake, self.settings.poll_interval)
+            await nap(self._feed_wake, self.feed.poll_interval)
             await bell.wake()
             return
         outcome = await bell.fall_asleep(
-            self._feed_wake, min(self.settings.poll_interval, MAX_SLEEP_WAIT)
+            self._feed_wake, min(self.feed.poll_interval, MAX_SLEEP_WAIT)
         )
         if outcome == "failed":
             # No doorbell connection: plain polling (the listener still
             # hears any bell that does ring).
-            await nap(self._feed_wake, self.settings.poll_interval)
+            await nap(self._feed_wake, self.feed.poll_interval)
         # "held": read once more before sleeping; "interrupted"/"timeout": read.
 
     # --- retention -------------------------------------------------------------
@@ -318,12 +321,10 @@ class Relay:
                 continue
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await connect(
-                    self.settings.database_url, f"outbox retention {self.instance}"
-                )
+                conn = await connect(self.url, f"outbox retention {self.instance}")
                 await retention_round(
                     conn,
-                    self.settings.retention,
+                    self.settings.retention.retention,
                     keep_going=lambda: self.leadership.is_leader and not self._stopping.is_set(),
                 )
             except CONNECTION_ERRORS as exc:

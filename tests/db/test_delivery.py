@@ -19,8 +19,6 @@ from standardwebhooks.webhooks import Webhook
 
 from outbox.relay import delivery_db
 from outbox.relay.config import parse_schedule
-from outbox.relay.delivery import DeliveryWorker
-from outbox.relay.metrics import Metrics
 from outbox.relay.signing import generate_secret
 from tests.support.delivery import (
     TEST_SECRET,
@@ -31,6 +29,7 @@ from tests.support.delivery import (
     enqueue_many,
     events,
     fast,
+    new_worker,
     status_is,
     webhook,
     worker,
@@ -420,7 +419,7 @@ async def test_stop_lets_in_flight_attempts_finish(aconn: Conn, db_url: str) -> 
         rx.script(Hang())
         wid = await create_webhook(aconn, rx.url)
         _, did = await enqueue(aconn, wid, "user.created", {})
-        w = DeliveryWorker(fast(db_url, webhook_timeout=5.0), Metrics())
+        w = new_worker(fast(db_url, webhook_timeout=5.0))
         task = asyncio.create_task(w.run())
         try:
             await asyncio.wait_for(rx.arrived.wait(), timeout=10)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import httpx
 import psycopg
 
+from outbox.api.config import Settings
 from outbox.api.endpoint import NO_TOKEN
-from outbox.relay.config import Settings
 from outbox.tokens import create_token, revoke_token
 from tests.support.servers import serve_app
 
@@ -79,7 +78,7 @@ async def test_every_protected_route_refuses_bad_credentials(
 async def test_no_token_configured_says_how_to_create_one(
     settings: Settings, conn: psycopg.Connection[Any]
 ) -> None:
-    bare = dataclasses.replace(settings, api_token=None)
+    bare = settings.replace(api_token=None)
     async with serve_app(bare) as server, httpx.AsyncClient(base_url=server.base_url) as c:
         for headers in ({}, {"Authorization": "Bearer anything"}):
             resp = await c.get("/webhooks", headers=headers)

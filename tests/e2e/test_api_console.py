@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 import outbox
-from outbox.relay.config import Settings
+from outbox.api.config import Settings
 from tests.support.api import AUTH, TOKEN, add_delivery, api_client, create_webhook
 from tests.support.receivers import running
 from tests.support.servers import serve_app

@@ -3,15 +3,14 @@ handling alone, on a tiny app, is tests/unit/test_api_errors.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from outbox.relay.config import Settings
+from outbox.api.config import Settings
 from tests.support.api import api_client
 
 
 async def test_body_cap_on_the_real_server(settings: Settings) -> None:
-    capped = dataclasses.replace(settings, max_request_body=4096)
+    capped = settings.replace(max_request_body=4096)
     async with api_client(capped) as client:
         body: dict[str, Any] = {
             "name": "h",

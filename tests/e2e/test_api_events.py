@@ -13,8 +13,8 @@ import pytest
 import websockets
 
 import outbox
+from outbox.api.config import Settings
 from outbox.cursor import Cursor
-from outbox.relay.config import Settings
 from tests.support.api import TOKEN, add_delivery, api_client, create_webhook
 from tests.support.servers import serve_app
 

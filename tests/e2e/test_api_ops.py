@@ -16,7 +16,7 @@ import pytest
 from standardwebhooks import Webhook as StandardWebhook
 
 import outbox
-from outbox.relay.config import Settings
+from outbox.api.config import Settings
 from tests.support.api import add_delivery, api_client, create_webhook
 from tests.support.receivers import running
 from tests.support.waiting import wait_for

@@ -12,7 +12,7 @@ import httpx
 import psycopg
 import pytest
 
-from outbox.relay.config import Settings
+from outbox.api.config import Settings
 from tests.support.api import HOOK_URL, add_delivery, api_client, create_webhook
 
 # The seed's webhook fields (a client written for the seed reads these).

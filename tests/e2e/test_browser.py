@@ -8,7 +8,6 @@ Skips with the reason when either is missing.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import random
 import shutil
@@ -21,7 +20,6 @@ import psycopg
 import pytest
 
 from outbox.cli.demo_domain import Traffic, setup
-from tests.support import servers
 from tests.support.paths import ROOT
 from tests.support.servers import free_port, serve_app
 from tests.support.waiting import wait_for
@@ -93,23 +91,27 @@ async def ids_on_page(page: Any, event_type: str) -> list[int]:
 
 
 async def test_live_feed_filter_reconnect_and_webhooks(
-    browser_page: Any, settings: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+    browser_page: Any, settings: Any, db_url: str
 ) -> None:
     page = browser_page
     # Restart on the same port, as a redeploy would.
     port = free_port()
-    monkeypatch.setattr(servers, "free_port", lambda: port)
     refused = free_port()  # nothing listens here: deliveries fail fast
-    settings = dataclasses.replace(settings, retry_schedule=(timedelta(milliseconds=100),))
+    settings = settings.replace(retry_schedule=(timedelta(milliseconds=100),))
     conn = psycopg.connect(db_url, autocommit=True)
     try:
-        await _scenario(page, settings, db_url, conn, refused)
+        await _scenario(page, settings, db_url, conn, refused, port)
     finally:
         conn.close()
 
 
 async def _scenario(
-    page: Any, settings: Any, db_url: str, conn: psycopg.Connection[Any], refused: int
+    page: Any,
+    settings: Any,
+    db_url: str,
+    conn: psycopg.Connection[Any],
+    refused: int,
+    port: int,
 ) -> None:
     setup(conn)
     conn.execute(
@@ -118,7 +120,7 @@ async def _scenario(
         (f"http://127.0.0.1:{refused}/hook",),
     )
 
-    async with serve_app(settings) as srv:
+    async with serve_app(settings, port=port) as srv:
         await page.goto(srv.base_url + "/")
         # The token prompt first; the token then lives in sessionStorage.
         await page.wait_for_selector("#token-dialog[open]", timeout=WAIT_MS)
@@ -170,7 +172,7 @@ async def _scenario(
         )
     ]
 
-    async with serve_app(settings) as srv:
+    async with serve_app(settings, port=port) as srv:
         await page.wait_for_selector('#status[data-state="live"]', timeout=30_000)
         insert_user(conn, 24)
         await wait_for(lambda: _has(page, 24), timeout=20, what="the event after the restart")

@@ -8,7 +8,6 @@ Screenshots are kept in test-artifacts/ (gitignored).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from datetime import timedelta
 from typing import Any
@@ -143,7 +142,7 @@ async def test_a_newcomer_creates_a_webhook_fixes_its_url_and_replays_what_it_mi
     settings: Any, conn: psycopg.Connection[Any]
 ) -> None:
     # One quick retry: a delivery to a dead URL fails for good within a second.
-    settings = dataclasses.replace(settings, retry_schedule=(timedelta(milliseconds=200),))
+    settings = settings.replace(retry_schedule=(timedelta(milliseconds=200),))
     refused = free_port()  # nothing listens: connections are refused at once
     async with running() as rx, serve_app(settings) as srv, open_page() as page:
         await login(page, srv.base_url, TOKEN)

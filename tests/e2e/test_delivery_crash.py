@@ -13,7 +13,8 @@ from typing import Any
 import psycopg
 from standardwebhooks.webhooks import Webhook
 
-from outbox.relay.config import Settings
+from outbox.api.config import Settings
+from outbox.relay.config import DeliverySettings
 from tests.support.delivery import (
     TEST_SECRET,
     attempts,
@@ -30,10 +31,9 @@ from tests.support.waiting import wait_for
 
 WORKER = """
 import asyncio
-from outbox.relay.config import Settings
-from outbox.relay.delivery import DeliveryWorker
-from outbox.relay.metrics import Metrics
-asyncio.run(DeliveryWorker(Settings.from_env(), Metrics()).run())
+from outbox.api.config import Settings
+from tests.support.delivery import new_worker
+asyncio.run(new_worker(Settings.load()).run())
 """
 LEASE = 2.0
 
@@ -66,7 +66,8 @@ async def test_killed_worker_delivery_is_sent_again_after_the_lease(
         claimed = await delivery(aconn, did)
         assert claimed["status"] == "pending" and claimed["locked_by"] is not None
 
-        settings: Settings = fast(db_url, lease=Settings().lease)
+        default_lease = DeliverySettings.model_fields["lease"].default
+        settings: Settings = fast(db_url, lease=default_lease)
         async with worker(settings) as w:
             w.wake()
             await wait_for(lambda: status_is(aconn, did, "success"), timeout=15)

@@ -7,7 +7,6 @@ whose reads fail, ``TRUNCATE ... RESTART IDENTITY`` and a sequence reset
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import subprocess
 import sys
 import uuid
@@ -159,13 +158,13 @@ async def test_a_feed_reader_whose_reads_fail_is_degraded_naming_the_feed(
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(runtime, "read_batch", read_batch)
-    settings = dataclasses.replace(settings, stall_after=1.0)
+    settings = settings.replace(stall_after=1.0)
     async with serve_app(settings) as srv, httpx.AsyncClient(base_url=srv.base_url) as client:
         await wait_for(
             lambda: srv.app.state.outbox.relay.cursor is not None, timeout=10, what="relay"
         )
         failing.set()
-        await asyncio.to_thread(_publish, settings.database_url, 4)
+        await asyncio.to_thread(_publish, settings.database.url, 4)
 
         async def degraded() -> dict[str, Any] | None:
             body = (await client.get("/health")).json()

@@ -3,7 +3,6 @@ proxy that cuts every connection and refuses new ones, then comes back."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import httpx
@@ -52,7 +51,7 @@ async def test_outage_degrades_health_costs_no_event_and_recovers_by_itself(
 ) -> None:
     add_webhook(conn, ["*"])
     async with TcpProxy() as proxy:
-        behind = dataclasses.replace(settings, database_url=proxy.url_for(db_url))
+        behind = settings.replace(database_url=proxy.url_for(db_url))
         async with (
             serve_app(behind) as srv,
             httpx.AsyncClient(base_url=srv.base_url, timeout=10) as client,

@@ -4,6 +4,7 @@ mid-stream, and two processes sharing one database."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -105,6 +106,62 @@ def test_bad_configuration_fails_at_start_with_one_line(db_url: str, empty_db_ur
     assert r.returncode == 1 and "run `outbox migrate` first" in r.stderr, r.stderr
     r = run_cli("serve", env=clean_env(OUTBOX_DATABASE_URL="postgresql://127.0.0.1:1/x"))
     assert r.returncode == 1 and "cannot connect" in r.stderr and "Traceback" not in r.stderr
+
+
+def serve_fails_with_one_line(*args: str, env: dict[str, str]) -> str:
+    """``outbox serve`` must exit 1 at once (60 s deadline) with one line on stderr."""
+    r = run_cli("serve", *args, env=env)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("outbox serve: error: "), r.stderr
+    return lines[0]
+
+
+def test_a_lease_shorter_than_an_attempt_fails_at_start_naming_both(db_url: str) -> None:
+    # Accepted before: every claimed delivery was released unsent, forever.
+    line = serve_fails_with_one_line(env=clean_env(OUTBOX_DATABASE_URL=db_url, OUTBOX_LEASE="1ms"))
+    assert line == (
+        "outbox serve: error: OUTBOX_LEASE=1ms: must exceed OUTBOX_WEBHOOK_TIMEOUT (15s)"
+    )
+    r = run_cli(
+        "serve",
+        "--lease",
+        "1ms",
+        "--webhook-timeout",
+        "2s",
+        env=clean_env(OUTBOX_DATABASE_URL=db_url),
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (
+        "outbox serve: error: --lease 1ms (OUTBOX_LEASE): must exceed --webhook-timeout (2s)"
+    )
+
+
+def test_a_host_that_does_not_resolve_is_named(db_url: str) -> None:
+    # Before: "[Errno -2] Name or service not known", naming nothing.
+    line = serve_fails_with_one_line(
+        env=clean_env(OUTBOX_DATABASE_URL=db_url, OUTBOX_HOST="999.1.1.1")
+    )
+    assert line.startswith("outbox serve: error: OUTBOX_HOST=999.1.1.1: cannot resolve"), line
+
+
+def test_a_port_in_use_is_named_before_anything_starts(db_url: str) -> None:
+    # Before: six uvicorn lines, after the relay had already started.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = serve_fails_with_one_line(
+            env=clean_env(OUTBOX_DATABASE_URL=db_url, OUTBOX_PORT=str(port))
+        )
+        assert line.startswith(
+            f"outbox serve: error: OUTBOX_PORT={port}: cannot listen on 127.0.0.1:{port}: "
+        ), line
+        line = serve_fails_with_one_line(
+            "--port", str(port), env=clean_env(OUTBOX_DATABASE_URL=db_url)
+        )
+        assert line.startswith(f"outbox serve: error: --port {port} (OUTBOX_PORT): "), line
 
 
 async def test_sigterm_finishes_stores_the_cursor_and_closes_connections(

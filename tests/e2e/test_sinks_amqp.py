@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from outbox.api.config import Settings
 from outbox.events import Matcher
-from outbox.relay.config import Settings
 from tests.support.api import AUTH
 from tests.support.servers import serve_app
 from tests.support.sinks import AMQP_URL, amqp_queue, need_amqp, settle_stream, unique

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from outbox.relay.config import Settings
+from outbox.api.config import Settings
 from outbox.relay.sinks import runner as sink_runner
 from tests.support.api import api_client
 from tests.support.sinks import NoBroker

@@ -5,7 +5,6 @@ the sink oracle (tests/sink_support.py)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,8 +13,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from outbox.api.config import Settings
 from outbox.events import Matcher
-from outbox.relay.config import Settings
 from tests.support.api import AUTH
 from tests.support.servers import serve_app
 from tests.support.sinks import (
@@ -187,7 +186,7 @@ async def test_one_publisher_per_sink_and_a_quick_takeover(
 ) -> None:
     stream, prefix = names
     committed: dict[int, tuple[str, Any]] = {}
-    fast = dataclasses.replace(settings, poll_interval=0.2)
+    fast = settings.replace(poll_interval=0.2)
     async with client_of(fast) as a:
         body = {"name": "shared", "url": NATS_URL, "subject": prefix + ".{type}", "stream": stream}
         sink = (await a.post("/sinks", json=body)).json()

@@ -7,10 +7,7 @@ tests/support/ws.py, shared with the other tests/e2e/test_ws_*.py files.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -24,8 +21,7 @@ from websockets.uri import parse_uri
 
 from outbox.cursor import Cursor
 from outbox.tokens import create_token, revoke_token
-from tests.support.servers import RunningServer, free_port, serve_app
-from tests.support.waiting import wait_for
+from tests.support.servers import RunningServer, serve_app
 from tests.support.ws import TOKEN, commit, hub_of, recv_json, settled, ws_connect
 
 
@@ -74,7 +70,7 @@ async def test_seed_protocol_message_by_message(settings: Any, db_url: str) -> N
             await ws.send('{"type": "ping"}')
             assert await recv_json(ws) == {"type": "pong"}, "the socket stays open after errors"
 
-            await ws.send("x" * (settings.ws_max_message + 1))
+            await ws.send("x" * (settings.hub.ws_max_message + 1))
             with pytest.raises(ConnectionClosed) as closed:
                 await recv_json(ws)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
@@ -145,7 +141,7 @@ async def test_revoking_a_token_closes_its_open_sockets(
 
 
 async def test_origin_allowlist(settings: Any) -> None:
-    settings = dataclasses.replace(settings, ws_allowed_origins=("https://admin.example",))
+    settings = settings.replace(ws_allowed_origins=("https://admin.example",))
     async with serve_app(settings) as server:
         refused = await _refused(server, f"token={TOKEN}", origin="https://evil.example")
         assert refused.response.status_code == 403
@@ -199,36 +195,12 @@ async def test_invalid_filter_in_the_query_gets_an_error_then_1008(settings: Any
         await settled(server)
 
 
-@contextlib.asynccontextmanager
-async def _uvicorn_with_ws_options(settings: Any) -> AsyncIterator[int]:
-    """A server configured the way ``outbox serve`` is: with ``uvicorn_ws_options``."""
-    import uvicorn
-
-    from outbox.api.app import create_app
-    from outbox.api.ws import uvicorn_ws_options
-
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        **uvicorn_ws_options(settings),
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        await wait_for(lambda: server.started or task.done(), what="uvicorn startup")
-        yield port
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=15)
-
-
 async def test_protocol_pings_and_a_silent_peer_is_dropped(settings: Any) -> None:
     """A raw client that never answers pings: it sees pings, then close 1011."""
-    settings = dataclasses.replace(settings, ws_ping_interval=0.2)
-    async with _uvicorn_with_ws_options(settings) as port:
+    settings = settings.replace(ws_ping_interval=0.2)
+    # serve_app sets uvicorn up as `outbox serve` does (with uvicorn_ws_options).
+    async with serve_app(settings) as server:
+        port = server.port
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         client = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/ws?token={TOKEN}"))
         client.send_request(client.connect())

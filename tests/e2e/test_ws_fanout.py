@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import secrets
 import statistics
 from typing import Any
@@ -22,7 +21,7 @@ async def test_a_stalled_client_is_closed_with_1013_while_others_keep_up(
 ) -> None:
     # Small bound so the test is quick; random text so that nothing on the
     # way can compress it and hide how full the socket buffers are.
-    settings = dataclasses.replace(settings, ws_max_queue_bytes=1_000_000)
+    settings = settings.replace(ws_max_queue_bytes=1_000_000)
     loop = asyncio.get_running_loop()
     async with serve_app(settings) as server:
         hub = hub_of(server)

@@ -403,7 +403,6 @@ def _explain(what: str, v: Verdict) -> str:
 def fast_settings(settings: Any, **changes: Any) -> Any:
     """The test settings with the retry schedule and timeouts compressed to
     seconds, so that a fault run retries many times within a test."""
-    import dataclasses
     from datetime import timedelta
 
     base = {
@@ -413,7 +412,7 @@ def fast_settings(settings: Any, **changes: Any) -> Any:
         "poll_interval": 0.2,
     }
     base.update(changes)
-    return dataclasses.replace(settings, **base)
+    return settings.replace(**base)
 
 
 async def attempt_outcomes(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import string
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -70,7 +71,9 @@ async def test_one_megabyte_payloads_end_to_end(
     ledger = Ledger()
     async with running() as rx, running() as rx2:
         hooks = [await add_hook(aconn, rx, ("fault.*",)), await add_hook(aconn, rx2, ("fault.b",))]
-        async with serve_app(fast_settings(settings, webhook_timeout=10.0)) as app:
+        # (A lease must exceed the webhook timeout: OUTBOX_LEASE is checked at start.)
+        slow = fast_settings(settings, webhook_timeout=10.0, lease=timedelta(seconds=12))
+        async with serve_app(slow) as app:
             clients = [ResumingClient(f"c{i}", [app.ws_url]) for i in range(2)]
             async with running_clients(clients):
                 await wait_for(lambda: connected(clients), what="ws connected")

@@ -23,9 +23,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from outbox.api.config import Settings
 from outbox.cli.embedded import EmbeddedCluster, find_bindir
 from outbox.migrate import migrate
-from outbox.relay.config import Settings
 from tests.faults.harness import (
     Ledger,
     Writer,
@@ -90,7 +90,7 @@ async def test_postgres_restart_under_write_load(private_cluster: EmbeddedCluste
     with psycopg.connect(url) as c:
         migrate(c)
     settings = fast_settings(
-        Settings(
+        Settings.load(
             database_url=url,
             api_token="test-token",
             webhook_allow_networks=(ipaddress.ip_network("127.0.0.0/8"),),

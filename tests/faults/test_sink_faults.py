@@ -27,10 +27,10 @@ import httpx
 import psycopg
 import pytest
 
+from outbox.api.config import Settings
 from outbox.cli.embedded import EmbeddedCluster
 from outbox.events import Matcher
 from outbox.migrate import migrate
-from outbox.relay.config import Settings
 from tests.faults.harness import Ledger, Writer, add_hook, settle, writing
 from tests.faults.test_database_faults import private_cluster, restart_immediate
 from tests.support.api import AUTH
@@ -137,7 +137,7 @@ async def arrived(t: Target, n: int) -> bool:
 
 
 def fast(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, poll_interval=0.2)
+    return settings.replace(poll_interval=0.2)
 
 
 @pytest.mark.parametrize("kind", ["nats", "amqp"])
@@ -180,7 +180,7 @@ async def test_nats_server_stopped_and_restarted_mid_stream(settings: Settings) 
         await server.wait_ready()
         async with target("nats", server.url) as t, serve_app(fast(settings)) as app:
             sink = await create_sink(app.base_url, "restart", t)
-            writer = Writer(settings.database_url, ledger, total=800, rate=200)
+            writer = Writer(settings.database.url, ledger, total=800, rate=200)
             async with writing(writer):
                 await wait_for(lambda: arrived(t, 150), timeout=30, what="150 published")
                 server.stop()  # SIGTERM: JetStream flushes and shuts down
@@ -191,7 +191,7 @@ async def test_nats_server_stopped_and_restarted_mid_stream(settings: Settings) 
                 await wait_for(failing, timeout=20, what="last_error while the broker is down")
                 server.start()
                 await server.wait_ready()
-            verdict = await judged(t, ledger, settings.database_url)
+            verdict = await judged(t, ledger, settings.database.url)
             after = await get_sink(app.base_url, sink["id"])
     assert verdict.expected > 300 and verdict.repeats == 0, verdict
     assert after["last_error"] is None, after
@@ -204,7 +204,7 @@ async def test_amqp_connection_dropped_mid_stream(settings: Settings) -> None:
         url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
         async with target("amqp", url) as t, serve_app(fast(settings)) as app:
             sink = await create_sink(app.base_url, "dropped", t)
-            writer = Writer(settings.database_url, ledger, total=800, rate=200)
+            writer = Writer(settings.database.url, ledger, total=800, rate=200)
             async with writing(writer):
                 await wait_for(lambda: arrived(t, 150), timeout=30, what="150 published")
                 proxy.cut()
@@ -214,7 +214,7 @@ async def test_amqp_connection_dropped_mid_stream(settings: Settings) -> None:
 
                 await wait_for(failing, timeout=20, what="last_error while cut off")
                 proxy.restore()
-            verdict = await judged(t, ledger, settings.database_url)
+            verdict = await judged(t, ledger, settings.database.url)
     assert verdict.expected > 300, verdict
 
 
@@ -233,14 +233,14 @@ async def test_a_slow_broker_holds_back_no_other_sink_and_no_webhook(
         async with serve_app(fast(settings)) as app:
             await create_sink(app.base_url, "slow", slow)
             await create_sink(app.base_url, "quick", quick)
-            writer = Writer(settings.database_url, ledger, total=400, rate=200)
+            writer = Writer(settings.database.url, ledger, total=400, rate=200)
             async with writing(writer):
                 pass
             # The quick sink and the webhook are done while the slow one,
             # at a quarter of a second per round trip, is still behind.
-            await judged(quick, ledger, settings.database_url, timeout=15)
-            await settle(settings.database_url, ledger, [hook], timeout=30)
-            verdict = await judged(slow, ledger, settings.database_url, timeout=90)
+            await judged(quick, ledger, settings.database.url, timeout=15)
+            await settle(settings.database.url, ledger, [hook], timeout=30)
+            verdict = await judged(slow, ledger, settings.database.url, timeout=90)
     assert verdict.expected > 150, verdict
 
 
@@ -300,7 +300,7 @@ async def test_sink_survives_a_postgres_restart(private_cluster: EmbeddedCluster
     url = await asyncio.to_thread(private_cluster.start)
     with psycopg.connect(url) as c:
         migrate(c)
-    settings = Settings(
+    settings = Settings.load(
         database_url=url,
         api_token="test-token",
         poll_interval=0.2,

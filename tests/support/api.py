@@ -10,7 +10,7 @@ import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
-from outbox.relay.config import Settings
+from outbox.api.config import Settings
 from tests.support.servers import serve_app
 
 TOKEN = "test-token"

@@ -12,8 +12,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from outbox.api.config import Settings
 from outbox.publish import apublish
-from outbox.relay.config import Settings, parse_schedule
+from outbox.relay.config import parse_schedule
 from outbox.relay.delivery import DeliveryWorker
 from outbox.relay.metrics import Metrics
 
@@ -109,7 +110,6 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
 def fast(db_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "database_url": db_url,
         "retry_schedule": parse_schedule("50ms,50ms,50ms"),
         "webhook_timeout": 2.0,
         "poll_interval": 0.2,
@@ -117,14 +117,25 @@ def fast(db_url: str, **overrides: Any) -> Settings:
         "webhook_allow_networks": LOOPBACK,
     }
     values.update(overrides)
-    return Settings(**values)
+    return Settings.load(database_url=db_url, **values)
+
+
+def new_worker(settings: Settings, **kwargs: Any) -> DeliveryWorker:
+    """A worker wired as the service wires it: its group, the database, the poll timer."""
+    return DeliveryWorker(
+        settings.delivery,
+        Metrics(),
+        database_url=settings.database.url,
+        poll_interval=settings.feed.poll_interval,
+        **kwargs,
+    )
 
 
 @contextlib.asynccontextmanager
 async def worker(settings: Settings, **kwargs: Any) -> AsyncIterator[DeliveryWorker]:
     import asyncio
 
-    w = DeliveryWorker(settings, Metrics(), **kwargs)
+    w = new_worker(settings, **kwargs)
     task = asyncio.create_task(w.run(), name="test-worker")
     try:
         yield w

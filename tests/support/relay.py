@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from outbox.relay.config import Settings
+from outbox.api.config import Settings
 from outbox.relay.feed import Batch, Event
 from outbox.relay.metrics import Metrics
 from outbox.relay.runtime import Relay
@@ -70,8 +69,8 @@ async def running_relay(
 
 
 def relay_settings(db_url: str, **changes: Any) -> Settings:
-    base = Settings(database_url=db_url, api_token="test-token", poll_interval=30.0)
-    return dataclasses.replace(base, **changes)
+    values: dict[str, Any] = {"api_token": "test-token", "poll_interval": 30.0}
+    return Settings.load(database_url=db_url, **{**values, **changes})
 
 
 def add_webhook(

@@ -7,7 +7,6 @@ test files; the ``settings`` fixture is registered from the root
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import socket
@@ -16,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.waiting import wait_for
+from outbox.cli.server import Running as RunningServer
+
+__all__ = ["RunningServer", "free_port", "loopback_nets", "serve_app"]
 
 
 def free_port() -> int:
@@ -25,53 +26,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class RunningServer:
-    def __init__(self, app: Any, port: int) -> None:
-        self.app = app
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}/ws"
-
-
 @contextlib.asynccontextmanager
-async def serve_app(
-    settings: Any, *, startup_timeout: float = 15.0
-) -> AsyncIterator[RunningServer]:
-    """Run ``create_app(settings)`` under a real uvicorn on a loopback port."""
-    import dataclasses
+async def serve_app(settings: Any, *, port: int = 0) -> AsyncIterator[RunningServer]:
+    """The whole app under a real uvicorn on a loopback port (0: any free one),
+    set up exactly as ``outbox serve`` sets it up (outbox.cli.server)."""
+    from outbox.cli.server import running
 
-    import uvicorn
-
-    from outbox.api.app import create_app
-    from outbox.api.ws import uvicorn_ws_options
-
-    port = free_port()
-    settings = dataclasses.replace(settings, host="127.0.0.1", port=port)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        **uvicorn_ws_options(settings),
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(), name="uvicorn-test")
-    try:
-        await wait_for(
-            lambda: server.started or task.done(), timeout=startup_timeout, what="uvicorn startup"
-        )
-        if task.done():
-            task.result()
-            raise AssertionError("uvicorn exited during startup")
-        yield RunningServer(app, port)
-    finally:
-        server.should_exit = True
-        try:
-            await asyncio.wait_for(task, timeout=15)
-        except TimeoutError:
-            task.cancel()
+    async with running(settings.replace(host="127.0.0.1", port=port)) as server:
+        yield server
 
 
 def loopback_nets() -> tuple[Any, ...]:
@@ -81,9 +43,9 @@ def loopback_nets() -> tuple[Any, ...]:
 @pytest.fixture
 def settings(db_url: str) -> Any:
     """Settings for a test server on this test's database (fast polls, short timeouts)."""
-    from outbox.relay.config import Settings
+    from outbox.api.config import Settings
 
-    return Settings(
+    return Settings.load(
         database_url=db_url,
         api_token="test-token",
         poll_interval=0.5,

@@ -16,9 +16,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from outbox.api import errors
+from outbox.api.config import ApiSettings
 from outbox.api.endpoint import Doc, endpoint, parse_body
 from outbox.api.schemas import RecoverRequest
-from outbox.relay.config import Settings
 
 
 async def _boom(request: Request) -> Response:
@@ -45,7 +45,7 @@ async def small_app() -> AsyncIterator[httpx.AsyncClient]:
             Route("/db", _db_down),
             Route("/echo", _echo, methods=["POST"]),
         ],
-        middleware=errors.middleware(Settings(max_request_body=1024)),
+        middleware=errors.middleware(ApiSettings(max_request_body=1024)),
         exception_handlers=errors.exception_handlers,
     )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

@@ -9,13 +9,13 @@ from openapi_spec_validator import validate
 from starlette.routing import Route
 
 from outbox.api.app import create_app
+from outbox.api.config import Settings
 from outbox.api.openapi import build
-from outbox.relay.config import Settings
 
 
 @pytest.fixture(scope="module")
 def app_and_doc() -> tuple[Any, dict[str, Any]]:
-    app = create_app(Settings(database_url="", api_token="t"))
+    app = create_app(Settings.load(database_url="", api_token="t"))
     return app, build(app.routes)
 
 

@@ -4,20 +4,17 @@ tests/db/test_demo_domain.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
 import hmac
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from outbox.cli.demo_domain import (
     Receiver,
@@ -26,7 +23,6 @@ from outbox.cli.demo_domain import (
     verify_seed_signature,
     verify_standard_signature,
 )
-from tests.support.waiting import wait_for
 
 
 def test_traffic_rejects_a_non_positive_rate() -> None:
@@ -84,18 +80,15 @@ def _sign(secret: str, event_id: int, body: bytes) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def running(app: Any) -> AsyncIterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    """``app`` served as the demo serves its receiver (outbox.cli.server)."""
+    from outbox.cli.server import HttpServer, bind
+
+    server = HttpServer(app, bind("127.0.0.1", 0), name="receiver")
+    await server.start()
     try:
-        await wait_for(lambda: server.started or task.done(), timeout=10, what="receiver")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.port}"
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
-        sock.close()
+        await server.stop()
 
 
 async def test_receiver_accepts_signed_requests_and_refuses_forged_ones() -> None:

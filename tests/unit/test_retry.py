@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from outbox.errors import ConfigError
-from outbox.relay.config import Settings, parse_schedule
+from outbox.relay.config import DeliverySettings, parse_schedule
 from outbox.relay.retry import (
     MAX_RETRY_AFTER,
     AttemptResult,
@@ -74,18 +74,21 @@ def test_exponential_form_with_jitter() -> None:
     assert policy.next_delay(result(5)) is None
 
 
-def test_schedule_parsing() -> None:
+def test_schedule_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_schedule("exp(5s,10h,8)") == Exponential(
         timedelta(seconds=5), timedelta(hours=10), 8
     )
     for bad in ("exponential(5s,1s,3)", "exponential(5s,10h,0)", "exponential(5s,10h,x)", ""):
         with pytest.raises(ConfigError, match="OUTBOX_RETRY_SCHEDULE"):
             parse_schedule(bad)
-    env = {"OUTBOX_RETRY_SCHEDULE": "exponential(1s,1m,4)", "OUTBOX_RETRY_MAX_AGE": "2h"}
-    settings = Settings.from_env(env)
+    monkeypatch.setenv("OUTBOX_RETRY_SCHEDULE", "exponential(1s,1m,4)")
+    monkeypatch.setenv("OUTBOX_RETRY_MAX_AGE", "2h")
+    settings = DeliverySettings()  # read from the environment
     assert isinstance(settings.retry_schedule, Exponential)
     assert settings.retry_max_age == timedelta(hours=2)
-    assert Settings.from_env({}).retry_max_age is None
+    monkeypatch.delenv("OUTBOX_RETRY_SCHEDULE")
+    monkeypatch.delenv("OUTBOX_RETRY_MAX_AGE")
+    assert DeliverySettings().retry_max_age is None
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import pytest
 
 from outbox.errors import ConfigError
 from outbox.relay.attempt import post
-from outbox.relay.config import Settings, parse_proxy
+from outbox.relay.config import DeliverySettings, parse_proxy
 from outbox.relay.retry import AttemptResult
 from outbox.relay.webhook_client import make_client
 from tests.support.proxy import running_proxy
@@ -93,10 +93,11 @@ async def test_a_proxy_refusal_is_a_failed_attempt() -> None:
     assert rx.requests == []
 
 
-def test_proxy_setting() -> None:
-    assert Settings.from_env({}).webhook_proxy is None
-    env = {"OUTBOX_WEBHOOK_PROXY": "http://user:pw@egress.internal:4750"}
-    assert Settings.from_env(env).webhook_proxy == "http://user:pw@egress.internal:4750"
+def test_proxy_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OUTBOX_WEBHOOK_PROXY", raising=False)
+    assert DeliverySettings().webhook_proxy is None
+    monkeypatch.setenv("OUTBOX_WEBHOOK_PROXY", "http://user:pw@egress.internal:4750")
+    assert DeliverySettings().webhook_proxy == "http://user:pw@egress.internal:4750"
     for bad in ("egress:4750", "socks5://egress:1080", "http://", "http://h:99999"):
         with pytest.raises(ConfigError, match="OUTBOX_WEBHOOK_PROXY") as caught:
             parse_proxy(bad)

@@ -90,10 +90,10 @@ async def test_other_attributes_are_the_real_transports() -> None:
 
 
 def test_serve_uses_the_coalescing_protocol() -> None:
+    from outbox.api.config import Settings
     from outbox.api.ws import uvicorn_ws_options
-    from outbox.relay.config import Settings
 
-    assert issubclass(uvicorn_ws_options(Settings())["ws"], CoalescingWebSocketProtocol)
+    assert issubclass(uvicorn_ws_options(Settings.load())["ws"], CoalescingWebSocketProtocol)
 
 
 @pytest.mark.parametrize(
