@@ -179,7 +179,11 @@ async def test_relay_dispatches_and_wakes_the_sender(
         conn.execute("SELECT outbox.publish('t.x', '{}')")
         await wait_for(lambda: deliveries_summary(conn)[0] == 1, timeout=5, what="delivery row")
         await wait_for(lambda: rec.wakes > wakes, timeout=5, what="sender woken")
-        assert relay.metrics.deliveries_created.get() == 1
+        # (The sender may be woken first by the NOTIFY on outbox_deliveries,
+        # before the dispatcher counts what it created: wait for the count.)
+        await wait_for(
+            lambda: relay.metrics.deliveries_created.get() == 1, timeout=5, what="counted"
+        )
         assert relay.health()["role"] == "leader"
 
 
