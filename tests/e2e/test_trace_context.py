@@ -12,7 +12,6 @@ configured by OTEL_* variables only).
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +21,9 @@ import httpx
 import psycopg
 import pytest
 
+from outbox.api.config import Settings
 from outbox.publish import apublish
-from outbox.relay.config import Settings, parse_schedule
+from outbox.relay.config import parse_schedule
 from outbox.tracing import set_trace_context
 from tests.support.api import AUTH
 from tests.support.otlp import otlp_receiver
@@ -42,7 +42,7 @@ def spans() -> Iterator[Spans]:
 
 
 def fast(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, retry_schedule=parse_schedule("100ms,100ms,100ms"))
+    return settings.replace(retry_schedule=parse_schedule("100ms,100ms,100ms"))
 
 
 def to(rx: Receiver, event_id: int) -> list[Any]:
