@@ -79,6 +79,12 @@ CustomHeaders = Annotated[
     ),
 ]
 PayloadFormat = Literal["raw", "envelope"]
+Ordering = Literal["none", "key"]
+ORDERING_DOC = (
+    "'key': for one key, a delivery is not attempted before the previous one "
+    "succeeded or ended failed; other keys and keyless events are not held "
+    "back; 'none' (the default): no order"
+)
 SeedSignature = Literal["old", "new"]
 Order = Literal["asc", "desc"]
 DeliveryStatus = Literal["pending", "success", "failed"]
@@ -141,6 +147,7 @@ class WebhookCreate(RequestModel):
     payload_format: PayloadFormat = "raw"
     is_active: bool = True
     headers: CustomHeaders = Field(default_factory=dict)
+    ordering: Ordering = Field(default="none", description=ORDERING_DOC)
 
 
 class WebhookUpdate(RequestModel):
@@ -158,6 +165,7 @@ class WebhookUpdate(RequestModel):
         "payload_format",
         "is_active",
         "headers",
+        "ordering",
     )
 
     name: Name | None = None
@@ -170,6 +178,11 @@ class WebhookUpdate(RequestModel):
     is_active: bool | None = None
     headers: CustomHeaders | None = Field(
         default=None, description="replaces the webhook's custom headers ({} removes them)"
+    )
+    ordering: Ordering | None = Field(
+        default=None,
+        description=ORDERING_DOC + ". To 'none': what waits in key queues is sent at once; "
+        "to 'key': deliveries created from then on are ordered",
     )
 
     @field_validator(*__not_null__, mode="before")
@@ -190,6 +203,12 @@ class RecoverRequest(RequestModel):
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class SkipRequest(RequestModel):
+    """``POST /webhooks/{id}/deliveries/{delivery_id}/skip``: why (kept as its error)."""
+
+    reason: Annotated[str, Field(max_length=500)] | None = None
 
 
 class RotateRequest(RequestModel):
@@ -224,6 +243,11 @@ class ReplayRequest(RequestModel):
 class WebhookQuery(QueryModel):
     event_type: EventPattern | None = None
     is_active: bool | None = None
+    limit: Limit = 50
+    offset: Offset = 0
+
+
+class PageQuery(QueryModel):
     limit: Limit = 50
     offset: Offset = 0
 
@@ -301,6 +325,7 @@ class WebhookOut(SQLModel):
     headers: dict[str, str] = Field(
         default_factory=dict, description="custom headers sent with every request"
     )
+    ordering: Ordering = Field(default="none", description=ORDERING_DOC)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Self:
@@ -367,6 +392,12 @@ class DeliveryOut(SQLModel):
         description="when the event was written (a replay by time starts from it); "
         "null once retention removed the event",
     )
+    key: str | None = Field(default=None, description="the event's key")
+    waiting: bool = Field(
+        default=False,
+        description="ordering 'key': pending behind an earlier delivery of the same key "
+        "(not attempted until that one succeeded or ended failed)",
+    )
 
 
 class EventDeliveryOut(DeliveryOut):
@@ -421,6 +452,36 @@ class WhoAmI(SQLModel):
     events: list[str] | None = Field(
         default=None, description="feed tokens: the event patterns it may read (null: all)"
     )
+
+
+class BlockedKeyOut(SQLModel):
+    """The head of a key's queue that has failed at least once, holding its key back."""
+
+    key: str
+    delivery_id: int
+    event_id: int
+    event_type: str
+    attempt_number: int = Field(description="attempts so far, all failed")
+    created_at: datetime
+    next_retry_at: datetime | None = Field(description="its next attempt (its retry schedule)")
+    response_status: int | None
+    error_message: str | None
+    waiting: int = Field(description="deliveries of this key waiting behind it")
+
+
+class BlockedKeys(SQLModel):
+    """``GET /webhooks/{id}/blocked-keys``: per-key order, the operator's view."""
+
+    webhook_id: int
+    ordering: Ordering
+    queues: int = Field(description="keys with a pending delivery")
+    waiting: int = Field(description="deliveries waiting behind the head of their key")
+    blocked_keys: int = Field(description="keys whose head has failed at least once")
+    blocked_waiting: int = Field(description="deliveries waiting behind those heads")
+    oldest_head: BlockedKeyOut | None = Field(description="the oldest failing head")
+    items: list[BlockedKeyOut] = Field(description="the failing heads, oldest first")
+    limit: int
+    offset: int
 
 
 class RecoverResult(SQLModel):

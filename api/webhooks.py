@@ -35,9 +35,12 @@ from outbox.api.errors import NOT_FOUND, ApiError, ValidationFailed
 from outbox.api.schemas import (
     AttemptList,
     AttemptOut,
+    BlockedKeyOut,
+    BlockedKeys,
     DeliveryOut,
     DeliveryPage,
     DeliveryQuery,
+    PageQuery,
     RecoverRequest,
     RecoverResult,
     ReplayRequest,
@@ -45,6 +48,7 @@ from outbox.api.schemas import (
     RotatedWebhook,
     RotateRequest,
     RotationOut,
+    SkipRequest,
     WebhookCreate,
     WebhookOut,
     WebhookPage,
@@ -56,7 +60,7 @@ from outbox.api.schemas import (
 )
 from outbox.cursor import Cursor, sql_params
 from outbox.errors import CursorError
-from outbox.relay import ops
+from outbox.relay import delivery_db, ops
 from outbox.relay.config import DeliverySettings
 from outbox.relay.signing import generate_secret
 from outbox.relay.ssrf import UnsafeURL, check_url
@@ -135,6 +139,7 @@ async def create_webhook(request: Request) -> Response:
         "description": body.description,
         "is_active": body.is_active,
         "headers": Jsonb(body.headers),
+        "ordering": body.ordering,
     }
     async with st.pool.connection() as db, db.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql("webhook_insert"), params)
@@ -235,11 +240,15 @@ async def update_webhook(request: Request) -> Response:
         "payload_format": body.payload_format,
         "is_active": body.is_active,
         "headers": None if body.headers is None else Jsonb(body.headers),
+        "ordering": body.ordering,
     }
     async with st.pool.connection() as db, db.transaction():
         cur = await db.execute(sql("webhook_update"), params)
         if cur.rowcount == 0:
             raise ApiError(404, NOT_FOUND)
+        if body.ordering == "none":
+            # The UPDATE above holds the webhook's lock (per-key order).
+            await ops.unorder_waiting(db, webhook_id)
         row = await _fetch_webhook(db, webhook_id)
     return json_response(WebhookOut.from_row(row))
 
@@ -327,9 +336,13 @@ async def send_test(request: Request) -> Response:
     Doc(
         "Retry one delivery now",
         {202: DeliveryOut},
-        errors=BOTH_NOT_FOUND,
+        errors={**BOTH_NOT_FOUND, 409: "the delivery waits behind the head of its key"},
         description="The delivery becomes pending and due now, even if it failed "
-        "or succeeded; its attempt count continues.",
+        "or succeeded; its attempt count continues. Ordering 'key': the head of a "
+        "key's queue is retried now (ahead of its retry schedule); a finished "
+        "keyed delivery joins its key's queue again (sent now if nothing of that "
+        "key is pending, else after what comes before it); one that waits in the "
+        "queue is refused (409: retry or skip its head).",
     )
 )
 async def retry_delivery(request: Request) -> Response:
@@ -337,10 +350,86 @@ async def retry_delivery(request: Request) -> Response:
     delivery_id = path_id(request, "delivery_id")
     async with state_of(request).pool.connection() as db:
         await _require_webhook(db, webhook_id)
-        if await ops.retry_delivery(db, webhook_id, delivery_id) is None:
-            raise ApiError(404, DELIVERY_NOT_FOUND)
+        try:
+            if await ops.retry_delivery(db, webhook_id, delivery_id) is None:
+                raise ApiError(404, DELIVERY_NOT_FOUND)
+        except ops.Refused as exc:
+            raise ApiError(409, str(exc)) from None
         out = await _fetch_delivery(db, webhook_id, delivery_id)
     return json_response(out, 202)
+
+
+@endpoint(
+    Doc(
+        "Skip a pending delivery: end it failed, unsent",
+        {200: DeliveryOut},
+        body=SkipRequest,
+        body_required=False,
+        errors={**BOTH_NOT_FOUND, 409: "finished, or being sent right now"},
+        description="The delivery ends `failed` with the reason as its error_message "
+        "and webhook.delivery_failed is published for it. Ordering 'key': skipping "
+        "the head of a key's queue unblocks the key, and the next delivery of the "
+        "key is sent at once. A delivery a worker is sending right now is refused "
+        "(409): try again when the attempt has ended.",
+    )
+)
+async def skip_delivery(request: Request) -> Response:
+    webhook_id = path_id(request, "webhook_id")
+    delivery_id = path_id(request, "delivery_id")
+    body = await parse_body(request, SkipRequest, required=False)
+    reason = body.reason if body is not None else None
+    async with state_of(request).pool.connection() as db:
+        await _require_webhook(db, webhook_id)
+        try:
+            if await ops.skip_delivery(db, webhook_id, delivery_id, reason) is None:
+                raise ApiError(404, DELIVERY_NOT_FOUND)
+        except ops.Refused as exc:
+            raise ApiError(409, str(exc)) from None
+        out = await _fetch_delivery(db, webhook_id, delivery_id)
+    return json_response(out)
+
+
+@endpoint(
+    Doc(
+        "Keys held back by a failing head (ordering 'key')",
+        {200: BlockedKeys},
+        query=PageQuery,
+        errors=WEBHOOK_NOT_FOUND,
+        description="For a webhook ordered by key: how many keys have pending "
+        "deliveries, how many deliveries wait, and the keys whose head (the "
+        "delivery being attempted for that key) has failed at least once, oldest "
+        "first, with how many deliveries wait behind each. Unblock one by "
+        "retrying its head now (POST .../deliveries/{id}/retry) or skipping it "
+        "(POST .../deliveries/{id}/skip).",
+    )
+)
+async def blocked_keys(request: Request) -> Response:
+    webhook_id = path_id(request, "webhook_id")
+    q = parse_query(request, PageQuery)
+    params = {"webhook_id": webhook_id, "limit": q.limit, "offset": q.offset}
+    async with state_of(request).pool.connection() as db, db.transaction():
+        row = await _fetch_webhook(db, webhook_id)
+        async with db.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql("blocked_keys_summary"), params)
+            summary = await cur.fetchone()
+            await cur.execute(sql("blocked_keys_page"), params)
+            items = [BlockedKeyOut.model_validate(r) for r in await cur.fetchall()]
+            oldest = items[0] if items and q.offset == 0 else None
+            if oldest is None and q.offset > 0:
+                await cur.execute(sql("blocked_keys_page"), {**params, "limit": 1, "offset": 0})
+                first = await cur.fetchone()
+                oldest = BlockedKeyOut.model_validate(first) if first else None
+    assert summary is not None
+    out = BlockedKeys(
+        webhook_id=webhook_id,
+        ordering=row["ordering"],
+        **summary,
+        oldest_head=oldest,
+        items=items,
+        limit=q.limit,
+        offset=q.offset,
+    )
+    return json_response(out)
 
 
 @endpoint(
@@ -447,6 +536,7 @@ class _Replayed(NamedTuple):
     id: int
     event_type: str
     replay: int
+    key: str | None  # set when the webhook is ordered by key (its queue)
 
 
 def _bound(text: str, field: str) -> tuple[Cursor | None, datetime | None]:
@@ -495,6 +585,8 @@ async def replay(request: Request) -> Response:
     }
     async with state_of(request).pool.connection() as db, db.transaction():
         await _require_webhook(db, webhook_id)
+        # Per-key order: keyed replays join their queues (sql/011_key_ordering.sql).
+        await delivery_db.lock_webhooks(db, [webhook_id])
         async with db.cursor(row_factory=record_row(_Replayed)) as cur:
             await cur.execute(sql("replay_range"), params)
             rows = await cur.fetchall()
@@ -513,9 +605,12 @@ async def replay(request: Request) -> Response:
                     "event_ids": [r.id for r in rows],
                     "event_types": [r.event_type for r in rows],
                     "replays": [r.replay for r in rows],
+                    "keys": [r.key for r in rows],
                 },
             )
+            keys = sorted({k for (k,) in await ins.fetchall() if k is not None})
             queued = ins.rowcount
+            await delivery_db.promote(db, [(webhook_id, k) for k in keys])
             if queued:
                 await ops.wake(db)
     return json_response(ReplayResult(queued=queued, matched=len(rows), dry_run=False), 202)
@@ -533,9 +628,11 @@ routes: list[BaseRoute] = [
     Route(
         "/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"]
     ),
+    Route("/webhooks/{webhook_id}/deliveries/{delivery_id}/skip", skip_delivery, methods=["POST"]),
     Route(
         "/webhooks/{webhook_id}/deliveries/{delivery_id}/attempts", list_attempts, methods=["GET"]
     ),
+    Route("/webhooks/{webhook_id}/blocked-keys", blocked_keys, methods=["GET"]),
     Route("/webhooks/{webhook_id}/recover", recover, methods=["POST"]),
     Route("/webhooks/{webhook_id}/rotate-secret", rotate_secret, methods=["POST"]),
     Route("/webhooks/{webhook_id}/replay", replay, methods=["POST"]),

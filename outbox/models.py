@@ -209,6 +209,10 @@ class Webhook(SQLModel, table=True):
         default_factory=dict,
         sa_column=Column(JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     )
+    # 'key': deliveries of keyed events go one at a time per key (sql/011).
+    ordering: str = Field(
+        default="none", sa_column=Column(Text, nullable=False, server_default=text("'none'"))
+    )
 
 
 class Delivery(SQLModel, table=True):
@@ -237,6 +241,9 @@ class Delivery(SQLModel, table=True):
     updated_at: datetime | None = Field(default=None, sa_column=_ts(nullable=False, now=True))
     delivered_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     replay: int = Field(default=0, sa_column=_int(nullable=False, default="0"))
+    # The (webhook, key) queue this delivery is in: set only for webhooks with
+    # ordering 'key'; while it waits behind the queue's head, due_at is infinity.
+    key: str | None = Field(default=None, sa_column=_text(nullable=True))
 
 
 class DeliveryAttempt(SQLModel, table=True):

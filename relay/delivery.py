@@ -18,6 +18,11 @@ lease runs out and another worker sends it again (same ``webhook-id``).
 
 Deliveries of an inactive webhook are not claimed: they stay pending, and
 are sent when the webhook is active again.
+
+Per-key order needs nothing here: a delivery waiting behind the head of its
+key's queue is not due (``sql/011_key_ordering.sql``), so no claim returns
+it; the flush that records a head's end promotes the next one, and this
+worker then claims again at once.
 """
 
 from __future__ import annotations
@@ -534,6 +539,12 @@ class DeliveryWorker:
                     await asyncio.sleep(delay)
                     continue
                 failures = rejected = 0
+                if done.promoted:
+                    # The next deliveries of key queues whose head just ended
+                    # are due now: claim them (other processes see them at
+                    # their next poll; a doorbell would have them all race
+                    # for the same rows).
+                    self._wake.set()
                 self._schedule(outcomes, loop.time())
                 if done.recorded < len({o.job.id for o in outcomes}):
                     log.info(

@@ -3,8 +3,10 @@
 A claim is one statement (``delivery_claim``); a flush records a whole
 batch of attempts in one transaction of a few statements, whatever the
 batch size: attempt rows, delivery rows (fenced by the claim's lease),
-webhook counters, disabling, and the ``webhook.disabled`` /
-``webhook.delivery_failed`` events, which commit or roll back with them.
+webhook counters, disabling, the promotion of the next delivery of each
+key queue whose head ended (per-key order, ``sql/011_key_ordering.sql``),
+and the ``webhook.disabled`` / ``webhook.delivery_failed`` events, which
+commit or roll back with them.
 No HTTP request ever runs while this module holds a transaction open.
 """
 
@@ -98,6 +100,7 @@ class Flushed:
     recorded: int = 0  # delivery rows written (fenced-out ones are not)
     failed: list[int] = field(default_factory=list)  # moved to failed now
     disabled: int = 0  # webhooks disabled now
+    promoted: int = 0  # waiting deliveries that became the head of their key queue
 
 
 class _Recorded(NamedTuple):
@@ -105,6 +108,38 @@ class _Recorded(NamedTuple):
 
     id: int
     status: str
+    webhook_id: int
+    key: str | None
+
+
+class Promoted(NamedTuple):
+    """A waiting delivery ``delivery_promote`` made the head of its queue."""
+
+    id: int
+    webhook_id: int
+    key: str
+
+
+async def promote(conn: AsyncConn, queues: list[tuple[int, str]]) -> list[Promoted]:
+    """Give each ``(webhook_id, key)`` queue without a head its next delivery.
+
+    The caller's transaction must already hold the lock on those webhook
+    rows, taken by an earlier statement (``delivery_lock_webhooks``,
+    ``delivery_webhook_stats`` or ``dispatch_batch``): see ``delivery_promote``.
+    """
+    if not queues:
+        return []
+    cur = conn.cursor(row_factory=record_row(Promoted))
+    await cur.execute(
+        query("delivery_promote", _SQL),
+        {"webhook_id": [w for w, _ in queues], "key": [k for _, k in queues]},
+    )
+    return await cur.fetchall()
+
+
+async def lock_webhooks(conn: AsyncConn, ids: list[int]) -> None:
+    """Take the per-key order lock of these webhooks (until the transaction ends)."""
+    await conn.execute(query("delivery_lock_webhooks", _SQL), {"ids": sorted(set(ids))})
 
 
 async def claim(
@@ -268,6 +303,11 @@ async def flush(
                 },
             )
             done.disabled = len(await cur.fetchall())
+            # delivery_webhook_stats (above) locked these webhooks' rows.
+            ended = sorted(
+                {(r.webhook_id, r.key) for r in rows if r.key is not None and r.status != "pending"}
+            )
+            done.promoted = len(await promote(conn, ended))
             if done.failed:
                 await conn.execute(query("delivery_publish_failed", _SQL), {"ids": done.failed})
         if releases:

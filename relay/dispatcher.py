@@ -1,8 +1,8 @@
 """The dispatcher (leader only): feed batches -> delivery rows.
 
 It reads the feed from its own cursor, persisted in ``outbox.relay_state``
-(name :data:`outbox.names.DISPATCHER_STATE`), and for each batch runs ONE statement, hence one
-transaction, that
+(name :data:`outbox.names.DISPATCHER_STATE`), and for each batch runs one
+transaction that
 
 * moves the stored cursor from the value it read to the batch's end
   (compare-and-set: if another relay moved it meanwhile, nothing happens and
@@ -10,8 +10,12 @@ transaction, that
 * inserts one ``outbox.deliveries`` row per (active webhook whose
   ``event_types`` match, event), ``ON CONFLICT DO NOTHING`` on the
   (webhook, event) key,
-* and NOTIFYs ``outbox_deliveries`` when it created any, waking the senders
-  of every process.
+* NOTIFYs ``outbox_deliveries`` when it created any, waking the senders
+  of every process,
+* and, for webhooks with ``ordering: key``, inserts keyed deliveries
+  waiting in their (webhook, key) queue, locks those webhooks, and in a
+  second statement gives each queue without a head its oldest delivery
+  (``delivery_promote``; why a second statement: ``sql/011_key_ordering.sql``).
 
 So a crash at any moment either keeps the whole batch (cursor and rows) or
 none of it: the batch is dispatched again and the unique key absorbs the
@@ -44,7 +48,7 @@ from psycopg.rows import scalar_row
 
 from outbox.cursor import Cursor
 from outbox.names import DELIVERIES_CHANNEL, DISPATCHER_STATE
-from outbox.relay import tracing
+from outbox.relay import delivery_db, tracing
 from outbox.relay.feed import Batch, read_batch
 from outbox.relay.leader import LostLeadership
 from outbox.relay.metrics import Metrics
@@ -72,6 +76,9 @@ class _Dispatched(NamedTuple):
     moved: int
     created: int
     rang: int
+    ordered: int
+    queue_webhooks: list[int]
+    queue_keys: list[str]
 
 
 async def load_cursor(conn: psycopg.AsyncConnection[Any]) -> tuple[Cursor, str | None]:
@@ -87,27 +94,35 @@ async def load_cursor(conn: psycopg.AsyncConnection[Any]) -> tuple[Cursor, str |
 async def dispatch(conn: psycopg.AsyncConnection[Any], batch: Batch, stored: str | None) -> int:
     """Create the batch's delivery rows and store its end cursor, atomically.
 
-    ``conn`` must be in autocommit mode (the statement is its own
+    ``conn`` must be in autocommit mode (this function makes the batch's
     transaction). Returns the number of delivery rows created. Raises
     :class:`LostLeadership` when the stored cursor is no longer ``stored``.
     """
     events = batch.events
-    cur = conn.cursor(row_factory=record_row(_Dispatched))
-    await cur.execute(
-        query("dispatch_batch", "dispatch.sql"),
-        {
-            "name": DISPATCHER_STATE,
-            "old": stored,
-            "new": batch.end.encode(),
-            "ids": [e.id for e in events],
-            "types": [e.type for e in events],
-            "channel": DELIVERIES_CHANNEL,
-        },
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    if not row.moved:
-        raise LostLeadership("the dispatcher cursor was moved by another relay")
+    async with conn.transaction():
+        cur = conn.cursor(row_factory=record_row(_Dispatched))
+        await cur.execute(
+            query("dispatch_batch", "dispatch.sql"),
+            {
+                "name": DISPATCHER_STATE,
+                "old": stored,
+                "new": batch.end.encode(),
+                "ids": [e.id for e in events],
+                "types": [e.type for e in events],
+                "keys": [e.key for e in events],
+                "channel": DELIVERIES_CHANNEL,
+            },
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        if not row.moved:
+            raise LostLeadership("the dispatcher cursor was moved by another relay")
+        if row.queue_webhooks:
+            # dispatch_batch locked these webhooks; this statement reads the
+            # queues after that lock (sql/011_key_ordering.sql).
+            await delivery_db.promote(
+                conn, list(zip(row.queue_webhooks, row.queue_keys, strict=True))
+            )
     return int(row.created)
 
 

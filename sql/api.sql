@@ -12,20 +12,21 @@
 
 -- name: webhook_insert
 INSERT INTO outbox.webhooks
-    (name, url, event_types, secret, payload_format, description, is_active, headers)
+    (name, url, event_types, secret, payload_format, description, is_active, headers,
+     ordering)
 VALUES (%(name)s, %(url)s, %(event_types)s, %(secret)s, %(payload_format)s,
-        %(description)s, %(is_active)s, %(headers)s)
+        %(description)s, %(is_active)s, %(headers)s, %(ordering)s)
 RETURNING id, name, url, event_types, payload_format, is_active, description,
        disabled_reason, created_at, updated_at, last_triggered_at, last_success_at,
        failing_since, success_count, failure_count, previous_secret_expires_at,
-       seed_signature, headers,
+       seed_signature, headers, ordering,
           secret
 
 -- name: webhook_get
 SELECT id, name, url, event_types, payload_format, is_active, description,
        disabled_reason, created_at, updated_at, last_triggered_at, last_success_at,
        failing_since, success_count, failure_count, previous_secret_expires_at,
-       seed_signature, headers
+       seed_signature, headers, ordering
 FROM outbox.webhooks
 WHERE id = %(id)s
 
@@ -33,7 +34,7 @@ WHERE id = %(id)s
 SELECT id, name, url, event_types, payload_format, is_active, description,
        disabled_reason, created_at, updated_at, last_triggered_at, last_success_at,
        failing_since, success_count, failure_count, previous_secret_expires_at,
-       seed_signature, headers,
+       seed_signature, headers, ordering,
        secret
 FROM outbox.webhooks
 WHERE id = %(id)s
@@ -45,7 +46,7 @@ WHERE id = %(id)s
 SELECT id, name, url, event_types, payload_format, is_active, description,
        disabled_reason, created_at, updated_at, last_triggered_at, last_success_at,
        failing_since, success_count, failure_count, previous_secret_expires_at,
-       seed_signature, headers
+       seed_signature, headers, ordering
 FROM outbox.webhooks
 WHERE (%(is_active)s::boolean IS NULL OR is_active = %(is_active)s::boolean)
   AND (%(event_type)s::text IS NULL OR EXISTS (
@@ -97,6 +98,7 @@ UPDATE outbox.webhooks SET
                        THEN %(description)s::text ELSE description END,
     payload_format = coalesce(%(payload_format)s::text, payload_format),
     headers = coalesce(%(headers)s::jsonb, headers),
+    ordering = coalesce(%(ordering)s::text, ordering),
     is_active = coalesce(%(is_active)s::boolean, is_active),
     disabled_reason = CASE WHEN %(is_active)s::boolean THEN NULL ELSE disabled_reason END,
     failing_since = CASE WHEN %(is_active)s::boolean AND NOT is_active
@@ -124,7 +126,8 @@ FROM outbox.deliveries
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, e.payload,
        d.response_status, d.response_body, d.status, d.error_message,
        d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
-       d.replay, e.created_at AS event_created_at
+       d.replay, e.created_at AS event_created_at,
+       coalesce(d.key, e.key) AS key, d.due_at = 'infinity' AS waiting
 FROM outbox.deliveries d
 LEFT JOIN outbox.events e ON e.id = d.event_id
 WHERE d.webhook_id = %(webhook_id)s
@@ -139,7 +142,8 @@ LIMIT %(limit)s OFFSET %(offset)s
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, e.payload,
        d.response_status, d.response_body, d.status, d.error_message,
        d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
-       d.replay, e.created_at AS event_created_at
+       d.replay, e.created_at AS event_created_at,
+       coalesce(d.key, e.key) AS key, d.due_at = 'infinity' AS waiting
 FROM outbox.deliveries d
 LEFT JOIN outbox.events e ON e.id = d.event_id
 WHERE d.webhook_id = %(webhook_id)s
@@ -158,7 +162,8 @@ WHERE webhook_id = %(webhook_id)s
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, e.payload,
        d.response_status, d.response_body, d.status, d.error_message,
        d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
-       d.replay, e.created_at AS event_created_at
+       d.replay, e.created_at AS event_created_at,
+       coalesce(d.key, e.key) AS key, d.due_at = 'infinity' AS waiting
 FROM outbox.deliveries d
 LEFT JOIN outbox.events e ON e.id = d.event_id
 WHERE d.webhook_id = %(webhook_id)s AND d.id = %(id)s
@@ -227,7 +232,8 @@ SELECT 1 FROM outbox.events WHERE id = %(id)s
 SELECT d.id, d.webhook_id, w.name AS webhook_name, d.event_id, d.event_type, e.payload,
        d.response_status, d.response_body, d.status, d.error_message,
        d.attempt_number, d.created_at, d.updated_at, d.delivered_at, d.next_retry_at,
-       d.replay, e.created_at AS event_created_at
+       d.replay, e.created_at AS event_created_at,
+       coalesce(d.key, e.key) AS key, d.due_at = 'infinity' AS waiting
 FROM outbox.deliveries d
 JOIN outbox.webhooks w ON w.id = d.webhook_id
 LEFT JOIN outbox.events e ON e.id = d.event_id
@@ -244,9 +250,9 @@ ORDER BY d.webhook_id, d.replay
 -- Routing as the dispatcher's (sql/dispatch.sql dispatch_batch): no
 -- webhook.test, no webhook.* event about this webhook itself.
 WITH w AS (
-    SELECT id, event_types FROM outbox.webhooks WHERE id = %(webhook_id)s
+    SELECT id, event_types, ordering FROM outbox.webhooks WHERE id = %(webhook_id)s
 ), picked AS (
-    SELECT e.id, e.event_type
+    SELECT e.id, e.event_type, CASE WHEN w.ordering = 'key' THEN e.key END AS key
     FROM outbox.events e, w
     WHERE (%(since_after)s::bigint IS NULL
            OR e.id > %(since_after)s::bigint
@@ -271,19 +277,60 @@ WITH w AS (
 )
 SELECT p.id, p.event_type,
        coalesce((SELECT max(d.replay) + 1 FROM outbox.deliveries d
-                 WHERE d.event_id = p.id AND d.webhook_id = %(webhook_id)s), 0) AS replay
+                 WHERE d.event_id = p.id AND d.webhook_id = %(webhook_id)s), 0) AS replay,
+       p.key
 FROM picked p
 ORDER BY p.id
 
 -- name: replay_insert
 -- The new deliveries of a replay, due now, in event order. ON CONFLICT: a
 -- concurrent replay (or the dispatcher, for replay 0) got there first.
-INSERT INTO outbox.deliveries (webhook_id, event_id, event_type, replay)
-SELECT %(webhook_id)s, r.event_id, r.event_type, r.replay
-FROM unnest(%(event_ids)s::bigint[], %(event_types)s::text[], %(replays)s::int[])
-     WITH ORDINALITY AS r (event_id, event_type, replay, ord)
+-- Keyed ones (webhook ordered by key) join the back of their key's queue,
+-- waiting; the caller holds the webhook lock and promotes (sql/011).
+INSERT INTO outbox.deliveries (webhook_id, event_id, event_type, replay, key, due_at)
+SELECT %(webhook_id)s, r.event_id, r.event_type, r.replay, r.key,
+       CASE WHEN r.key IS NULL THEN now() ELSE 'infinity' END
+FROM unnest(%(event_ids)s::bigint[], %(event_types)s::text[], %(replays)s::int[],
+            %(keys)s::text[])
+     WITH ORDINALITY AS r (event_id, event_type, replay, key, ord)
 ORDER BY r.ord
 ON CONFLICT ON CONSTRAINT deliveries_webhook_event_key DO NOTHING
+RETURNING key
 
 -- name: webhook_set_seed_signature
 UPDATE outbox.webhooks SET seed_signature = %(seed_signature)s WHERE id = %(id)s
+
+-- name: blocked_keys_summary
+-- Per-key order, the operator's view of one webhook (GET
+-- /webhooks/{id}/blocked-keys): its key queues (keys with a pending
+-- delivery), what waits in them, and the keys blocked behind a failing head
+-- (a pending head with attempts has failed every one so far). One pass over
+-- deliveries_key_queue_idx for the webhook, one over its heads.
+WITH q AS (
+    SELECT key, count(*) AS pending FROM outbox.deliveries
+    WHERE webhook_id = %(webhook_id)s AND status = 'pending' AND key IS NOT NULL
+    GROUP BY key
+), h AS (
+    SELECT key, attempt_number FROM outbox.deliveries
+    WHERE webhook_id = %(webhook_id)s AND status = 'pending' AND key IS NOT NULL
+      AND due_at < 'infinity'
+)
+SELECT count(*) AS queues,
+       coalesce(sum(q.pending) - count(h.key), 0) AS waiting,
+       count(*) FILTER (WHERE h.attempt_number > 0) AS blocked_keys,
+       coalesce(sum(q.pending - 1) FILTER (WHERE h.attempt_number > 0), 0) AS blocked_waiting
+FROM q LEFT JOIN h USING (key)
+
+-- name: blocked_keys_page
+-- The failing heads, oldest first, each with how many deliveries wait
+-- behind it (an index-only count over its queue).
+SELECT h.key, h.id AS delivery_id, h.event_id, h.event_type, h.attempt_number,
+       h.created_at, h.next_retry_at, h.response_status, h.error_message,
+       (SELECT count(*) FROM outbox.deliveries q
+        WHERE q.webhook_id = h.webhook_id AND q.key = h.key AND q.status = 'pending'
+          AND q.key IS NOT NULL) - 1 AS waiting
+FROM outbox.deliveries h
+WHERE h.webhook_id = %(webhook_id)s AND h.status = 'pending' AND h.key IS NOT NULL
+  AND h.due_at < 'infinity' AND h.attempt_number > 0
+ORDER BY h.id
+LIMIT %(limit)s OFFSET %(offset)s

@@ -11,6 +11,8 @@
 -- new due_at is also the claim's fencing token (see delivery_record).
 -- Webhooks whose endpoint this worker already has enough of are skipped.
 -- A delivery whose event is gone (LEFT JOIN) comes back with a NULL payload.
+-- Deliveries waiting behind the head of their key's queue have due_at
+-- 'infinity' (sql/011_key_ordering.sql): due_at <= now() never reaches them.
 WITH due AS (
     SELECT d.id
     FROM outbox.deliveries d
@@ -86,7 +88,7 @@ FROM unnest(%(id)s::bigint[], %(lease)s::timestamptz[], %(status)s::text[],
      AS r(id, lease, status, attempt_number, delay, hold, response_status, response_body,
           error_message)
 WHERE d.id = r.id AND d.due_at = r.lease AND d.status = 'pending'
-RETURNING d.id, d.status;
+RETURNING d.id, d.status, d.webhook_id, d.key;
 
 -- name: delivery_release
 -- Give claimed deliveries back unattempted (shutdown, or more than this
@@ -100,7 +102,9 @@ WHERE d.id = r.id AND d.due_at = r.lease AND d.status = 'pending';
 -- Counters and the continuous-failure clock, one row per webhook per flush.
 -- Rows are locked in id order first (FOR NO KEY UPDATE: it does not block
 -- the dispatcher's foreign-key checks) so that concurrent flushes touching
--- the same webhooks cannot deadlock. failing_since: the first failure after
+-- the same webhooks cannot deadlock. The lock is also the one per-key order
+-- needs before delivery_promote (a later statement of the flush): every
+-- webhook of a delivery this flush finished is among these rows. failing_since: the first failure after
 -- the latest success; a success clears it unless a newer failure is known.
 WITH r AS (
     SELECT * FROM unnest(%(webhook_id)s::bigint[], %(ok)s::int[], %(failed)s::int[],
@@ -145,14 +149,52 @@ SELECT outbox.publish('webhook.disabled', jsonb_build_object(
 FROM disabled ORDER BY id;
 
 -- name: delivery_publish_failed
--- webhook.delivery_failed for deliveries this flush moved to failed.
+-- webhook.delivery_failed for deliveries this flush moved to failed (and
+-- for the ones an operator skipped, relay/ops.py). key: the key of an
+-- ordered delivery; then "skipped" is true: its queue moves on to the next
+-- event, and event_id is the one the receiver will not get in that order.
 SELECT outbox.publish('webhook.delivery_failed', jsonb_build_object(
            'delivery_id', d.id, 'webhook_id', d.webhook_id, 'event_id', d.event_id,
            'event_type', d.event_type, 'attempts', d.attempt_number,
-           'response_status', d.response_status, 'error_message', d.error_message))
+           'response_status', d.response_status, 'error_message', d.error_message,
+           'key', d.key, 'skipped', d.key IS NOT NULL))
 FROM outbox.deliveries d
 WHERE d.id = ANY(%(ids)s::bigint[])
 ORDER BY d.id;
+
+-- name: delivery_promote
+-- Per-key order (sql/011_key_ordering.sql): each listed (webhook, key)
+-- queue that has no head gets one, its oldest waiting delivery, due now.
+-- The caller holds the webhook rows' lock, taken in an EARLIER statement of
+-- its transaction: this statement's snapshot then holds everything the
+-- previous holders committed (their new waiting rows, their promotions).
+-- One probe of deliveries_key_head_key and one of deliveries_key_queue_idx
+-- per queue, however long the queue is. Returns the promoted deliveries.
+WITH queues AS (
+    SELECT DISTINCT q.webhook_id, q.key
+    FROM unnest(%(webhook_id)s::bigint[], %(key)s::text[]) AS q (webhook_id, key)
+    WHERE q.key IS NOT NULL
+), next AS (
+    SELECT (SELECT d.id FROM outbox.deliveries d
+            WHERE d.webhook_id = q.webhook_id AND d.key = q.key
+              AND d.status = 'pending' AND d.key IS NOT NULL
+            ORDER BY d.id LIMIT 1) AS id
+    FROM queues q
+    WHERE NOT EXISTS (SELECT 1 FROM outbox.deliveries h
+                      WHERE h.webhook_id = q.webhook_id AND h.key = q.key
+                        AND h.status = 'pending' AND h.key IS NOT NULL
+                        AND h.due_at < 'infinity')
+)
+UPDATE outbox.deliveries d
+SET due_at = now(), updated_at = now()
+FROM next
+WHERE d.id = next.id AND d.due_at = 'infinity'
+RETURNING d.id, d.webhook_id, d.key;
+
+-- name: delivery_lock_webhooks
+-- The per-key order lock for the operator's actions and replays (see
+-- delivery_promote): webhook rows, in id order as every holder takes them.
+SELECT id FROM outbox.webhooks WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR NO KEY UPDATE;
 
 -- name: delivery_pending_count
 -- For the pending-deliveries gauge (index-only on deliveries_due_idx).

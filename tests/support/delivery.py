@@ -30,11 +30,13 @@ async def create_webhook(
     payload_format: str = "raw",
     name: str = "hook",
     headers: dict[str, str] | None = None,
+    ordering: str = "none",
 ) -> int:
     cur = await conn.execute(
-        "INSERT INTO outbox.webhooks (name, url, event_types, secret, payload_format, headers) "
-        "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-        (name, url, list(event_types), secret, payload_format, Jsonb(headers or {})),
+        "INSERT INTO outbox.webhooks"
+        " (name, url, event_types, secret, payload_format, headers, ordering)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (name, url, list(event_types), secret, payload_format, Jsonb(headers or {}), ordering),
     )
     row = await cur.fetchone()
     assert row is not None

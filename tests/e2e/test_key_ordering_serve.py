@@ -1,0 +1,96 @@
+"""Per-key order through ``outbox serve``: two copies share one ordered
+webhook's deliveries; every key's requests arrive in commit order, and both
+copies did send (the sampler sees each one's claims)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.support.delivery import create_webhook
+from tests.support.ordering import arrivals, interleaved, order_violations, publish_keyed
+from tests.support.receivers import Reply, Request, running
+from tests.support.relay import ServeProcess, serve_processes
+from tests.support.waiting import wait_for
+
+Conn = psycopg.AsyncConnection[Any]
+SERVE_ENV = {
+    "OUTBOX_LEASE": "2s",
+    "OUTBOX_WEBHOOK_TIMEOUT": "1",
+    "OUTBOX_RETRY_SCHEDULE": "100ms,200ms,400ms",
+    "OUTBOX_POLL_INTERVAL": "200ms",
+}
+KEYS = [f"order-{i}" for i in range(10)]
+PER_KEY = 30
+
+
+@contextlib.asynccontextmanager
+async def claim_sampler(db_url: str, holders: set[str]) -> AsyncIterator[None]:
+    """Collect the worker ids that hold claims, every 20 ms, while the block runs."""
+
+    async def sample() -> None:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            while True:
+                cur = await conn.execute(
+                    "SELECT DISTINCT locked_by FROM outbox.deliveries"
+                    " WHERE status = 'pending' AND locked_by IS NOT NULL"
+                )
+                holders.update(str(r[0]) for r in await cur.fetchall())
+                await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def done(conn: Conn, webhook_id: int, n: int) -> bool:
+    cur = await conn.execute(
+        "SELECT count(*) FROM outbox.deliveries WHERE webhook_id = %s AND status = 'success'",
+        (webhook_id,),
+    )
+    row = await cur.fetchone()
+    return row is not None and row[0] >= n
+
+
+async def test_two_serve_copies_keep_each_keys_order(
+    aconn: Conn, db_url: str, tmp_path: Path
+) -> None:
+    slow = 0
+
+    def handler(_req: Request) -> Reply:
+        nonlocal slow
+        slow += 1
+        # Every 7th request fails once: retries of heads are part of the run.
+        return Reply(500) if slow % 7 == 0 else Reply()
+
+    holders: set[str] = set()
+    async with running(handler) as rx:
+        wid = await create_webhook(aconn, rx.url, event_types=("order.*",), ordering="key")
+        with serve_processes() as procs:
+            procs += [ServeProcess(db_url, tmp_path / f"s{i}.log", env=SERVE_ENV) for i in (0, 1)]
+            for p in procs:
+                await p.wait_ready()
+            async with claim_sampler(db_url, holders):
+                items = interleaved(KEYS, PER_KEY)
+                for start in range(0, len(items), 20):  # many transactions, as writers do
+                    await publish_keyed(aconn, items[start : start + 20])
+                await wait_for(
+                    lambda: done(aconn, wid, len(items)), timeout=120, what="all delivered"
+                )
+            for p in procs:
+                assert p.proc.poll() is None, p.log()
+    assert order_violations(rx.requests) == []
+    got = arrivals(rx.requests)
+    for k in KEYS:
+        assert sorted(set(got[k])) == list(range(PER_KEY))
+    pids = {h.split(":")[1] for h in holders}
+    assert pids >= {str(p.proc.pid) for p in procs}, holders
