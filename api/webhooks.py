@@ -585,7 +585,7 @@ async def replay(request: Request) -> Response:
     }
     async with state_of(request).pool.connection() as db, db.transaction():
         await _require_webhook(db, webhook_id)
-        # Per-key order: keyed replays join their queues (sql/011_key_ordering.sql).
+        # Per-key order: keyed replays join their queues (sql/012_key_ordering.sql).
         await delivery_db.lock_webhooks(db, [webhook_id])
         async with db.cursor(row_factory=record_row(_Replayed)) as cur:
             await cur.execute(sql("replay_range"), params)

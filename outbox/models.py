@@ -209,7 +209,7 @@ class Webhook(SQLModel, table=True):
         default_factory=dict,
         sa_column=Column(JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     )
-    # 'key': deliveries of keyed events go one at a time per key (sql/011).
+    # 'key': deliveries of keyed events go one at a time per key (sql/012).
     ordering: str = Field(
         default="none", sa_column=Column(Text, nullable=False, server_default=text("'none'"))
     )

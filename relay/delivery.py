@@ -20,7 +20,7 @@ Deliveries of an inactive webhook are not claimed: they stay pending, and
 are sent when the webhook is active again.
 
 Per-key order needs nothing here: a delivery waiting behind the head of its
-key's queue is not due (``sql/011_key_ordering.sql``), so no claim returns
+key's queue is not due (``sql/012_key_ordering.sql``), so no claim returns
 it; the flush that records a head's end promotes the next one, and this
 worker then claims again at once.
 """

@@ -4,7 +4,7 @@ A claim is one statement (``delivery_claim``); a flush records a whole
 batch of attempts in one transaction of a few statements, whatever the
 batch size: attempt rows, delivery rows (fenced by the claim's lease),
 webhook counters, disabling, the promotion of the next delivery of each
-key queue whose head ended (per-key order, ``sql/011_key_ordering.sql``),
+key queue whose head ended (per-key order, ``sql/012_key_ordering.sql``),
 and the ``webhook.disabled`` / ``webhook.delivery_failed`` events, which
 commit or roll back with them.
 No HTTP request ever runs while this module holds a transaction open.

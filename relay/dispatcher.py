@@ -15,7 +15,7 @@ transaction that
 * and, for webhooks with ``ordering: key``, inserts keyed deliveries
   waiting in their (webhook, key) queue, locks those webhooks, and in a
   second statement gives each queue without a head its oldest delivery
-  (``delivery_promote``; why a second statement: ``sql/011_key_ordering.sql``).
+  (``delivery_promote``; why a second statement: ``sql/012_key_ordering.sql``).
 
 So a crash at any moment either keeps the whole batch (cursor and rows) or
 none of it: the batch is dispatched again and the unique key absorbs the
@@ -119,7 +119,7 @@ async def dispatch(conn: psycopg.AsyncConnection[Any], batch: Batch, stored: str
             raise LostLeadership("the dispatcher cursor was moved by another relay")
         if row.queue_webhooks:
             # dispatch_batch locked these webhooks; this statement reads the
-            # queues after that lock (sql/011_key_ordering.sql).
+            # queues after that lock (sql/012_key_ordering.sql).
             await delivery_db.promote(
                 conn, list(zip(row.queue_webhooks, row.queue_keys, strict=True))
             )

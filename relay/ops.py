@@ -10,7 +10,7 @@ that had used up its retry schedule gets one more attempt, and is ``failed``
 again (with a new ``webhook.delivery_failed`` event) if that one fails too.
 Deliveries of an inactive webhook stay pending until it is active again.
 
-Per-key order (``sql/011_key_ordering.sql``): the actions that add to a
+Per-key order (``sql/012_key_ordering.sql``): the actions that add to a
 key's queue or end its head take the webhook's lock first
 (:func:`outbox.relay.delivery_db.lock_webhooks`) and promote after, like the
 dispatcher and the flush. A delivery waiting in its queue is never made due

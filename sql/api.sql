@@ -286,7 +286,7 @@ ORDER BY p.id
 -- The new deliveries of a replay, due now, in event order. ON CONFLICT: a
 -- concurrent replay (or the dispatcher, for replay 0) got there first.
 -- Keyed ones (webhook ordered by key) join the back of their key's queue,
--- waiting; the caller holds the webhook lock and promotes (sql/011).
+-- waiting; the caller holds the webhook lock and promotes (sql/012).
 INSERT INTO outbox.deliveries (webhook_id, event_id, event_type, replay, key, due_at)
 SELECT %(webhook_id)s, r.event_id, r.event_type, r.replay, r.key,
        CASE WHEN r.key IS NULL THEN now() ELSE 'infinity' END

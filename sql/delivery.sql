@@ -12,7 +12,7 @@
 -- Webhooks whose endpoint this worker already has enough of are skipped.
 -- A delivery whose event is gone (LEFT JOIN) comes back with a NULL payload.
 -- Deliveries waiting behind the head of their key's queue have due_at
--- 'infinity' (sql/011_key_ordering.sql): due_at <= now() never reaches them.
+-- 'infinity' (sql/012_key_ordering.sql): due_at <= now() never reaches them.
 WITH due AS (
     SELECT d.id
     FROM outbox.deliveries d
@@ -163,7 +163,7 @@ WHERE d.id = ANY(%(ids)s::bigint[])
 ORDER BY d.id;
 
 -- name: delivery_promote
--- Per-key order (sql/011_key_ordering.sql): each listed (webhook, key)
+-- Per-key order (sql/012_key_ordering.sql): each listed (webhook, key)
 -- queue that has no head gets one, its oldest waiting delivery, due now.
 -- The caller holds the webhook rows' lock, taken in an EARLIER statement of
 -- its transaction: this statement's snapshot then holds everything the

@@ -15,7 +15,7 @@
 --            events never go to the webhook they are about.
 --   rang     NOTIFY %(channel)s (outbox_deliveries; fires at commit) when rows
 --            were created.
---   ordered  per-key order (sql/011_key_ordering.sql): a keyed event's
+--   ordered  per-key order (sql/012_key_ordering.sql): a keyed event's
 --            delivery to a webhook with ordering 'key' carries the key and
 --            is inserted waiting (due_at 'infinity'); the webhook rows of such
 --            deliveries are locked here, and the dispatcher then promotes

@@ -6,7 +6,7 @@
 -- unless a worker holds it at this moment (pending, claimed, lease not yet
 -- run out): moving its due_at would let a second worker send it at the same
 -- time and void the first worker's record. delivered_at goes with success.
--- Per-key order (sql/011_key_ordering.sql; the caller holds the webhook
+-- Per-key order (sql/012_key_ordering.sql; the caller holds the webhook
 -- lock): a delivery waiting in its key's queue keeps its place (never due
 -- before its head ended); the head itself is retried now; a finished keyed
 -- delivery of a webhook ordered by key joins its queue again, waiting (the

@@ -1,4 +1,4 @@
--- 011: per-key ordered delivery (CONTRACT.md "Keys and per-key order").
+-- 012: per-key ordered delivery (CONTRACT.md "Keys and per-key order").
 --
 -- A webhook with ordering 'key' gets its deliveries of keyed events in
 -- queues, one per (webhook, key), in delivery id order (the dispatcher
