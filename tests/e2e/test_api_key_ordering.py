@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from outbox.relay.config import Settings
+from outbox.api.config import Settings
 from tests.support.api import api_client, create_webhook
 from tests.support.ordering import interleaved, queue_keyed
 
