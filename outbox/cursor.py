@@ -120,3 +120,42 @@ def sql_params(
         # other statements treat a partly emitted xid as wholly pending.
         f"{prefix}pending_done": [done.get(x, 0) for x in cursor.pending],
     }
+
+
+def meet(a: Cursor, b: Cursor) -> Cursor:
+    """The cursor that has passed exactly what both ``a`` and ``b`` have passed.
+
+    A transaction one of them names (lists, or at/above its xmax) stays named:
+    the smaller ``after`` and ``xmax``, every listed xid, and a position only
+    where both have passed part of the transaction (the smaller one). Reading
+    from it misses nothing either of them has not passed (relay/feed.py).
+    """
+    pos_a, pos_b = dict(a.done), dict(b.done)
+    xmax = min(a.xmax, b.xmax)
+    pending = sorted(set(a.pending) | set(b.pending))
+
+    def passed_part(c: Cursor, pos: dict[int, int], xid: int) -> int | None:
+        # How much of ``xid`` ``c`` has passed: None = all (it does not name it).
+        if xid in pos:
+            return pos[xid]
+        if xid in c.pending or xid >= c.xmax:
+            return 0
+        return None
+
+    done = []
+    for x in pending:
+        ka, kb = passed_part(a, pos_a, x), passed_part(b, pos_b, x)
+        k = min(v for v in (ka, kb) if v is not None) if (ka, kb) != (None, None) else 0
+        if k:
+            done.append((x, k))
+    return Cursor(min(a.after, b.after), xmax, tuple(pending), tuple(done))
+
+
+def passed(cursor: Cursor, event_id: int, xid: int) -> bool:
+    """Whether ``cursor`` has passed (emitted) the committed event ``(event_id, xid)``."""
+    if event_id > cursor.after:
+        return False
+    if xid in cursor.pending:
+        k = dict(cursor.done).get(xid, 0)
+        return 0 < event_id <= k
+    return xid < cursor.xmax

@@ -29,6 +29,16 @@ would collide with old deliveries and with ``webhook-id`` values receivers
 have seen — and says so in ``/health`` until ``outbox repair
 --fix-sequence`` has run; then it goes on by itself.
 
+One read per process: in ``outbox serve`` the dispatcher does not read the
+feed while it is joined to the relay's feed loop (relay/runtime.py). It
+reads on its own only to catch up (from its stored cursor at the start of a
+term, or after falling behind by MAX_QUEUED batches); once a read of its own
+comes back not full it asks to join, the feed loop reads once from the meet
+of both cursors and hands each side the events it has not passed (see
+:func:`outbox.cursor.meet`), and from then on the dispatcher takes the feed
+loop's batches, each starting where the previous one ended, merged up to a
+batch size per dispatch.
+
 The first leader ever starts from ``Cursor(0)``, so events committed before
 any relay ran are dispatched too. ``webhook.test`` events are never routed
 by subscription (the API inserts those deliveries itself). Inactive webhooks
@@ -41,6 +51,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import psycopg
@@ -49,7 +61,7 @@ from psycopg.rows import scalar_row
 from outbox.cursor import Cursor
 from outbox.names import DELIVERIES_CHANNEL, DISPATCHER_STATE
 from outbox.relay import delivery_db, tracing
-from outbox.relay.feed import Batch, read_batch
+from outbox.relay.feed import Batch, Event, read_batch
 from outbox.relay.leader import LostLeadership
 from outbox.relay.metrics import Metrics
 from outbox.relay.progress import Progress, ids_went_backwards, sequence_high
@@ -66,6 +78,9 @@ log = logging.getLogger("outbox.relay.dispatcher")
 # per tiny batch. The gap groups them, for at most this much more
 # commit -> webhook latency.
 DISPATCH_GAP = 0.005
+# Feed batches waiting for a joined dispatcher; past this it leaves the feed
+# loop and catches up by reading on its own.
+MAX_QUEUED = 1000
 
 
 class Waker(Protocol):
@@ -146,9 +161,64 @@ class Dispatcher:
         self.progress = Progress()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        # Sharing the feed loop's reads (set by the relay runtime): called
+        # when the dispatcher asks to join.
+        self.on_join_request: Callable[[], None] | None = None
+        self.join_from: Cursor | None = None  # asking to join, from here
+        self.joined = False
+        self.own_reads = 0
+        self._fed: deque[Batch] = deque()
 
     def wake(self) -> None:
         self._wake.set()
+
+    # --- sharing the feed loop's reads ------------------------------------
+
+    def join(self, batch: Batch) -> None:
+        """The feed loop's answer to ``join_from``: the first shared batch
+        (``batch.start`` is ``join_from``)."""
+        if self.join_from is None or batch.start != self.join_from:
+            return
+        self.join_from = None
+        self._fed.clear()
+        self._fed.append(batch)
+        self.joined = True
+        self._wake.set()
+
+    def join_failed(self) -> None:
+        self.join_from = None
+        self._wake.set()
+
+    def offer(self, batch: Batch) -> None:
+        """A feed batch read by the feed loop (every one, empty or not)."""
+        if not self.joined:
+            return
+        if len(self._fed) >= MAX_QUEUED:
+            log.info("dispatcher fell %d feed batches behind; reading on its own", MAX_QUEUED)
+            self._leave()
+            return
+        self._fed.append(batch)
+        self._wake.set()
+
+    def _leave(self) -> None:
+        self.joined = False
+        self.join_from = None
+        self._fed.clear()
+
+    def _take(self, cursor: Cursor) -> Batch | None:
+        """The queued feed batches from ``cursor`` on, merged up to a batch size."""
+        events: list[Event] = []
+        start = end = cursor
+        while self._fed and (
+            not events or len(events) + len(self._fed[0].events) <= self.batch_size
+        ):
+            b = self._fed.popleft()
+            if b.start != end:  # not the chain we follow: catch up on our own
+                self._leave()
+                return None
+            events.extend(b.events)
+            end = b.end
+        return Batch(events, start, end, bool(self._fed))
 
     async def run(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Dispatch on ``conn`` (the leader's session) until stopped.
@@ -170,16 +240,35 @@ class Dispatcher:
         # A cursor beyond the log's end: refuse before anything is read.
         if await self._ids_forward(conn, cursor) is None:
             return
+        self._leave()
+        try:
+            await self._loop(conn, cursor, stored)
+        finally:
+            self._leave()
+
+    async def _loop(
+        self, conn: psycopg.AsyncConnection[Any], cursor: Cursor, stored: str | None
+    ) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
-            self.progress.start("feed read")
-            batch = await read_batch(conn, cursor, self.batch_size)
+            if self.joined or self.join_from is not None:
+                got = self._take(cursor) if self._fed else None
+                if got is None:
+                    if self.joined or self.join_from is not None:
+                        await nap(self._wake, self.poll_interval)
+                    continue
+                batch = got
+            else:
+                self.progress.start("feed read")
+                batch = await read_batch(conn, cursor, self.batch_size)
+                self.own_reads += 1
             if any(e.id <= cursor.after for e in batch.events):
                 # Late rows, or ids handed out again after a reset: which?
                 refused = await self._ids_forward(conn, cursor)
                 if refused is None:
                     return
                 if refused:
+                    self._leave()  # read again on our own
                     continue  # repaired meanwhile: read again (ids were renumbered)
             if batch.events:
                 self.progress.start("dispatch")
@@ -195,9 +284,15 @@ class Dispatcher:
             cursor = self.cursor = batch.end
             if batch.more:
                 continue
+            if not self.joined and self.on_join_request is not None:
+                # Caught up: ask the feed loop to read for both of us.
+                self.join_from = cursor
+                self.on_join_request()
+                continue
             if batch.events:
                 await nap(self._stopping, DISPATCH_GAP)
-            await nap(self._wake, self.poll_interval)
+            if not self._fed:
+                await nap(self._wake, self.poll_interval)
 
     async def _ids_forward(self, conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> bool | None:
         """Wait while the id sequence is below ``cursor``, refusing and saying so.

@@ -9,7 +9,9 @@
 Every process reads the feed for its own WebSocket clients, starting at the
 head of the feed (``relay.cursor`` is known before the app serves). Exactly
 one process, the leader, also runs the dispatcher (from its stored cursor)
-and retention.
+and retention. One read per process: once the dispatcher has caught up it
+joins the feed loop (one read from the meet of both cursors, see
+relay/dispatcher.py) and takes its batches instead of reading.
 
 Each loop runs on its own dedicated connection and survives a lost server by
 itself: reconnect with backoff, then catch up from where it was. A failure
@@ -28,7 +30,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from outbox.cursor import Cursor
+from outbox.cursor import Cursor, meet, passed
 from outbox.names import DELIVERIES_CHANNEL, EVENTS_CHANNEL
 from outbox.relay.capture_check import CAPTURE_CHECK_INTERVAL, CaptureCheck
 from outbox.relay.config import RelaySettings
@@ -120,6 +122,8 @@ class Relay:
             poll_interval=settings.feed.poll_interval,
             batch_size=settings.feed.batch_size,
         )
+        self.dispatcher.on_join_request = self._feed_wake.set
+        self.feed_reads = 0
         self.leadership = Leadership(
             settings.database.url,
             self.dispatcher.run,
@@ -247,7 +251,7 @@ class Relay:
                 self._feed_wake.clear()
                 assert self.cursor is not None
                 self.feed_progress.start("feed read")
-                batch = await read_batch(conn, self.cursor, self.feed.batch_size)
+                batch = await self._read(conn, self.cursor)
                 self.feed_progress.ok()
                 # No await between these two lines: /ws takes relay.cursor as
                 # the seam between a client's catch-up read and the hub.
@@ -278,6 +282,32 @@ class Relay:
                 attempt += 1
                 log.warning("feed read failed (%s); retrying in %.2fs", self.feed_error, delay)
                 await nap(self._stopping, delay)
+
+    async def _read(self, conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> Batch:
+        """The next batch after ``cursor``; when the dispatcher asks to join,
+        one read from the meet of both cursors serves both."""
+        self.feed_reads += 1
+        wants = self.dispatcher.join_from
+        if wants is None:
+            batch = await read_batch(conn, cursor, self.feed.batch_size)
+            self.dispatcher.offer(batch)
+            return batch
+        try:
+            both = await read_batch(conn, meet(cursor, wants), self.feed.batch_size)
+        except BaseException:
+            self.dispatcher.join_failed()
+            raise
+        if both.more or self.dispatcher.join_from != wants:
+            # Not a complete read: its end need not cover what either has passed.
+            self.dispatcher.join_failed()
+            self.feed_reads += 1
+            return await read_batch(conn, cursor, self.feed.batch_size)  # not joined
+        # Not full: its end has passed everything either had passed, and
+        # each side gets the events it had not.
+        self.dispatcher.join(
+            Batch([e for e in both.events if not passed(wants, e.id, e.xid)], wants, both.end)
+        )
+        return Batch([e for e in both.events if not passed(cursor, e.id, e.xid)], cursor, both.end)
 
     async def _rest(self, busy: bool) -> None:
         """Between reads: poll briefly while events flow (or did within
