@@ -17,6 +17,9 @@ For each broker (JetStream on ``BENCH_NATS_URL``, RabbitMQ on
    transaction) for D seconds; a consumer in this process (a JetStream
    ordered push consumer / an AMQP queue consumer) records when each event
    arrives; commit (the writer's COMMIT returned) -> arrival, p50/p99.
+   Baseline, interleaved: the writer publishes each message itself right
+   after its COMMIT (a dual write: the broker's and this machine's cost
+   with no relay in between).
 3. **backlog**: B events pre-loaded (``--b6-backlog``, default 1,000,000 for
    JetStream; RabbitMQ gets at most 100,000: it holds them in its queue)
    drained by one sink; rate, and the server's RSS sampled every second
@@ -72,17 +75,26 @@ class Params:
     rate: int
     seconds: float
     backlog: int
+    latency_repeats: int
 
 
 def params(ctx: Context) -> Params:
     if ctx.smoke:
-        return Params(events=500, repeats=1, rate=200, seconds=1.0, backlog=ctx.b6_backlog or 3000)
+        return Params(
+            events=500,
+            repeats=1,
+            rate=200,
+            seconds=1.0,
+            backlog=ctx.b6_backlog or 3000,
+            latency_repeats=1,
+        )
     return Params(
         events=20_000,
         repeats=ctx.reps(3),
         rate=1000,
         seconds=10.0,
         backlog=ctx.b6_backlog or 1_000_000,
+        latency_repeats=ctx.reps(2),
     )
 
 
@@ -153,6 +165,9 @@ class Broker:
     async def consume(self, name: str, seen: Seen) -> Stop:
         raise NotImplementedError
 
+    async def publish_one(self, name: str, m: Any) -> None:
+        raise NotImplementedError
+
     async def drop(self, name: str) -> None: ...
 
     async def close(self) -> None: ...
@@ -202,6 +217,10 @@ class Jetstream(Broker):
 
         sub = await self.js.subscribe(f"b6{name}.>", cb=on, ordered_consumer=True)
         return sub.unsubscribe  # type: ignore[no-any-return]
+
+    async def publish_one(self, name: str, m: Any) -> None:
+        headers = {"Nats-Msg-Id": m.msg_id, **m.headers}
+        await self.js.publish(m.destination, m.body, headers=headers, stream=name)
 
     async def drop(self, name: str) -> None:
         with contextlib.suppress(Exception):  # gone already
@@ -271,6 +290,18 @@ class Rabbit(Broker):
             await self.queues[name].cancel(tag)
 
         return stop
+
+    async def publish_one(self, name: str, m: Any) -> None:
+        import aio_pika
+
+        exchange = await self.channel.get_exchange("amq.topic", ensure=False)
+        message = aio_pika.Message(
+            m.body,
+            headers=dict(m.headers),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=m.msg_id,
+        )
+        await exchange.publish(message, m.destination, mandatory=False)
 
     async def drop(self, name: str) -> None:
         with contextlib.suppress(Exception):  # gone already
@@ -344,9 +375,22 @@ def _retarget(m: Any, broker: Broker, name: str) -> Any:
 
 
 async def run_latency(
-    http: httpx.AsyncClient, broker: Broker, db_url: str, p: Params, limit_s: float
+    http: httpx.AsyncClient,
+    broker: Broker,
+    db_url: str,
+    p: Params,
+    limit_s: float,
+    *,
+    direct: bool = False,
 ) -> dict[str, Any]:
+    """Commit -> consumer arrival through a sink, or (``direct``) with the
+    writer publishing each message itself right after its COMMIT returned:
+    the dual write a sink replaces, i.e. what the broker and this machine
+    cost before any relay work."""
     from psycopg.types.json import Jsonb
+
+    from outbox.events import Matcher
+    from outbox.relay.sinks.base import Template, build_messages
 
     name = "L" + secrets.token_hex(4)
     await broker.open(name)
@@ -361,12 +405,15 @@ async def run_latency(
             all_in.set()
 
     stop = await broker.consume(name, seen)
+    sink: dict[str, Any] | None = None
+    template = Template(f"b6{name}.{{type}}")
     try:
-        body = {"name": name, "event_types": ["bench.latency"], **broker.sink_body(name)}
-        r = await http.post("/sinks", json=body)
-        r.raise_for_status()
-        sink = r.json()
-        await asyncio.sleep(1.5)  # the sink's publisher starts (claim interval 1 s)
+        if not direct:
+            body = {"name": name, "event_types": ["bench.latency"], **broker.sink_body(name)}
+            r = await http.post("/sinks", json=body)
+            r.raise_for_status()
+            sink = r.json()
+            await asyncio.sleep(1.5)  # the sink's publisher starts (claim interval 1 s)
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
             loop = asyncio.get_running_loop()
             t0 = loop.time()
@@ -380,9 +427,14 @@ async def run_latency(
                 row = await cur.fetchone()
                 assert row is not None
                 committed[int(row[0])] = time.time()
+                if direct:
+                    event = _Latest(int(row[0]), {"seq": i})
+                    (m,) = build_messages([event], Matcher(None), template)  # type: ignore[list-item]
+                    await broker.publish_one(name, m)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_in.wait(), limit_s)
-        (await http.delete(f"/sinks/{sink['id']}")).raise_for_status()
+        if sink is not None:
+            (await http.delete(f"/sinks/{sink['id']}")).raise_for_status()
     finally:
         await stop()
         await broker.drop(name)
@@ -392,6 +444,29 @@ async def run_latency(
         "received": len(lat),
         "commit_to_arrival_ms": latency_summary(lat),
     }
+
+
+@dataclass
+class _Latest:
+    """An event as build_messages reads it (for the direct variant)."""
+
+    id: int
+    data: dict[str, Any]
+    type: str = "bench.latency"
+    key: str | None = None
+    traceparent: str | None = None
+
+    @property
+    def payload_json(self) -> str:
+        import json
+
+        return json.dumps(self.data)
+
+    @property
+    def timestamp(self) -> str:
+        from datetime import UTC, datetime
+
+        return datetime.now(UTC).isoformat()
 
 
 async def run_backlog(
@@ -469,9 +544,15 @@ async def run(ctx: Context) -> ScenarioResult:
                             runs[variant].append(r)
                             ctx.log(f"b6 {kind} rep {rep + 1} {variant}: {r['rate']:,.0f}/s")
                     raw[f"{kind}_throughput"] = runs
-                    lat = await run_latency(http, broker, db_url, p, limit_s)
-                    raw[f"{kind}_latency"] = lat
-                    ctx.log(f"b6 {kind} latency: {lat['commit_to_arrival_ms']}")
+                    lats: dict[str, list[dict[str, Any]]] = {"outbox": [], "direct": []}
+                    for rep in range(p.latency_repeats):
+                        for variant in interleaved(("outbox", "direct"), rep):
+                            lat = await run_latency(
+                                http, broker, db_url, p, limit_s, direct=variant == "direct"
+                            )
+                            lats[variant].append(lat)
+                            ctx.log(f"b6 {kind} {variant} latency: {lat['commit_to_arrival_ms']}")
+                    raw[f"{kind}_latency"] = lats
             # The backlog, on a server of its own (its RSS is the one measured).
             backlog_start = await head(db_url)
             await preload(db_url, p.backlog)
@@ -492,7 +573,9 @@ async def run(ctx: Context) -> ScenarioResult:
         runs = raw[f"{kind}_throughput"]
         ours = [r["rate"] for r in runs["outbox"]]
         base = [r["rate"] for r in runs["bare"]]
-        lat = raw[f"{kind}_latency"]["commit_to_arrival_ms"]
+        lats = raw[f"{kind}_latency"]
+        ours_lat = [r["commit_to_arrival_ms"] for r in lats["outbox"]]
+        direct_lat = [r["commit_to_arrival_ms"] for r in lats["direct"]]
         back = raw[f"{kind}_backlog"]
         target = kind == "nats"
         result.metrics += [
@@ -500,12 +583,19 @@ async def run(ctx: Context) -> ScenarioResult:
             ratio_metric(
                 f"{label}: outbox/bare (interleaved)", ours, base, RATIO_TARGET if target else None
             ),
-            Metric(f"{label}: commit->arrival p50 @{p.rate}/s", "ms", Spread.of([lat["p50"]])),
+            Metric(
+                f"{label}: commit->arrival p50 @{p.rate}/s",
+                "ms",
+                Spread.of([x["p50"] for x in ours_lat]),
+                baseline=Spread.of([x["p50"] for x in direct_lat]),
+                note="baseline: the writer publishes itself after COMMIT",
+            ),
             Metric(
                 f"{label}: commit->arrival p99 @{p.rate}/s",
                 "ms",
-                Spread.of([lat["p99"]]),
+                Spread.of([x["p99"] for x in ours_lat]),
                 P99_TARGET if target else None,
+                baseline=Spread.of([x["p99"] for x in direct_lat]),
             ),
             Metric(
                 f"{label}: backlog drain ({back['events']:,})",

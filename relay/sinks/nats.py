@@ -170,7 +170,12 @@ class NatsPublisher:
             return BrokerRefused(
                 redact(f"{what}: no JetStream stream captures the subject", self.sink.url)
             )
-        if isinstance(exc, nats.js.errors.APIError | nats.errors.AuthorizationError):
+        if isinstance(
+            exc,
+            nats.js.errors.APIError | nats.errors.AuthorizationError | nats.errors.MaxPayloadError,
+        ):
+            # (A message over the server's max_payload is refused until the
+            # server allows more: the sink waits there, it does not skip it.)
             return BrokerRefused(text)
         if isinstance(exc, nats.errors.Error) and "permissions violation" in str(exc).lower():
             return BrokerRefused(text)
