@@ -60,45 +60,56 @@ class NatsPublisher:
         # What the server said asynchronously (e.g. a permissions violation,
         # which leaves the publish unanswered): part of the next error.
         self._async_error: str | None = None
-        self._said = asyncio.Event()
+        self._inflight: list[asyncio.Future[Any]] = []
 
     async def _on_error(self, exc: Exception) -> None:
         self._async_error = _describe(exc)
         # A permissions violation is told here and nowhere else (the publish
         # is never answered): fail the batch now rather than at its timeout.
         if "permissions violation" in self._async_error.lower():
-            self._said.set()
+            said = _ServerSaid(self._async_error)
+            for f in self._inflight:
+                if not f.done():
+                    f.set_exception(said)
 
     async def _acks(self, futures: list[asyncio.Future[Any]]) -> list[Any]:
-        """Every PubAck, or TimeoutError, or _ServerSaid when the server refused."""
-        gathered: asyncio.Future[Any] = asyncio.gather(*futures)
-        said: asyncio.Future[Any] = asyncio.ensure_future(self._said.wait())
+        """Every PubAck, or _ServerSaid when the server refused (``_on_error``
+        fails the futures in flight: no extra task per batch)."""
+        self._inflight = futures
         try:
-            done, _ = await asyncio.wait(
-                {gathered, said}, timeout=self.ack_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            return list(await asyncio.gather(*futures))
         finally:
-            said.cancel()
-        if gathered in done:
-            return list(gathered.result())
-        gathered.cancel()
-        if said in done:
-            raise _ServerSaid(self._async_error or "an error")
-        raise TimeoutError
+            self._inflight = []
+
+    async def _on_disconnect(self) -> None:
+        """The connection is gone: what is in flight will never be acked."""
+        lost = BrokerUnavailable("the connection to the NATS server was lost")
+        for f in self._inflight:
+            if not f.done():
+                f.set_exception(lost)
 
     async def connect(self) -> None:
         await self.close()
+        self._async_error = None
         try:
-            nc = await nats.connect(
-                self.sink.url,
-                name=f"outbox sink {self.sink.name}",
-                allow_reconnect=False,
-                connect_timeout=CONNECT_TIMEOUT,
-                max_reconnect_attempts=0,
-                error_cb=self._on_error,
-                disconnected_cb=_nothing,
-                closed_cb=_nothing,
-            )
+            # Bounded here: with a server that refuses, nats-py's connect
+            # keeps trying for ever (its error callback hears each refusal).
+            async with asyncio.timeout(CONNECT_TIMEOUT + 1):
+                nc = await nats.connect(
+                    self.sink.url,
+                    name=f"outbox sink {self.sink.name}",
+                    allow_reconnect=False,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    max_reconnect_attempts=0,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnect,
+                    closed_cb=self._on_disconnect,
+                )
+        except TimeoutError:
+            said = f" ({self._async_error})" if self._async_error else ""
+            raise BrokerUnavailable(
+                redact(f"cannot connect: no NATS server answered{said}", self.sink.url)
+            ) from None
         except Exception as exc:
             raise self._error(exc, "cannot connect") from exc
         self._nc = nc
@@ -122,21 +133,25 @@ class NatsPublisher:
             raise self._error(exc, f"cannot create stream {name} for {subject}") from exc
 
     async def publish(self, messages: Sequence[Message]) -> int:
-        if self._js is None or self._nc is None or self._nc.is_closed:
+        if self._js is None or self._nc is None or not self._nc.is_connected:
             await self.connect()
         js = self._js
         assert js is not None
         stream = self.sink.stream or None
         futures: list[asyncio.Future[Any]] = []
         self._async_error = None
-        self._said.clear()
         try:
-            for m in messages:
-                headers = {"Nats-Msg-Id": m.msg_id, **m.headers}
-                futures.append(
-                    await js.publish_async(m.destination, m.body, headers=headers, stream=stream)
-                )
-            acks = await self._acks(futures)
+            # The writes are bounded too: on a connection that is going away
+            # nats-py can wait on its flusher for ever.
+            async with asyncio.timeout(self.ack_timeout):
+                for m in messages:
+                    headers = {"Nats-Msg-Id": m.msg_id, **m.headers}
+                    futures.append(
+                        await js.publish_async(
+                            m.destination, m.body, headers=headers, stream=stream
+                        )
+                    )
+                acks = await self._acks(futures)
         except BaseException as exc:
             for f in futures:
                 f.cancel()
@@ -191,7 +206,3 @@ def _describe(exc: BaseException) -> str:
         return f"{exc.description or type(exc).__name__} (code {exc.err_code})"
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-async def _nothing() -> None:
-    return None

@@ -58,9 +58,6 @@ HEARTBEAT = 5.0
 LAG_INTERVAL = 5.0
 # The publish rate is averaged over this window.
 RATE_WINDOW = 5.0
-# After a round that published, wait this long before the next read, so that
-# under load rounds carry more than an event or two (fewer cursor writes).
-ROUND_GAP = 0.002
 
 
 class SinkMoved(Exception):
@@ -221,8 +218,6 @@ class SinkWorker:
                     ):
                         raise SinkMoved(f"sink {self.config.name}: its cursor was moved")
                     heartbeat_due = now + HEARTBEAT
-                if batch.events:
-                    await nap(self._stopping, ROUND_GAP)
                 await nap(self._wake, self.poll_interval)
         finally:
             self.state = "stopped"
