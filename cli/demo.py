@@ -447,7 +447,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 _EPILOG = """environment (flags override them):
   OUTBOX_DATABASE_URL     the database to use as named; without it the demo uses a
-                          database of its own, outbox_demo, on the server of
+                          database of its own, outbox_demo (OUTBOX_DEMO_DATABASE
+                          names it otherwise), on the server of
                           DATABASE_URL / PG* / the local server (your default
                           database is not touched), and when no server answers a
                           private cluster (the embedded default; with no PostgreSQL

@@ -7,7 +7,8 @@ The demo never writes into a database it was not pointed at:
 * otherwise (``DATABASE_URL``, libpq ``PG*`` variables, or nothing: the
   ambient defaults, which are usually an application's own database) only
   the *server* is taken from them and the demo works in a database of its
-  own there, ``outbox_demo``, created when missing;
+  own there, ``outbox_demo`` (``OUTBOX_DEMO_DATABASE`` to name it
+  otherwise), created when missing;
 * with no server answering, in its private embedded cluster (cli/embedded.py).
 
 What the demo creates is marked, so ``--reset`` removes exactly that: a
@@ -33,6 +34,14 @@ from psycopg import sql
 from outbox.errors import DatabaseUnavailable, OutboxError
 
 DEMO_DB = "outbox_demo"
+# The name of the demo's own database (when nothing is named for it).
+ENV_DEMO_DB = "OUTBOX_DEMO_DATABASE"
+
+
+def demo_db_name(env: Mapping[str, str]) -> str:
+    return env.get(ENV_DEMO_DB) or DEMO_DB
+
+
 MARK = "created by outbox demo; `outbox demo --reset` removes it"
 Say = Callable[[str], None]
 
@@ -149,11 +158,12 @@ def choose(
         say(f"database: {where} (named by --database-url / OUTBOX_DATABASE_URL)")
         return Target(named_url, where, named=True, created=created)
     if not embedded:
-        url = psycopg.conninfo.make_conninfo(ambient_url, dbname=DEMO_DB)
+        name = demo_db_name(env)
+        url = psycopg.conninfo.make_conninfo(ambient_url, dbname=name)
         why = _answers(url)
         if why is None:
             created = _ensure_database(url, say)
-            where = f"database {DEMO_DB} on {_server(url)}"
+            where = f"database {name} on {_server(url)}"
             note = "" if created else " (the demo's own, from an earlier run)"
             say(f"database: {where}{note}; your default database is not touched")
             return Target(url, where, named=False, created=created)
@@ -210,7 +220,7 @@ def reset(
     from outbox.cli.embedded import EmbeddedCluster, default_dir, find_bindir
 
     removed = False
-    url = named_url or psycopg.conninfo.make_conninfo(ambient_url, dbname=DEMO_DB)
+    url = named_url or psycopg.conninfo.make_conninfo(ambient_url, dbname=demo_db_name(env))
     if _answers(url) is None:
         removed |= _reset_database(url, say)
     else:

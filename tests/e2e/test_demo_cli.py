@@ -287,27 +287,33 @@ def test_with_nothing_named_the_demo_uses_a_database_of_its_own_and_reset_drops_
     empty_db_url: str,
 ) -> None:
     """PG* variables pointing at someone's database: the demo takes only the
-    server from them and works in database outbox_demo there."""
-    from outbox.cli.demo_db import DEMO_DB
+    server from them and works in database outbox_demo there (here under
+    another name, OUTBOX_DEMO_DATABASE: other runs of the suite share this
+    server)."""
+    from outbox.cli.demo_db import DEMO_DB, demo_db_name
     from tests.support.db import ADMIN_URL, drop, url_for
 
-    drop(DEMO_DB)  # a leftover of an interrupted earlier run
+    assert demo_db_name({}) == DEMO_DB == "outbox_demo"
+    own_db = f"outbox_demo_t{os.getpid()}"
+
+    drop(own_db)  # a leftover of an interrupted earlier run
     info = psycopg.conninfo.conninfo_to_dict(empty_db_url)
     pg_env = {
         "PGHOST": str(info.get("host") or "127.0.0.1"),
         "PGPORT": str(info.get("port") or "5432"),
         "PGUSER": str(info.get("user") or "postgres"),
         "PGDATABASE": str(info["dbname"]),  # "yours": must stay untouched
+        "OUTBOX_DEMO_DATABASE": own_db,
     }
     try:
         res = run_cli("--no-traffic", "--duration", "1s", "--port", "0", env=demo_env(**pg_env))
         assert res.returncode == 0, res.stdout + res.stderr
-        assert f"created database {DEMO_DB}" in res.stdout
-        assert f"database: database {DEMO_DB} on" in res.stdout
+        assert f"created database {own_db}" in res.stdout
+        assert f"database: database {own_db} on" in res.stdout
         assert "your default database is not touched" in res.stdout
-        assert "left in place: schemas outbox and demo in database outbox_demo" in res.stdout
+        assert f"left in place: schemas outbox and demo in database {own_db}" in res.stdout
         assert _schemas(empty_db_url) == set()
-        assert _schemas(url_for(DEMO_DB)) == {"outbox", "demo"}
+        assert _schemas(url_for(own_db)) == {"outbox", "demo"}
 
         again = run_cli("--no-traffic", "--duration", "1s", "--port", "0", env=demo_env(**pg_env))
         assert again.returncode == 0, again.stdout + again.stderr
@@ -315,15 +321,15 @@ def test_with_nothing_named_the_demo_uses_a_database_of_its_own_and_reset_drops_
 
         gone = run_cli("--reset", env=demo_env(**pg_env))
         assert gone.returncode == 0, gone.stdout + gone.stderr
-        assert f"dropped database {DEMO_DB}" in gone.stdout
+        assert f"dropped database {own_db}" in gone.stdout
         with psycopg.connect(ADMIN_URL) as conn:
-            row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DB,))
+            row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (own_db,))
             assert row.fetchone() is None
         assert _schemas(empty_db_url) == set()
         nothing = run_cli("--reset", env=demo_env(**pg_env, OUTBOX_EMBEDDED_DIR="/nonexistent/x"))
         assert "nothing to remove" in nothing.stdout, nothing.stdout
     finally:
-        drop(DEMO_DB)
+        drop(own_db)
 
 
 def test_reset_in_a_database_you_named_removes_only_what_the_demo_made(db_url: str) -> None:
