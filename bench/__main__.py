@@ -28,6 +28,10 @@ SCENARIOS = {
     "b2": ("bench.b2_latency", "latency: commit -> WebSocket receipt, open-loop at fixed rates"),
     "b3": ("bench.b3_fanout", "fan-out: messages/s to N clients vs a bare Starlette broadcaster"),
     "b4": ("bench.b4_webhooks", "webhooks: deliveries/s vs a bare httpx loop, also 20% failing"),
+    "b4k": (
+        "bench.b4_ordering",
+        "webhooks, ordering key: 100 keys and 1 key vs unordered, and one failing key",
+    ),
     "b5": ("bench.b5_backlog", "backlog: 1,000,000 events: feed read, WebSocket drain, webhooks"),
     "b6": (
         "bench.b6_sinks",

@@ -1,8 +1,9 @@
 """A cheap webhook receiver for B4 and B5: plain asyncio, HTTP/1.1 keep-alive.
 
-Run as ``python -m bench.receiver --port P [--fail-every K]``. Answers every
-POST with 200 ``{}``, except every K-th request, which gets 500 (K=5: 20%
-failing, deterministic rather than random so runs compare). ``GET /_stats``
+Run as ``python -m bench.receiver --port P [--fail-every K] [--fail-matching S]``.
+Answers every POST with 200 ``{}``, except every K-th request, which gets 500
+(K=5: 20% failing, deterministic rather than random so runs compare), and
+every request whose body contains the bytes S (B4k: one key that always fails). ``GET /_stats``
 returns the counts. A hand-written protocol instead of a framework, so the
 receiver costs the machine little next to the sender being measured; it is
 its own process so its CPU is not the harness's.
@@ -24,8 +25,9 @@ FAIL = (
 
 
 class Stats:
-    def __init__(self, fail_every: int) -> None:
+    def __init__(self, fail_every: int, fail_matching: bytes = b"") -> None:
         self.fail_every = fail_every
+        self.fail_matching = fail_matching
         self.requests = 0
         self.ok = 0
         self.failed = 0
@@ -55,10 +57,11 @@ class Handler(asyncio.Protocol):
                     length = int(value.strip())
             if len(self.buf) < end + 4 + length:
                 return
+            body = self.buf[end + 4 : end + 4 + length]
             self.buf = self.buf[end + 4 + length :]
-            self.respond(head.split(" ", 2), length)
+            self.respond(head.split(" ", 2), length, body)
 
-    def respond(self, request_line: list[str], length: int) -> None:
+    def respond(self, request_line: list[str], length: int, body: bytes = b"") -> None:
         assert self.transport is not None
         s = self.stats
         if request_line[0] == "GET" and request_line[1].startswith("/_stats"):
@@ -74,7 +77,9 @@ class Handler(asyncio.Protocol):
             return
         s.requests += 1
         s.bytes += length
-        if s.fail_every and s.requests % s.fail_every == 0:
+        if (s.fail_every and s.requests % s.fail_every == 0) or (
+            s.fail_matching and s.fail_matching in body
+        ):
             s.failed += 1
             self.transport.write(FAIL)
         else:
@@ -83,7 +88,7 @@ class Handler(asyncio.Protocol):
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    stats = Stats(args.fail_every)
+    stats = Stats(args.fail_every, args.fail_matching.encode())
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Handler(stats), "127.0.0.1", args.port, backlog=1024)
     emit(event="ready", port=args.port)
@@ -95,6 +100,9 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.receiver", description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--fail-every", type=int, default=0, help="answer every K-th request 500")
+    p.add_argument(
+        "--fail-matching", default="", help="answer 500 to every request whose body contains this"
+    )
     args = p.parse_args()
     run(main_async(args))
 

@@ -21,7 +21,7 @@ import pytest
 from tests.support.db import ADMIN_URL
 from tests.support.paths import ROOT
 
-SCENARIOS = ("b1", "b2", "b3", "b4", "b5", "b6")
+SCENARIOS = ("b1", "b2", "b3", "b4", "b4k", "b5", "b6")
 
 pytestmark = [
     pytest.mark.slow,
@@ -123,6 +123,15 @@ def test_b4_every_delivery_succeeds(smoke: dict[str, Any]) -> None:
             assert r["success"] == r["n"] > 0
             if group["variant"] == "bare" and group["receiver"] != "ok":
                 assert r["attempts"] > r["n"]  # the failing receiver really failed
+
+
+@pytest.mark.timeout(400)
+def test_b4k_ordered_runs_finish_and_the_failing_key_fails(smoke: dict[str, Any]) -> None:
+    runs = smoke["scenarios"]["b4k"]["raw"]["runs"]
+    for variant in ("unordered", "key100", "key1"):
+        assert all(r["success"] == r["n"] > 0 and r["failed"] == 0 for r in runs[variant])
+    for r in runs["failing"]:  # one key of 100 always fails; the others all succeed
+        assert r["failed"] > 0 and r["success"] == r["others"] == r["n"] - r["failed"]
 
 
 @pytest.mark.timeout(400)
