@@ -66,12 +66,12 @@ def params(ctx: Context) -> Params:
 
 
 def publish_keyed_sql(event_type: str, prefix: str, keys: int) -> sql.Composed:
-    """``%(n)s`` events through outbox.publish, event g keyed ``prefix-(g % keys)``."""
+    """``%(n)s`` events through outbox.publish, event g keyed ``prefix-((g - 1) % keys)``."""
     return sql.SQL(
         "SELECT min(id), max(id), count(*) FROM (SELECT outbox.publish({t},"
         " jsonb_build_object('seq', g, 'key', k, 'subject', {subject}), key => k) AS id"
         " FROM generate_series(1, %(n)s::bigint) AS g,"
-        " LATERAL (SELECT {prefix} || '-' || lpad((g %% {keys})::text, 3, '0') AS k) AS kk)"
+        " LATERAL (SELECT {prefix} || '-' || lpad(((g - 1) %% {keys})::text, 3, '0') AS k) AS kk)"
         " AS published"
     ).format(
         t=sql.Literal(event_type),
