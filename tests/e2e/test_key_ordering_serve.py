@@ -24,6 +24,9 @@ SERVE_ENV = {
     "OUTBOX_WEBHOOK_TIMEOUT": "1",
     "OUTBOX_RETRY_SCHEDULE": "100ms,200ms,400ms",
     "OUTBOX_POLL_INTERVAL": "200ms",
+    # At most 4 claims in hand per copy for the one endpoint: the 10 keys'
+    # heads cannot all go to the copy that promoted them, so both send.
+    "OUTBOX_ENDPOINT_CONCURRENCY": "2",
 }
 KEYS = [f"order-{i}" for i in range(10)]
 PER_KEY = 30
