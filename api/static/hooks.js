@@ -151,7 +151,7 @@ export class WebhooksView {
       box.replaceChildren(this.skeleton());
     }
     this.fillHeader(hook);
-    await this.loadDeliveries(hook);
+    await Promise.all([this.loadDeliveries(hook), this.loadBlockedKeys(hook)]);
   }
 
   skeleton() {
@@ -200,7 +200,10 @@ export class WebhooksView {
     wrap.append(table);
     const pager = el("div", "pager");
     pager.id = "deliveries-pager";
-    frag.append(back, head, actions, facts, dhead, wrap, pager);
+    const keys = el("section", "keys");
+    keys.id = "hd-keys";
+    keys.hidden = true;
+    frag.append(back, head, actions, facts, keys, dhead, wrap, pager);
     return frag;
   }
 
@@ -288,6 +291,8 @@ export class WebhooksView {
     const ev = el("td", "c-event");
     ev.append(el("span", "mono", d.event_type), el("span", "muted", ` #${d.event_id}`));
     if (d.replay) ev.append(el("span", "tag", `replay ${d.replay}`));
+    if (d.key) ev.append(el("span", "ev-key inline-key", d.key));
+    if (d.waiting) ev.append(el("span", "tag wait", "waiting for its key"));
     if (d.error_message && d.status !== "success") ev.append(el("div", "err-line", d.error_message));
     const when = el("td", "c-when");
     when.append(relTime(d.delivered_at || d.updated_at));
@@ -311,6 +316,95 @@ export class WebhooksView {
     tr.addEventListener("click", open);
     tr.addEventListener("keydown", (e) => e.key === "Enter" && open());
     return tr;
+  }
+
+  // Per-key order (GET /webhooks/{id}/blocked-keys): the keys held back by a
+  // failing head, what waits behind each, and the operator's way out:
+  // retry the head now, or skip it (it ends failed; the key moves on).
+  async loadBlockedKeys(hook) {
+    const box = $("hd-keys");
+    if (!box) return;
+    if ((hook.ordering || "none") !== "key") {
+      box.hidden = true;
+      return;
+    }
+    let data;
+    try {
+      data = await api(`/webhooks/${hook.id}/blocked-keys?limit=20`);
+    } catch (err) {
+      if (err instanceof ApiError && (err.status === 404 || err.status === 405)) {
+        box.hidden = true; // a server without per-key order
+        return;
+      }
+      throw err;
+    }
+    box.hidden = false;
+    const head = el("div", "panel-head sub");
+    const h3 = el("h3", "", "Per-key order");
+    const summary = el("span", "muted", ` · ${data.queues.toLocaleString()} keys queued, ${data.waiting.toLocaleString()} deliveries waiting`);
+    h3.append(summary);
+    head.append(h3);
+    if (data.blocked_keys) head.append(badge(`${data.blocked_keys} blocked`, "bad"));
+    const parts = [head];
+    if (!data.items.length) {
+      parts.push(el("p", "muted small", "No key is blocked: every key's head is being delivered normally."));
+    } else {
+      const t = el("table", "grid blocked");
+      t.dataset.test = "blocked-keys";
+      const tr = el("tr");
+      for (const x of ["key", "head (failing)", "tries", "next retry", "waiting", ""]) tr.append(el("th", "", x));
+      const thead = el("thead");
+      thead.append(tr);
+      const body = el("tbody");
+      for (const k of data.items) {
+        const row = el("tr");
+        row.dataset.key = k.key;
+        const what = el("td");
+        what.append(el("span", "mono", `${k.event_type} #${k.event_id}`));
+        if (k.error_message) what.append(el("div", "err-line", k.error_message));
+        const next = el("td");
+        next.append(k.next_retry_at ? relTime(k.next_retry_at) : el("span", "muted", "—"));
+        const act = el("td", "c-act");
+        if (this.ctx.canWrite) {
+          const retry = button("Retry now", { cls: "small write", test: "key-retry" });
+          retry.addEventListener("click", () => this.keyAction(hook, k, "retry", retry));
+          const skip = button("Skip", { cls: "small write danger-text", test: "key-skip" });
+          skip.title = "End this delivery failed, unsent, so the key moves on";
+          skip.addEventListener("click", () => this.keyAction(hook, k, "skip", skip));
+          act.append(retry, skip);
+        }
+        row.append(el("td", "mono", k.key), what, el("td", "num", k.attempt_number), next, el("td", "num", k.waiting.toLocaleString()), act);
+        body.append(row);
+      }
+      t.append(thead, body);
+      const wrap = el("div", "table-wrap");
+      wrap.append(t);
+      parts.push(wrap);
+    }
+    box.replaceChildren(...parts);
+  }
+
+  async keyAction(hook, k, action, b) {
+    if (action === "skip") {
+      const ok = await confirmDialog(
+        "Skip the head of this key",
+        [
+          el("p", "", `Delivery #${k.delivery_id} (${k.event_type} #${k.event_id}) ends failed without being sent to ${hook.name}.`),
+          el("p", "muted", `The next of the ${k.waiting.toLocaleString()} waiting deliveries of key ${k.key} is sent at once. Replay can send the skipped event later.`),
+        ],
+        { confirm: "Skip it", danger: true, test: "skip-dialog" },
+      );
+      if (!ok) return;
+    }
+    b.disabled = true;
+    try {
+      await api(`/webhooks/${hook.id}/deliveries/${k.delivery_id}/${action}`, { method: "POST" });
+      toast(action === "skip" ? `Skipped delivery #${k.delivery_id}: key ${k.key} moves on` : `Delivery #${k.delivery_id} queued again`, "ok");
+      await this.refresh();
+    } catch (err) {
+      b.disabled = false;
+      toast(err.message, "bad");
+    }
   }
 
   renderPager(data) {

@@ -397,3 +397,46 @@ async def _no_sideways_scroll(page: Any) -> bool:
     width: int = await page.evaluate("() => document.documentElement.scrollWidth")
     viewport: int = await page.evaluate("() => window.innerWidth")
     return width <= viewport
+
+
+async def test_blocked_keys_show_on_the_webhook_page_and_skip_moves_a_key_on(
+    settings: Any, conn: psycopg.Connection[Any]
+) -> None:
+    # A long retry wait: a failing head stays pending, holding its key back.
+    settings = settings.replace(retry_schedule=(timedelta(seconds=60),))
+    refused = free_port()
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO outbox.webhooks (name, url, event_types, secret, ordering)"
+            " VALUES ('ledger', %s, '{payment.*}', 's', 'key')",
+            (f"http://127.0.0.1:{refused}/hook",),
+        )
+    k1 = [publish(conn, "payment.completed", {"n": i}, key="acct:1") for i in range(3)]
+    publish(conn, "payment.completed", {"n": 9}, key="acct:2")
+    async with serve_app(settings) as srv, open_page() as page:
+        await login(page, srv.base_url, TOKEN)
+        await page.click("#nav-webhooks")
+        await page.wait_for_selector("#hd-head :text('ledger')", timeout=WAIT_MS)
+        row = page.locator("[data-test=blocked-keys] tr[data-key='acct:1']")
+        await row.wait_for(timeout=30_000)
+        cells = await row.locator("td").all_inner_texts()
+        assert cells[0] == "acct:1" and cells[4] == "2"  # two wait behind the failing head
+        assert str(k1[0]) in cells[1]
+        await wait_count(page, "#deliveries .tag.wait", 2, what="the waiting deliveries tagged")
+        await screenshot(page, "console-blocked-keys")
+
+        # Skip the head (after a confirmation): it ends failed, the key moves on.
+        await row.locator("[data-test=key-skip]").click()
+        await page.click("[data-test=skip-dialog] [data-test=confirm]")
+
+        async def moved_on() -> bool:
+            cells = await page.locator(
+                "[data-test=blocked-keys] tr[data-key='acct:1'] td"
+            ).all_inner_texts()
+            return bool(cells) and str(k1[1]) in cells[1] and cells[4] == "1"
+
+        await wait_for(moved_on, timeout=30, what="the next delivery of acct:1 at the head")
+        status = conn.execute(
+            "SELECT status FROM outbox.deliveries WHERE event_id = %s", (k1[0],)
+        ).fetchone()
+        assert status == ("failed",)
