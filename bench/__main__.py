@@ -37,6 +37,10 @@ SCENARIOS = {
         "bench.b6_sinks",
         "sinks: events/s into JetStream and RabbitMQ vs a bare client loop, latency, backlog",
     ),
+    "b7": (
+        "bench.b7_trace",
+        "trace context: writes with a traceparent set vs not; relay exporting spans vs not",
+    ),
 }
 
 EPILOG = """scenarios:
@@ -77,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenario",
         action="append",
         choices=[*SCENARIOS, "all"],
-        metavar="{b1,b2,b3,b4,b5,b6,all}",
+        metavar="{b1,b2,b3,b4,b4k,b5,b6,b7,all}",
         help="scenario to run; repeat the flag for several (default: all)",
     )
     p.add_argument(

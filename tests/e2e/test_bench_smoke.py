@@ -21,7 +21,7 @@ import pytest
 from tests.support.db import ADMIN_URL
 from tests.support.paths import ROOT
 
-SCENARIOS = ("b1", "b2", "b3", "b4", "b4k", "b5", "b6")
+SCENARIOS = ("b1", "b2", "b3", "b4", "b4k", "b5", "b6", "b7")
 
 pytestmark = [
     pytest.mark.slow,
@@ -164,3 +164,21 @@ def test_b6_every_event_reaches_both_brokers(smoke: dict[str, Any]) -> None:
             kind == "nats" and back["events"] == sc["params"]["backlog"]
         )
         assert 10 < back["server_peak_rss_mb"] < 4000
+
+
+@pytest.mark.timeout(400)
+def test_b7_traced_writes_store_it_and_every_span_is_exported(smoke: dict[str, Any]) -> None:
+    raw = smoke["scenarios"]["b7"]["raw"]
+    for r in raw["write"]:
+        for events, traced in r["events_traced"]:
+            assert events > 0 or r["variant"] == "bare"
+            assert traced == (events if r["variant"] == "traced" else 0), r
+    for group in raw["relay"]:
+        for r in group["runs"]:
+            assert r["success"] == r["n"] > 0
+            if group["variant"] == "exporting traced":
+                assert r["spans_exported"] == 2 * r["n"]  # dispatch + attempt per delivery
+    assert all(
+        s["by_name"] == {"dispatch": s["spans"] // 2, "POST": s["spans"] // 2} for s in raw["spans"]
+    )
+    assert raw["stray_spans_after"] == 0  # the traceless and plain runs exported nothing

@@ -232,3 +232,17 @@ async def test_outbox_serve_exports_its_spans_over_otlp(
         # The traceless event: not a span anywhere, not even a root of its own.
         assert not [s for s in collector.spans if s.attributes.get("outbox.event.id") == plain]
         assert "traceparent" not in to(rx, plain)[0].headers
+
+
+async def test_a_bad_otel_variable_stops_serve_at_start_naming_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    with serve_processes() as procs:
+        serve = ServeProcess(
+            db_url, tmp_path / "serve.log", env={"OTEL_TRACES_EXPORTER": "otlp,zipkin-ish"}
+        )
+        procs.append(serve)
+        assert await serve.wait(timeout=30) != 0
+    log = serve.log()
+    assert "OTEL_TRACES_EXPORTER: unknown exporter 'zipkin-ish'" in log, log
+    assert "Traceback" not in log
