@@ -373,7 +373,9 @@ def per_call(ctx: Context, p: Params, result: ScenarioResult) -> None:
             if v == "traced, SDK span":
                 # The exporting process's path: a span through a BatchSpanProcessor.
                 provider = TracerProvider()
-                provider.add_span_processor(BatchSpanProcessor(Discard(), max_queue_size=2 * n))
+                provider.add_span_processor(
+                    BatchSpanProcessor(Discard(), max_queue_size=max(2 * n, 2048))
+                )
                 tracing.use_tracer_provider(provider)
             try:
                 costs.setdefault(v, []).append(_attempt_cost(n, v != "traceless"))
