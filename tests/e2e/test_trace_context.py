@@ -30,7 +30,16 @@ from tests.support.otlp import otlp_receiver
 from tests.support.receivers import Receiver, Reply, running
 from tests.support.relay import ServeProcess, serve_processes
 from tests.support.servers import serve_app
-from tests.support.sinks import NATS_URL, delete_stream, need_nats, stream_contents, unique
+from tests.support.sinks import (
+    AMQP_URL,
+    NATS_URL,
+    amqp_queue,
+    delete_stream,
+    need_amqp,
+    need_nats,
+    stream_contents,
+    unique,
+)
 from tests.support.tracing import BAD, TP2, Spans, parse_traceparent, relay_spans
 from tests.support.waiting import wait_for
 
@@ -184,6 +193,46 @@ async def test_sink_messages_carry_the_publish_span_as_parent(
         assert "traceparent" not in got[plain].headers
     finally:
         await delete_stream(NATS_URL, stream)
+
+
+async def test_amqp_messages_carry_the_publish_span_as_parent(
+    settings: Settings, aconn: psycopg.AsyncConnection[Any], spans: Spans
+) -> None:
+    need_amqp()
+    prefix = unique("tr")
+    async with (
+        amqp_queue("amq.topic", f"{prefix}.#") as queue,
+        serve_app(settings) as app,
+        httpx.AsyncClient(base_url=app.base_url, headers=AUTH, timeout=10) as api,
+    ):
+        r = await api.post(
+            "/sinks",
+            json={
+                "name": "rmq",
+                "url": AMQP_URL,
+                "event_types": ["order.*"],
+                "exchange": "amq.topic",
+                "routing_key": prefix + ".{type}",
+            },
+        )
+        assert r.status_code == 201, r.text
+        with spans.tracer.start_as_current_span("POST /orders") as request:
+            async with aconn.transaction():
+                await set_trace_context(aconn)
+                traced = await apublish(aconn, "order.placed", {"n": 1})
+        writer = request.get_span_context()
+        await wait_for(lambda: len(queue.received) == 1, timeout=20, what="the message")
+        (msg,) = queue.received
+    (publish,) = [s for s in spans.named("publish") if s.context.trace_id == writer.trace_id]
+    assert publish.parent is not None and publish.parent.span_id == writer.span_id
+    assert publish.attributes["messaging.system"] == "rabbitmq"
+    assert publish.attributes["messaging.destination.name"] == "amq.topic"
+    assert publish.attributes["messaging.rabbitmq.destination.routing_key"] == (
+        f"{prefix}.order.placed"
+    )
+    assert msg.event_id == traced
+    trace_id, parent, _ = parse_traceparent(msg.headers["traceparent"])
+    assert (int(trace_id, 16), int(parent, 16)) == (writer.trace_id, publish.context.span_id)
 
 
 async def test_outbox_serve_exports_its_spans_over_otlp(
