@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, SpanKind, Tracer
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.status import Status, StatusCode
 
@@ -63,6 +74,8 @@ TRACESTATE = "tracestate"
 REDACTED = "REDACTED"
 
 _propagator = TraceContextTextMapPropagator()
+# What outbox.trace_context stores (sql/005_event_key_trace.sql): version 00.
+_TRACEPARENT_RE = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 # A ProxyTracer: it follows whichever TracerProvider is installed, now or later.
 _global_tracer = trace.get_tracer(TRACER_NAME)
 _override: Tracer | None = None
@@ -86,16 +99,24 @@ def use_tracer_provider(provider: trace.TracerProvider | None) -> None:
 
 
 def writer_context(traceparent: str | None, tracestate: str | None) -> Context | None:
-    """The writer's span as a parent context, or None when there is no valid one."""
-    if not traceparent:
+    """The writer's span as a parent context, or None when there is no valid one.
+
+    Built directly from the stored value (checked like ``outbox.trace_context``
+    checks it at write time) rather than by the propagator's ``extract``, which
+    costs several times more per span (BENCHMARKS.md, "Trace context").
+    """
+    if not traceparent or _TRACEPARENT_RE.fullmatch(traceparent) is None:
         return None
-    carrier = {TRACEPARENT: traceparent}
-    if tracestate:
-        carrier[TRACESTATE] = tracestate
-    ctx = _propagator.extract(carrier)
-    if not trace.get_current_span(ctx).get_span_context().is_valid:
+    span_context = SpanContext(
+        int(traceparent[3:35], 16),
+        int(traceparent[36:52], 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(traceparent[53:55], 16)),
+        trace_state=TraceState.from_header([tracestate]) if tracestate else None,
+    )
+    if not span_context.is_valid:
         return None
-    return ctx
+    return trace.set_span_in_context(NonRecordingSpan(span_context))
 
 
 def _inject(span: Span, headers: dict[str, str]) -> None:
