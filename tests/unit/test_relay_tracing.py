@@ -294,3 +294,16 @@ def test_configure_tracing_installs_the_sdk_from_the_environment() -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.split()[1] == "billing-relay", out.stderr
+
+
+def test_without_the_sdk_installed_an_exporter_variable_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    for name in ("opentelemetry.sdk.trace", "opentelemetry.sdk.resources"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails: as if not installed
+    with caplog.at_level("WARNING", "outbox.relay.tracing"):
+        assert tracing.configure_tracing() is None
+    assert "pip install 'outbox-relay[otel]'" in caplog.text
+    assert tracing._tracer() is None
