@@ -76,6 +76,7 @@ class _DeliveryCounts(NamedTuple):
     success: int
     failed: int
     due: int
+    waiting: int
 
 
 @endpoint(
@@ -265,6 +266,12 @@ async def metrics(request: Request) -> Response:
     )
     text += _gauge(
         text, "outbox_delivery_queue_depth", "Pending deliveries that are due now", {"": n.due}
+    )
+    text += _gauge(
+        text,
+        "outbox_deliveries_waiting",
+        "Pending deliveries waiting behind the head of their key (ordering key)",
+        {"": n.waiting},
     )
     # The same verdicts as /health: a part that makes no progress is degraded.
     verdict = await health.assess(st)

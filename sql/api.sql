@@ -192,13 +192,16 @@ ORDER BY event_type, table_schema, table_name, operation
 
 -- name: metrics_deliveries
 -- Delivery rows by status, and the queue: pending rows already due (the
--- partial index deliveries_due_idx covers it).
+-- partial index deliveries_due_idx covers it), and those waiting behind the
+-- head of their key (sql/012_key_ordering.sql: deliveries_key_queue_idx).
 SELECT
     count(*) FILTER (WHERE status = 'pending') AS pending,
     count(*) FILTER (WHERE status = 'success') AS success,
     count(*) FILTER (WHERE status = 'failed') AS failed,
     (SELECT count(*) FROM outbox.deliveries
-     WHERE status = 'pending' AND due_at <= now()) AS due
+     WHERE status = 'pending' AND due_at <= now()) AS due,
+    (SELECT count(*) FROM outbox.deliveries
+     WHERE status = 'pending' AND key IS NOT NULL AND due_at = 'infinity') AS waiting
 FROM outbox.deliveries
 
 -- name: token_any_live

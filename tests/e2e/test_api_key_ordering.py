@@ -84,6 +84,9 @@ async def test_blocked_keys_retry_and_skip(
     assert [i["key"] for i in page2["items"]] == ["b"]
     assert page2["oldest_head"]["key"] == "a"
 
+    metrics = (await client.get("/metrics")).text
+    assert "outbox_deliveries_waiting 9\n" in metrics
+
     # The deliveries list says which wait.
     listed = (await client.get(f"/webhooks/{wid}/deliveries?limit=200")).json()["items"]
     waiting = {(d["key"], d["payload"]["seq"]) for d in listed if d["waiting"]}
