@@ -17,10 +17,26 @@ export class Drawer {
     document.addEventListener("keydown", (e) => {
       if (e.key === "Escape" && !this.root.hidden && !document.querySelector("dialog[open]")) this.close();
     });
-    setInterval(() => {
-      const top = this.stack[this.stack.length - 1];
-      if (top && top.refresh && !document.hidden && !this.root.hidden) top.refresh();
-    }, 3000);
+    this.stale = $("drawer-stale");
+    setInterval(() => this.refreshTop(), 3000);
+  }
+
+  // A refresh that fails (the server is gone, say) keeps what is shown and
+  // says so; the next one tries again. Never an uncaught rejection.
+  refreshTop() {
+    const top = this.current;
+    if (!top || !top.refresh || document.hidden || this.root.hidden) return;
+    Promise.resolve()
+      .then(() => top.refresh())
+      .then(
+        () => this.current === top && this.setStale(""),
+        (err) => this.current === top && this.setStale(`Not refreshed: ${err.message || err}`),
+      );
+  }
+
+  setStale(text) {
+    this.stale.textContent = text;
+    this.stale.hidden = !text;
   }
 
   // page: {title, render(body) -> Promise|void, refresh?}
@@ -46,6 +62,7 @@ export class Drawer {
     document.body.classList.add("drawer-open");
     this.title.replaceChildren(...(page.title instanceof Node ? [page.title] : [el("span", "", page.title)]));
     this.back.hidden = this.stack.length < 2;
+    this.setStale("");
     this.body.replaceChildren(el("p", "muted", "Loading…"));
     this.body.scrollTop = 0;
     Promise.resolve(page.render(this.body)).catch((err) => {
