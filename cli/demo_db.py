@@ -32,6 +32,12 @@ import psycopg
 from psycopg import sql
 
 from outbox.errors import DatabaseUnavailable, OutboxError
+from outbox.sqlfiles import query
+
+
+def _q(name: str) -> str:
+    return query(name, "database.sql")
+
 
 DEMO_DB = "outbox_demo"
 # The name of the demo's own database (when nothing is named for it).
@@ -99,15 +105,13 @@ def _ensure_database(url: str, say: Say) -> bool:
     name = _dbname(url)
     assert name
     with _admin(url) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+        row = conn.execute(_q("database_exists"), {"dbname": name}).fetchone()
+        if row and row[0]:
             return False
         try:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            conn.execute(
-                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    sql.Identifier(name), sql.Literal(MARK)
-                )
-            )
+            ident = sql.Identifier(name)
+            conn.execute(sql.SQL(_q("create_database")).format(dbname=ident))
+            conn.execute(sql.SQL(_q("mark_database")).format(dbname=ident, mark=sql.Literal(MARK)))
         except psycopg.errors.InsufficientPrivilege as exc:
             raise OutboxError(
                 f"cannot create database {name} on {_server(url)}: {_first_line(exc)}; "
@@ -182,14 +186,18 @@ def choose(
 
 
 def outbox_schema_exists(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT to_regnamespace('outbox') IS NOT NULL").fetchone()
+    return _schema_exists(conn, "outbox")
+
+
+def _schema_exists(conn: psycopg.Connection[Any], schema: str) -> bool:
+    row = conn.execute(_q("schema_exists"), {"schema": schema}).fetchone()
     return bool(row and row[0])
 
 
 def mark_outbox_schema(conn: psycopg.Connection[Any]) -> None:
     """Schema outbox was created by this demo run: say so where --reset will look."""
     with conn.transaction():
-        conn.execute(sql.SQL("COMMENT ON SCHEMA outbox IS {}").format(sql.Literal(MARK)))
+        conn.execute(sql.SQL(_q("mark_outbox_schema")).format(mark=sql.Literal(MARK)))
 
 
 def where_things_are(target: Target) -> str:
@@ -243,14 +251,11 @@ def _reset_database(url: str, say: Say) -> bool:
     name = _dbname(url)
     if name:
         with _admin(url) as admin:
-            row = admin.execute(
-                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                (name,),
-            ).fetchone()
+            row = admin.execute(_q("database_comment"), {"dbname": name}).fetchone()
             if row is None:
                 return False
             if row[0] == MARK:
-                admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+                admin.execute(sql.SQL(_q("drop_database")).format(dbname=sql.Identifier(name)))
                 say(f"dropped database {name} on {_server(url)} (created by outbox demo)")
                 return True
     return _clean_inside(url, name or "(default)", say)
@@ -265,25 +270,23 @@ def _clean_inside(url: str, name: str, say: Say) -> bool:
     removed: list[str] = []
     with psycopg.connect(url, connect_timeout=5) as conn:
         has_outbox = outbox_schema_exists(conn)
-        demo = conn.execute("SELECT to_regnamespace('demo') IS NOT NULL").fetchone()
+        demo = _schema_exists(conn, "demo")
         if has_outbox:
             for table in sorted({r.table for r in RULES}):
                 with contextlib.suppress(CaptureError):  # not tracked (any more)
                     untrack(conn, table)
-            cur = conn.execute(
-                "DELETE FROM outbox.webhooks WHERE name IN (%s, %s)", (MAIN_WEBHOOK, FLAKY_WEBHOOK)
-            )
+            cur = conn.execute(_q("delete_demo_webhooks"), {"names": [MAIN_WEBHOOK, FLAKY_WEBHOOK]})
             if cur.rowcount:
                 removed.append(f"{cur.rowcount} demo webhooks")
-        if demo and demo[0]:
-            conn.execute("DROP SCHEMA demo CASCADE")
+        if demo:
+            conn.execute(_q("drop_demo_schema"))
             removed.append("schema demo")
         conn.commit()
         if has_outbox:
-            mark = conn.execute("SELECT obj_description('outbox'::regnamespace)").fetchone()
-            others = conn.execute("SELECT count(*) FROM outbox.capture_rules").fetchone()
+            mark = conn.execute(_q("schema_comment"), {"schema": "outbox"}).fetchone()
+            others = conn.execute(_q("capture_rule_count")).fetchone()
             if mark and mark[0] == MARK and others and others[0] == 0:
-                conn.execute("DROP SCHEMA outbox CASCADE")
+                conn.execute(_q("drop_outbox_schema"))
                 conn.commit()
                 removed.append("schema outbox (created by the demo)")
             elif mark and mark[0] == MARK:
