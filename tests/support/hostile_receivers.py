@@ -81,9 +81,22 @@ async def retry_after_superscript(
 
 
 async def early_response(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A 500 written on accept, before any request; then each request is answered.
+
+    Whether the early 500 reaches the client before or after its request was
+    written is up to the scheduler. Before: refused as unsolicited. After: it
+    is indistinguishable from an answer, and the connection stays open, so
+    every request read later is answered too (with a 500, one behind).
+    Answering only once per connection would leave a reused connection
+    silent, and the attempt on it would time out: a second misbehaviour
+    (the dripping_head case's), not this one's.
+    """
     writer.write(b"HTTP/1.1 500 Early\r\nContent-Length: 0\r\n\r\n")
     await writer.drain()
-    await reader.read()
+    while True:
+        await _request(reader)
+        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
 
 
 async def tls_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

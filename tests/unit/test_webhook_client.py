@@ -413,18 +413,32 @@ async def test_pipelined_second_response_is_not_taken() -> None:
 async def test_stray_response_on_an_idle_connection_is_not_taken() -> None:
     """Bytes sent before the next request are never that request's answer."""
 
+    idle = asyncio.Event()  # the first answer was read: the connection is pooled
+    dropped = asyncio.Event()  # the client closed the connection the stray came on
+    connections = 0
+
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
         await read_request(reader)
         writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(0.1)  # idle: then an answer nobody asked for
+        if not first:
+            await reader.read()
+            return
+        await idle.wait()  # idle: then an answer nobody asked for
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
         await reader.read()
+        dropped.set()
 
     async with raw_server(script) as (url, accepted), _client() as client:
         first = await _post(client, url)
-        await asyncio.sleep(0.3)
+        idle.set()
+        # The next request starts only once the stray was read (and the
+        # connection dropped for it): it cannot race the stray's arrival.
+        await asyncio.wait_for(dropped.wait(), timeout=5)
         second = await _post(client, url)
     assert first.status == 500 and second.status == 500
     assert accepted == [2]
