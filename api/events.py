@@ -38,10 +38,12 @@ from outbox.api.schemas import (
     EventTypeOut,
     TrackedRule,
 )
+from outbox.api.state import AppState
 from outbox.cursor import Cursor, sql_params
 from outbox.errors import CursorError
 from outbox.events import Matcher, restrict
 from outbox.relay.feed import head, read_batch
+from outbox.relay.metrics import CONTENT_TYPE
 from outbox.relay.retention import cursor_expired
 from outbox.rows import record_row
 
@@ -51,7 +53,7 @@ MAX_PAGES_PER_REQUEST = 10
 # /event-types looks at this many of the most recent events.
 EVENT_TYPES_WINDOW = 100_000
 EVENT_NOT_FOUND = "Event not found"
-PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+PROMETHEUS = CONTENT_TYPE
 EXPIRED = (
     "cursor expired: events after it were removed by retention (OUTBOX_RETENTION); "
     "start again without since= (from the oldest retained event)"
@@ -250,7 +252,6 @@ async def list_event_types(request: Request) -> Response:
 )
 async def metrics(request: Request) -> Response:
     st = state_of(request)
-    text = st.metrics.render()
     async with (
         st.pool.connection() as db,
         db.cursor(row_factory=record_row(_DeliveryCounts)) as cur,
@@ -258,42 +259,42 @@ async def metrics(request: Request) -> Response:
         await cur.execute(sql("metrics_deliveries"))
         n = await cur.fetchone()
     assert n is not None
-    text += _gauge(
-        text,
-        "outbox_deliveries",
-        "Delivery rows by status (within the retention window)",
-        {'status="pending"': n.pending, 'status="success"': n.success, 'status="failed"': n.failed},
-    )
-    text += _gauge(
-        text, "outbox_delivery_queue_depth", "Pending deliveries that are due now", {"": n.due}
-    )
-    text += _gauge(
-        text,
-        "outbox_deliveries_waiting",
-        "Pending deliveries waiting behind the head of their key (ordering key)",
-        {"": n.waiting},
-    )
     # The same verdicts as /health: a part that makes no progress is degraded.
     verdict = await health.assess(st)
-    text += _gauge(
-        text,
+    # No await from here to the render: the callback gauges read this scrape.
+    scrape = st.scrape
+    scrape.deliveries = {"pending": n.pending, "success": n.success, "failed": n.failed}
+    scrape.due = n.due
+    scrape.waiting = n.waiting
+    scrape.degraded = {part: float(bad) for part, bad in verdict.parts.items()}
+    return Response(st.metrics.render(), media_type=PROMETHEUS)
+
+
+def export_database_gauges(state: AppState) -> None:
+    """The gauges ``GET /metrics`` reads from the database at each scrape,
+    exported as callback gauges over what that scrape read."""
+    scrape = state.scrape
+    state.metrics.gauge(
+        "outbox_deliveries",
+        "Delivery rows by status (within the retention window)",
+        lambda: {f"status={k}": float(v) for k, v in scrape.deliveries.items()},
+    )
+    state.metrics.gauge(
+        "outbox_delivery_queue_depth",
+        "Pending deliveries that are due now",
+        lambda: float(scrape.due),
+    )
+    state.metrics.gauge(
+        "outbox_deliveries_waiting",
+        "Pending deliveries waiting behind the head of their key (ordering key)",
+        lambda: float(scrape.waiting),
+    )
+    state.metrics.gauge(
         "outbox_degraded",
         "1 while the part is degraded (no progress while events wait, ids went backwards,"
         " unreachable); /health says why",
-        {f'part="{part}"': int(bad) for part, bad in verdict["parts"].items()},
+        lambda: {f"part={k}": v for k, v in scrape.degraded.items()},
     )
-    return Response(text, media_type=PROMETHEUS)
-
-
-def _gauge(existing: str, name: str, help: str, values: dict[str, int]) -> str:
-    """Prometheus lines for a gauge, unless a component already exports ``name``."""
-    if f"# TYPE {name} " in existing:
-        return ""
-    lines = [f"# HELP {name} {help}", f"# TYPE {name} gauge"]
-    lines += [
-        f"{name}{{{labels}}} {v}" if labels else f"{name} {v}" for labels, v in values.items()
-    ]
-    return "\n".join(lines) + "\n"
 
 
 routes: list[BaseRoute] = [

@@ -15,6 +15,10 @@ changing hands), or event ids went backwards. Each problem names the part
 and why. Nothing has to be reset afterwards: each request checks again.
 ``/metrics`` exports the same verdicts (:func:`assess`).
 
+The body is :class:`outbox.api.schemas.HealthOut`, built from the service's
+one typed snapshot (``Service.status()``, relay/service.py) and what the
+database says.
+
 ``capture``: the last check of every capture rule's trigger (relay/
 capture_check.py). A rule whose trigger is missing, stale or disabled, or
 whose table was dropped, makes the status ``degraded`` and is named in
@@ -26,6 +30,7 @@ every copy out of service for a trigger only ``outbox track`` can restore.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -33,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from outbox.api.schemas import HealthDispatcher, HealthOut
 from outbox.api.state import AppState
 from outbox.cursor import Cursor
 from outbox.errors import CursorError
@@ -68,7 +74,7 @@ async def _database(state: AppState, cursor: Cursor | None) -> dict[str, Any]:
 
 def _feed_problem(state: AppState, lag: dict[str, Any] | None) -> str | None:
     """The feed reader has read nothing for too long while events wait."""
-    progress = state.relay.feed_progress
+    progress = state.service.feed.progress
     waiting = lag["events"] if lag else 0
     # Stalled only if the events have waited that long too (not just arrived).
     stalled = min(progress.since_ok(), lag["oldest_seconds"] if lag else 0.0)
@@ -91,13 +97,13 @@ def _dispatcher_problem(state: AppState, lags: dict[str, Any]) -> str | None:
     waiting = lags["dispatch_lag"]["events"]
     age = lags["dispatch_age"]
     if age is None:  # never dispatched: count from this process's start
-        age = state.relay.dispatcher.progress.since_ok()
+        age = state.service.dispatcher.progress.since_ok()
     # After a quiet hour the cursor's last move is old: stalled only if the
     # events have been waiting that long as well.
     age = min(age, lags["dispatch_lag"]["oldest_seconds"])
     if not waiting or age < state.settings.feed.stall_after:
         return None
-    relay = state.relay
+    relay = state.service
     reasons = []
     flips = relay.leadership.recent_terms.recent()
     if flips >= 3:
@@ -120,14 +126,24 @@ def _dispatcher_problem(state: AppState, lags: dict[str, Any]) -> str | None:
     )
 
 
-async def assess(state: AppState) -> dict[str, Any]:
-    """The health verdict: ``{"problems": [...], "body": {...}}``."""
-    relay = state.relay.health()
-    database: dict[str, Any] = {"status": "ok"}
+@dataclass(frozen=True)
+class Verdict:
+    """What :func:`assess` finds: the problems, which parts are degraded, the body."""
+
+    problems: list[str]
+    parts: dict[str, bool]
+    body: HealthOut
+    capture: int  # how many of the problems are capture rules'
+
+
+async def assess(state: AppState) -> Verdict:
+    """The health verdict (``/health`` and ``/metrics``' ``outbox_degraded``)."""
+    status = state.service.status()
+    database: dict[str, str] = {"status": "ok"}
     lags: dict[str, Any] = {}
     try:
         async with asyncio.timeout(TIMEOUT + 0.5):
-            lags = await _database(state, state.relay.cursor)
+            lags = await _database(state, state.service.cursor)
     except (psycopg.Error, TimeoutError, OSError) as exc:
         database = {"status": "unreachable", "error": describe(exc)}
     except CursorError:
@@ -139,11 +155,11 @@ async def assess(state: AppState) -> dict[str, Any]:
     if database["status"] != "ok":
         problems.append("database unreachable")
         parts["database"] = True
-    if relay["listener"] not in ("connected", "disabled"):
-        problems.append(f"listener {relay['listener']}")
+    if status.listener not in ("connected", "disabled"):
+        problems.append(f"listener {status.listener}")
         parts["listener"] = True
-    if relay["feed"]["state"] != "ok":
-        problems.append(f"feed {relay['feed']['state']}")
+    if status.feed.state != "ok":
+        problems.append(f"feed {status.feed.state}")
         parts["feed"] = True
     if lags:
         feed_stall = _feed_problem(state, lags.get("feed_lag"))
@@ -154,34 +170,34 @@ async def assess(state: AppState) -> dict[str, Any]:
         if dispatch_stall:
             problems.append(dispatch_stall)
             parts["dispatcher"] = True
-    capture_problems = len(relay["capture"]["problems"])
-    for p in relay["capture"]["problems"]:
+    capture_problems = len(status.capture["problems"])
+    for p in status.capture["problems"]:
         problems.append(f"capture rule {p['rule']} {p['state']}")
-    feed = dict(relay["feed"])
+    feed = status.feed
     if lags.get("feed_lag") is not None:
-        feed["lag"] = lags["feed_lag"]
-    body = {
-        "status": "degraded" if problems else "ok",
-        "problems": problems,
-        "database": database,
-        "listener": relay["listener"],
-        "role": relay["role"],
-        "instance": relay["instance"],
-        "feed": feed,
-        "dispatcher": {**relay["dispatcher"], "lag": lags.get("dispatch_lag")},
+        feed = feed.model_copy(update={"lag": lags["feed_lag"]})
+    body = HealthOut(
+        status="degraded" if problems else "ok",
+        problems=problems,
+        database=database,
+        listener=status.listener,
+        role=status.role,
+        instance=status.instance,
+        feed=feed,
+        dispatcher=HealthDispatcher(**status.dispatcher.model_dump(), lag=lags.get("dispatch_lag")),
         # Informational: a broker that refuses is the sink's problem (its
         # last_error says why), not this process's, so it does not degrade it.
-        "sinks": state.sinks.health(),
-        "capture": relay["capture"],
-    }
-    return {"problems": problems, "parts": parts, "body": body, "capture": capture_problems}
+        sinks=status.sinks,
+        capture=status.capture,
+    )
+    return Verdict(problems, parts, body, capture_problems)
 
 
 async def health(request: Request) -> JSONResponse:
     verdict = await assess(request.app.state.outbox)
     # Capture problems alone degrade the status, not the HTTP answer.
-    serious = len(verdict["problems"]) > verdict["capture"]
-    return JSONResponse(verdict["body"], status_code=503 if serious else 200)
+    serious = len(verdict.problems) > verdict.capture
+    return JSONResponse(verdict.body.model_dump(mode="json"), status_code=503 if serious else 200)
 
 
 routes: list[BaseRoute] = [Route("/health", health, methods=["GET"], name="health")]

@@ -13,11 +13,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 from sqlmodel import SQLModel
 
 from outbox.events import PATTERN_RE, is_pattern
 from outbox.relay import webhook_headers
+from outbox.relay.runtime import FeedStatus
+from outbox.relay.service import DispatcherStatus
 from outbox.relay.signing import check_secret
 from outbox.relay.ssrf import UnsafeURL, split_url
 
@@ -539,3 +541,27 @@ class FieldError(SQLModel):
 class ErrorOut(SQLModel):
     detail: str
     errors: list[FieldError] | None = None
+
+
+# --- /health --------------------------------------------------------------------
+
+
+class HealthDispatcher(DispatcherStatus):
+    """The dispatcher as this process sees it, with the database's lag behind it."""
+
+    lag: dict[str, Any] | None
+
+
+class HealthOut(BaseModel):
+    """``GET /health``: ``Service.status()`` (relay/service.py) plus the database's view."""
+
+    status: Literal["ok", "degraded"]
+    problems: list[str]
+    database: dict[str, str]
+    listener: str
+    role: str
+    instance: str
+    feed: FeedStatus
+    dispatcher: HealthDispatcher
+    sinks: dict[str, Any]
+    capture: dict[str, Any]

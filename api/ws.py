@@ -218,7 +218,7 @@ async def _session(websocket: WebSocket, state: AppState, principal: Principal) 
         matcher = restrict(matcher, allowed)
         if since is not None:
             await _check_not_expired(state, since)
-        if state.relay.cursor is None:
+        if state.service.cursor is None:
             await _wait_for_relay(state)
     except _Refused as exc:
         await websocket.send_text(_error(exc.code, exc.message))
@@ -228,7 +228,7 @@ async def _session(websocket: WebSocket, state: AppState, principal: Principal) 
     # end of the last batch published before this client started buffering.
     client = state.hub.register(principal.identity, matcher)
     client.allowed = allowed
-    seam = state.relay.cursor
+    seam = state.service.cursor
     assert seam is not None
     try:
         await websocket.send_text(_connection_message(since or seam))
@@ -280,7 +280,7 @@ async def _wait_for_relay(state: AppState) -> None:
     # Only right after start: the relay sets its cursor on its first read.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _RELAY_WAIT
-    while state.relay.cursor is None:
+    while state.service.cursor is None:
         if loop.time() > deadline:
             raise _Refused("unavailable", "the relay is starting; try again", TRY_AGAIN_LATER)
         await asyncio.sleep(0.05)

@@ -7,12 +7,20 @@
                             redacted), the protocol options (/ws, request
                             heads, the connection ceiling), no signal
                             handling of its own (the caller decides)
-    running(settings)       the whole process: the service (relay, hub,
-                            delivery) and the app under one HttpServer
+    running(settings)       the whole process: the service (relay/service.py:
+                            relay, hub, delivery, sinks) started first, then
+                            the app under one HttpServer
 
-Shutdown, in this order, each step bounded: uvicorn stops accepting and
-gives open requests and WebSockets :data:`HTTP_GRACE` seconds; then the
-service gets its grace (``Service.stop``); what is left is cancelled.
+Start: the socket is bound, the service starts (the feed's head is read,
+so ``/ws`` has its seam before the first request), then uvicorn serves.
+
+Shutdown, in this order, each step bounded, so the whole is bounded by their
+sum: uvicorn stops accepting and gives open requests and WebSockets
+:data:`HTTP_GRACE` seconds (then cancels them, +5 s at most); then the
+service gets its grace (``Service.stop``: one webhook attempt plus
+``GRACE_MARGIN``) and what is left is cancelled (+``CANCEL_TIMEOUT``). If a
+part of the service fails, or uvicorn ends by itself, the same shutdown runs
+and :attr:`Running.failures` says why.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from outbox.api.config import Settings
+    from outbox.relay.service import Service
 
 log = logging.getLogger("outbox.server")
 
@@ -215,23 +224,30 @@ class HttpServer:
 
 
 class Running:
-    """A started process: its app, its HTTP server, and how it ended."""
+    """A started process: its service, its app, its HTTP server, and how it ended."""
 
-    def __init__(self, app: Starlette, http: HttpServer, failures: list[BaseException]) -> None:
+    def __init__(self, app: Starlette, http: HttpServer, service: Service) -> None:
         self.app = app
         self.http = http
-        self.failures = failures
+        self.service = service
         self.port = http.port
         host = "127.0.0.1" if http.host in ("0.0.0.0", "", "::") else http.host
         host = f"[{host}]" if ":" in host else host
         self.base_url = f"http://{host}:{self.port}"
         self.ws_url = f"ws://{host}:{self.port}/ws"
-        self.failed = asyncio.Event()
+
+    @property
+    def failures(self) -> list[BaseException]:
+        """Why the process stopped by itself (a part of the service failed)."""
+        return [] if self.service.failure is None else [self.service.failure]
 
     async def wait(self, stop: asyncio.Event | None = None) -> None:
-        """Until ``stop`` is set, a component fails, or the server ends by itself."""
+        """Until ``stop`` is set, a part of the service fails, or the server ends by itself."""
         assert self.http.task is not None
-        waits = {self.http.task, asyncio.ensure_future(self.failed.wait())}
+        waits: set[asyncio.Future[Any]] = {
+            self.http.task,
+            asyncio.ensure_future(self.service.wait()),
+        }
         if stop is not None:
             waits.add(asyncio.ensure_future(stop.wait()))
         try:
@@ -250,20 +266,14 @@ async def running(
     outbox_logs: bool = False,
     log_level: str | None = None,
 ) -> AsyncIterator[Running]:
-    """Bind (unless ``sock`` is given), start the app, serve; stop on exit."""
+    """Bind (unless ``sock`` is given), start the service, serve; stop both on exit."""
     from outbox.api.app import create_app
+    from outbox.relay.service import Service
 
     if sock is None:
         sock = bind(settings.server.host, settings.server.port)
-    failures: list[BaseException] = []
-    holder: list[Running] = []
-
-    def on_fatal(exc: BaseException) -> None:
-        failures.append(exc)
-        for r in holder:
-            r.failed.set()
-
-    app = create_app(settings, on_fatal=on_fatal)
+    service = Service(settings)
+    app = create_app(settings, service)
     http = HttpServer(
         app,
         sock,
@@ -273,12 +283,12 @@ async def running(
         outbox_logs=outbox_logs,
         secrets=secrets_of(settings),
         access_log=access_log,
-        lifespan="on",
     )
-    run = Running(app, http, failures)
-    holder.append(run)
     try:
+        await service.start()
         await http.start()
-        yield run
+        yield Running(app, http, service)
     finally:
         await http.stop()
+        await service.stop()
+        sock.close()

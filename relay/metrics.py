@@ -1,121 +1,132 @@
-"""A tiny Prometheus text-format registry (no dependency, no global state).
+"""The process's metrics, on prometheus-client, in one registry per service.
 
-One :class:`Metrics` object per process lives on the app state; components
-update it, ``GET /metrics`` renders it.
+No global state: every :class:`Metrics` owns its own ``CollectorRegistry``
+(the library's default registry is never used), so two services in one
+process (tests) never mix their numbers. Components get the ``Metrics`` of
+their service and
+
+* count and time with the named instruments below (prometheus-client
+  ``Counter`` and ``Histogram``),
+* export what they already know as **callback gauges**: ``gauge(name, help,
+  fn)`` registers ``fn``, called at every scrape (lag, queue depths,
+  connection states), so nothing has to be kept up to date in between.
+
+``GET /metrics`` (outbox.api.events) renders :meth:`render`. The names, and
+what each means, are listed in docs/relay.md ("Metrics").
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Counter as _Counter
+from prometheus_client import Histogram as _Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+
+# The text format generate_latest writes (Prometheus 0.0.4 text exposition).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 _LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in sorted(labels.items())
-    )
-    return "{" + inner + "}"
+# A gauge callback returns one value, or values by label: {"status=pending": 3.0}.
+GaugeValue = float | dict[str, float]
 
 
 class Counter:
-    def __init__(self, name: str, help: str) -> None:
-        self.name, self.help = name, help
-        self.values: dict[tuple[tuple[str, str], ...], float] = {}
+    """A counter in a service's registry; ``get`` reads it back (tests, /health)."""
+
+    def __init__(
+        self, registry: CollectorRegistry, name: str, help: str, labels: tuple[str, ...] = ()
+    ) -> None:
+        self.name = name
+        self.labels = labels
+        self._registry = registry
+        self._counter = _Counter(name, help, labelnames=labels, registry=registry)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        self.values[key] = self.values.get(key, 0.0) + amount
+        if self.labels:
+            self._counter.labels(**labels).inc(amount)
+        else:
+            self._counter.inc(amount)
 
     def get(self, **labels: str) -> float:
-        return self.values.get(tuple(sorted(labels.items())), 0.0)
-
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        for key, v in sorted(self.values.items()) or [((), 0.0)]:
-            out.append(f"{self.name}{_labels(dict(key))} {v:g}")
-        return out
-
-
-class Gauge:
-    """A gauge whose value is read from a callback at render time."""
-
-    def __init__(self, name: str, help: str, fn: Callable[[], dict[str, float] | float]) -> None:
-        self.name, self.help, self.fn = name, help, fn
-
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
-        value = self.fn()
-        if isinstance(value, dict):
-            for label, v in sorted(value.items()):
-                k, _, val = label.partition("=")
-                out.append(f"{self.name}{_labels({k: val})} {v:g}")
-        else:
-            out.append(f"{self.name} {value:g}")
-        return out
+        sample = self.name if self.name.endswith("_total") else self.name + "_total"
+        value = self._registry.get_sample_value(sample, labels)
+        return 0.0 if value is None else value
 
 
 class Histogram:
-    def __init__(self, name: str, help: str, buckets: tuple[float, ...] = _LAT_BUCKETS) -> None:
-        self.name, self.help, self.buckets = name, help, buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
+    """A histogram in a service's registry."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        name: str,
+        help: str,
+        buckets: tuple[float, ...] = _LAT_BUCKETS,
+    ) -> None:
+        self._histogram = _Histogram(name, help, buckets=buckets, registry=registry)
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
+        self._histogram.observe(value)
 
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        acc = 0
-        for b, c in zip(self.buckets, self.counts, strict=False):
-            acc += c
-            out.append(f'{self.name}_bucket{{le="{b:g}"}} {acc}')
-        out.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
-        out.append(f"{self.name}_sum {self.sum:g}")
-        out.append(f"{self.name}_count {self.count}")
-        return out
+
+class _Callbacks(Collector):
+    """The callback gauges: each ``fn`` is called at scrape time."""
+
+    def __init__(self) -> None:
+        self.gauges: dict[str, tuple[str, Callable[[], GaugeValue]]] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, (help, fn) in list(self.gauges.items()):
+            value = fn()
+            if isinstance(value, dict):
+                # {"sink=orders": 3.0}: one label per gauge, named in the keys.
+                items = [(*label.partition("=")[::2], float(v)) for label, v in value.items()]
+                key = items[0][0] if items else ""
+                family = GaugeMetricFamily(name, help, labels=[key] if key else [])
+                for _, val, v in sorted(items):
+                    family.add_metric([val] if key else [], v)
+                yield family
+            else:
+                yield GaugeMetricFamily(name, help, value=float(value))
 
 
 class Metrics:
+    """One service's instruments and callback gauges (see the module docstring)."""
+
     def __init__(self) -> None:
-        self.events_read = Counter("outbox_events_read_total", "Events read from the outbox feed")
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_read = Counter(
+            r, "outbox_events_read_total", "Events read from the outbox feed"
+        )
         self.deliveries_created = Counter(
-            "outbox_deliveries_created_total", "Delivery rows created by the dispatcher"
+            r, "outbox_deliveries_created_total", "Delivery rows created by the dispatcher"
         )
         self.attempts = Counter(
-            "outbox_delivery_attempts_total", "Webhook delivery attempts by outcome"
+            r,
+            "outbox_delivery_attempts_total",
+            "Webhook delivery attempts by outcome",
+            labels=("outcome",),
         )
         self.attempt_latency = Histogram(
-            "outbox_delivery_attempt_seconds", "Webhook attempt duration in seconds"
+            r, "outbox_delivery_attempt_seconds", "Webhook attempt duration in seconds"
         )
-        self.ws_messages = Counter("outbox_ws_messages_total", "Event frames queued to clients")
+        self.ws_messages = Counter(r, "outbox_ws_messages_total", "Event frames queued to clients")
         self.ws_dropped = Counter(
-            "outbox_ws_clients_dropped_total", "WebSocket clients closed for falling behind"
+            r, "outbox_ws_clients_dropped_total", "WebSocket clients closed for falling behind"
         )
-        self.gauges: list[Gauge] = []
+        self._callbacks = _Callbacks()
+        r.register(self._callbacks)
 
-    def gauge(self, name: str, help: str, fn: Callable[[], dict[str, float] | float]) -> None:
-        self.gauges = [g for g in self.gauges if g.name != name]
-        self.gauges.append(Gauge(name, help, fn))
+    def gauge(self, name: str, help: str, fn: Callable[[], GaugeValue]) -> None:
+        """Export ``fn()`` as gauge ``name`` at every scrape (registering again replaces it)."""
+        self._callbacks.gauges[name] = (help, fn)
 
     def render(self) -> str:
-        lines: list[str] = []
-        for m in (
-            self.events_read,
-            self.deliveries_created,
-            self.attempts,
-            self.attempt_latency,
-            self.ws_messages,
-            self.ws_dropped,
-        ):
-            lines += m.render()
-        for g in self.gauges:
-            lines += g.render()
-        return "\n".join(lines) + "\n"
+        """The Prometheus text exposition of everything in this registry."""
+        return generate_latest(self.registry).decode()

@@ -21,6 +21,7 @@ events, so
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ from psycopg.rows import scalar_row
 
 from outbox.cursor import Cursor, sql_params
 from outbox.names import RETENTION_WATERMARK
+from outbox.relay.config import RetentionSettings
 from outbox.relay.dispatcher import load_cursor
+from outbox.relay.reconnect import CONNECTION_ERRORS, close_quietly, connect, describe, nap
 from outbox.relay.sinks.store import oldest_cursors as sink_cursors
 from outbox.relay.sinks.store import protective
 from outbox.rows import record_row
@@ -137,3 +140,48 @@ async def retention_round(
             mark,
         )
     return RetentionResult(events, deliveries, mark)
+
+
+class RetentionLoop:
+    """Every ``interval`` seconds, while this process leads, one :func:`retention_round`.
+
+    Each round opens its own short-lived connection (nothing is held between
+    rounds) and stops early when the leadership is lost or the service stops.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        settings: RetentionSettings,
+        *,
+        is_leader: Callable[[], bool],
+        instance: str,
+        interval: float = RETENTION_INTERVAL,
+    ) -> None:
+        self.url = url
+        self.settings = settings
+        self.is_leader = is_leader
+        self.instance = instance
+        self.interval = interval
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            await nap(self._stopping, self.interval)
+            if self._stopping.is_set() or not self.is_leader():
+                continue
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await connect(self.url, f"outbox retention {self.instance}")
+                await retention_round(
+                    conn,
+                    self.settings.retention,
+                    keep_going=lambda: self.is_leader() and not self._stopping.is_set(),
+                )
+            except CONNECTION_ERRORS as exc:
+                log.warning("retention round failed: %s", describe(exc))
+            finally:
+                await close_quietly(conn)
+
+    async def stop(self) -> None:
+        self._stopping.set()

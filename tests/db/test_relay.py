@@ -55,7 +55,7 @@ async def test_without_notify_the_poll_timer_delivers_everything(
 ) -> None:
     settings = relay_settings(db_url, poll_interval=0.2, notify=False)
     async with running_relay(settings) as (relay, rec):
-        assert relay.listener is None and relay.health()["listener"] == "disabled"
+        assert relay.listener is None and relay.status().listener == "disabled"
         # A raw INSERT rings no doorbell at all.
         conn.execute(
             "INSERT INTO outbox.events (event_type, payload) "
@@ -114,7 +114,7 @@ async def test_feed_connection_killed_resumes_from_its_cursor(
         await wait_for(lambda: len(rec.events) == 6, timeout=5, what="events after the kill")
         ids = rec.ids()
         assert len(set(ids)) == len(ids)
-        assert relay.health()["feed"]["state"] == "ok"
+        assert relay.status().feed.state == "ok"
 
 
 async def test_idle_in_transaction_session_does_not_delay_other_events(

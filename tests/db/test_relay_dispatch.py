@@ -184,7 +184,7 @@ async def test_relay_dispatches_and_wakes_the_sender(
         await wait_for(
             lambda: relay.metrics.deliveries_created.get() == 1, timeout=5, what="counted"
         )
-        assert relay.health()["role"] == "leader"
+        assert relay.status().role == "leader"
 
 
 async def test_one_leader_and_a_killed_leader_is_replaced_within_seconds(

@@ -204,10 +204,11 @@ async def test_metrics_is_prometheus_text_with_delivery_gauges(
     assert len(types) == len(set(types)), "a metric is exported twice"
     for line in lines:
         assert line.startswith("# ") or _SAMPLE.match(line), line
-    assert 'outbox_deliveries{status="pending"} 2' in lines
-    assert 'outbox_deliveries{status="failed"} 1' in lines
-    assert 'outbox_deliveries{status="success"} 1' in lines
-    assert "outbox_delivery_queue_depth 2" in lines
+    # (prometheus-client writes every sample value as a float.)
+    assert 'outbox_deliveries{status="pending"} 2.0' in lines
+    assert 'outbox_deliveries{status="failed"} 1.0' in lines
+    assert 'outbox_deliveries{status="success"} 1.0' in lines
+    assert "outbox_delivery_queue_depth 2.0" in lines
     # The list: events read, feed lag, attempt latency, WebSocket clients.
     for name in (
         "outbox_events_read_total",

@@ -22,7 +22,7 @@ async def test_health_and_metrics_name_a_rule_that_does_not_capture(
     track(conn, [Rule("tickets", "delete", "ticket.deleted")])
     conn.execute(f"ALTER TABLE tickets DISABLE TRIGGER {rule.trigger_name}")
     async with serve_app(settings) as srv, httpx.AsyncClient(base_url=srv.base_url) as client:
-        relay = srv.app.state.outbox.relay
+        relay = srv.app.state.outbox.service
 
         async def checked() -> Any:
             r = await client.get("/health")
@@ -41,8 +41,8 @@ async def test_health_and_metrics_name_a_rule_that_does_not_capture(
         [problem] = body["capture"]["problems"]
         assert problem["state"] == "disabled" and rule.trigger_name in problem["detail"]
         text = (await client.get("/metrics", headers={"X-API-Key": "test-token"})).text
-        assert 'outbox_capture_rules{state="disabled"} 1' in text
-        assert 'outbox_capture_rules{state="ok"} 1' in text
+        assert 'outbox_capture_rules{state="disabled"} 1.0' in text
+        assert 'outbox_capture_rules{state="ok"} 1.0' in text
 
         conn.execute(f"ALTER TABLE tickets ENABLE TRIGGER {rule.trigger_name}")
         relay.capture_check.wake()
@@ -54,4 +54,4 @@ async def test_health_and_metrics_name_a_rule_that_does_not_capture(
         body = await wait_for(healthy, timeout=10, what="capturing again")
         assert body["capture"]["problems"] == []
         text = (await client.get("/metrics", headers={"X-API-Key": "test-token"})).text
-        assert 'outbox_capture_rules{state="ok"} 2' in text
+        assert 'outbox_capture_rules{state="ok"} 2.0' in text

@@ -77,7 +77,7 @@ async def test_a_dispatcher_whose_statement_hangs_is_degraded_and_says_why(
             assert body["dispatcher"]["lag"]["events"] == 5
             assert not any(x.startswith("feed") for x in body["problems"]), body["problems"]
             assert await _metric(p, 'outbox_degraded{part="dispatcher"}') == (
-                'outbox_degraded{part="dispatcher"} 1'
+                'outbox_degraded{part="dispatcher"} 1.0'
             )
             locker.rollback()
 
@@ -86,7 +86,7 @@ async def test_a_dispatcher_whose_statement_hangs_is_degraded_and_says_why(
 
         await wait_for(healthy, timeout=15, interval=0.2, what="healthy again")
         assert await _metric(p, 'outbox_degraded{part="dispatcher"}') == (
-            'outbox_degraded{part="dispatcher"} 0'
+            'outbox_degraded{part="dispatcher"} 0.0'
         )
 
 
@@ -161,7 +161,7 @@ async def test_a_feed_reader_whose_reads_fail_is_degraded_naming_the_feed(
     settings = settings.replace(stall_after=1.0)
     async with serve_app(settings) as srv, httpx.AsyncClient(base_url=srv.base_url) as client:
         await wait_for(
-            lambda: srv.app.state.outbox.relay.cursor is not None, timeout=10, what="relay"
+            lambda: srv.app.state.outbox.service.cursor is not None, timeout=10, what="relay"
         )
         failing.set()
         await asyncio.to_thread(_publish, settings.database.url, 4)

@@ -32,16 +32,16 @@ async def test_health_reports_listener_role_and_lag(
         assert body["feed"]["lag"] == {"events": 0, "oldest_seconds": 0.0, "capped": False}
         assert body["feed"]["cursor"]
         await wait_for(
-            lambda: srv.app.state.outbox.relay.leadership.is_leader, timeout=5, what="leader"
+            lambda: srv.app.state.outbox.service.leadership.is_leader, timeout=5, what="leader"
         )
         r = await client.get("/health")
         assert r.json()["role"] == "leader"
         assert r.json()["dispatcher"]["lag"]["events"] == 0
         metrics = srv.app.state.outbox.metrics.render()
         for gauge in (
-            "outbox_relay_leader 1",
-            "outbox_listener_connected 1",
-            "outbox_feed_lag_events 0",
+            "outbox_relay_leader 1.0",
+            "outbox_listener_connected 1.0",
+            "outbox_feed_lag_events 0.0",
         ):
             assert gauge in metrics
 
@@ -62,7 +62,7 @@ async def test_outage_degrades_health_costs_no_event_and_recovers_by_itself(
                 return r.status_code, r.json()
 
             await wait_for(
-                lambda: srv.app.state.outbox.relay.leadership.is_leader, timeout=5, what="leader"
+                lambda: srv.app.state.outbox.service.leadership.is_leader, timeout=5, what="leader"
             )
             conn.execute("SELECT outbox.publish('t.before', '{}')")
             await wait_for(lambda: deliveries_summary(conn)[0] == 1, timeout=5, what="dispatch")
@@ -97,5 +97,5 @@ async def test_outage_degrades_health_costs_no_event_and_recovers_by_itself(
             )
             _, body = await status()
             assert body["status"] == "ok" and body["listener"] == "connected"
-            relay = srv.app.state.outbox.relay
+            relay = srv.app.state.outbox.service
             assert relay.listener.reconnects >= 1

@@ -19,8 +19,7 @@ import psycopg
 
 from outbox.api.config import Settings
 from outbox.relay.feed import Batch, Event
-from outbox.relay.metrics import Metrics
-from outbox.relay.runtime import Relay
+from outbox.relay.service import Service
 from tests.support.paths import ROOT
 from tests.support.servers import free_port
 from tests.support.waiting import wait_for
@@ -48,24 +47,23 @@ class Recorder:
 @contextlib.asynccontextmanager
 async def running_relay(
     settings: Settings, recorder: Recorder | None = None, **kwargs: Any
-) -> AsyncIterator[tuple[Relay, Recorder]]:
-    """A started relay whose run() is a task; stopped (and awaited) on exit."""
+) -> AsyncIterator[tuple[Service, Recorder]]:
+    """A started service whose hub and sender are a recorder; stopped on exit."""
     rec = recorder or Recorder()
-    relay = Relay(settings, Metrics(), hub=rec, sender=rec, **kwargs)
+    relay = Service(settings, hub=rec, sender=rec, **kwargs)
     await relay.start()
-    task = asyncio.create_task(relay.run(), name="test-relay")
     try:
         if relay.listener is not None:
+            listener = relay.listener
             await wait_for(
-                lambda: relay.listener.connected or task.done(),
+                lambda: listener.connected or relay.failure is not None,
                 timeout=10,
                 what="listener connected",
             )
-        assert not task.done(), task.result()
+        assert relay.failure is None, relay.failure
         yield relay, rec
     finally:
-        await relay.stop()
-        await asyncio.wait_for(task, timeout=15)
+        await asyncio.wait_for(relay.stop(grace=10), timeout=20)
 
 
 def relay_settings(db_url: str, **changes: Any) -> Settings:

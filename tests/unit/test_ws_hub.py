@@ -63,7 +63,7 @@ async def test_publish_queues_each_frame_once_for_matching_clients() -> None:
     assert tickets.queue[0][1] is also_tickets.queue[0][1] is everything.queue[1][1]
     assert tickets.queue[0][1] is b.events[1].frame
     assert hub.metrics.ws_messages.get() == 7
-    assert "outbox_ws_clients 3" in hub.metrics.render()
+    assert "outbox_ws_clients 3.0" in hub.metrics.render()
 
 
 async def test_a_client_past_the_bound_is_dropped_and_freed() -> None:
