@@ -19,8 +19,9 @@ worker):
   returns (``outbox serve`` then exits 1);
 * :meth:`Service.stop` (grace) asks every part to finish what it holds (the
   feed its batch, the sender its attempts in flight: a grace of at least one
-  webhook attempt), waits up to ``grace`` seconds in all, then cancels what is
-  left (at most :data:`CANCEL_TIMEOUT` more) and closes the pool;
+  webhook attempt), waits up to ``grace`` seconds in all (a part that holds
+  no work in flight, :data:`PART_GRACE` at most), then cancels what is left
+  (at most :data:`CANCEL_TIMEOUT` more) and closes the pool;
 * :meth:`Service.status` is one typed snapshot (:class:`ServiceStatus`) that
   ``GET /health`` renders.
 
@@ -60,6 +61,8 @@ log = logging.getLogger("outbox.relay")
 
 # After the grace period, cancelled tasks get this long to unwind.
 CANCEL_TIMEOUT = 5.0
+# The most a part that holds no work in flight gets to stop (all but the sender).
+PART_GRACE = 10.0
 # Beyond one webhook attempt, what the default grace gives the sender to
 # record its outcomes and every other part to finish its statement.
 GRACE_MARGIN = 5.0
@@ -308,27 +311,44 @@ class Service:
             stops.append(self.hub.stop())
         if self.listener is not None:
             stops.append(self.listener.stop())
-        try:
-            async with asyncio.timeout(grace):
-                # Concurrently: the sender's drain is the long one.
-                await asyncio.gather(*stops)
-                await self._ended.wait()
-        except TimeoutError:
-            late = [t.get_name() for t in self._tasks if not t.done()]
-            log.warning("the service did not stop within %.0fs; cancelling %s", grace, late)
+        # Every part is asked at once (the sender's drain is the long one).
+        asked = [asyncio.ensure_future(stop) for stop in stops]
+        # A part that holds no work in flight gets PART_GRACE at most: what it
+        # may still wait on (a broker that does not answer, a lock) is safe
+        # to abandon, its cursor moves only after an acknowledgement. The
+        # sender holds webhook attempts: it gets the whole grace.
+        idle = [t for t in self._tasks if t.get_name() != "sender"]
+        await self._cancel_late(idle, min(deadline, loop.time() + PART_GRACE))
+        await self._cancel_late(self._tasks, deadline)
+        for future in asked:
+            future.cancel()
         supervisor = self._supervisor
         if supervisor is not None and not supervisor.done():
-            supervisor.cancel()
             try:
-                async with asyncio.timeout(max(0.0, deadline - loop.time()) + CANCEL_TIMEOUT):
+                async with asyncio.timeout(CANCEL_TIMEOUT):
                     await asyncio.gather(supervisor, return_exceptions=True)
             except TimeoutError:
+                supervisor.cancel()
                 log.error("the service's tasks did not end after being cancelled")
         await self.feed.close()
         await self.pool.close()
         if self.state != "failed":
             self.state = "stopped"
         log.info("relay %s stopped", self.instance)
+
+    async def _cancel_late(self, tasks: list[asyncio.Task[None]], deadline: float) -> None:
+        """Wait for ``tasks`` until ``deadline`` (loop time); cancel those still running."""
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            return
+        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        if late:
+            names = sorted(t.get_name() for t in late)
+            log.warning("%s did not stop in time; cancelling", ", ".join(names))
+            for t in late:
+                t.cancel()
+            await asyncio.wait(late, timeout=CANCEL_TIMEOUT)
 
     # --- status ---------------------------------------------------------------
 
