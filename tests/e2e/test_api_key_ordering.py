@@ -85,7 +85,7 @@ async def test_blocked_keys_retry_and_skip(
     assert page2["oldest_head"]["key"] == "a"
 
     metrics = (await client.get("/metrics")).text
-    assert "outbox_deliveries_waiting 9\n" in metrics
+    assert "outbox_deliveries_waiting 9.0\n" in metrics
 
     # The deliveries list says which wait.
     listed = (await client.get(f"/webhooks/{wid}/deliveries?limit=200")).json()["items"]
