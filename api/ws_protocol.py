@@ -31,17 +31,31 @@ Past the bound it is closed with 1013, like a client whose queue of events
 overflows (relay/hub.py). A close frame is written even while the socket is
 backed up (it goes out behind the backlog), and a closed connection whose
 peer never reads what is left is dropped after :data:`LINGER` seconds.
+
+All this subclasses uvicorn's sans-I/O protocol and relies on some of its
+private attributes. pyproject.toml bounds uvicorn from above (the installed
+version is the tested one), and at import :func:`check` verifies what the
+subclass relies on (:data:`RELIED_ON_ATTRIBUTES`, :data:`RELIED_ON_METHODS`,
+and that only ``connection_made`` binds ``self.transport``); if anything is
+off, ``/ws`` runs on uvicorn's stock protocol, with one warning.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dis
+import types
+import warnings
 import weakref
-from typing import Any
+from collections.abc import Iterable
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
 
-from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGISendEvent
 
 # Encoded frames of recent texts, by text. Cleared whole when over budget:
 # a fan-out sends each text to every client within one loop turn, so only
@@ -138,6 +152,13 @@ class _CoalescingTransport:
             self._flusher.add(self)
         self._pending.append(bytes(data))
 
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        # Without it, a uvicorn that wrote with writelines() would reach the
+        # real transport through __getattr__: ahead of the frames collected
+        # here (a ping overtaking queued events).
+        for data in list_of_data:
+            self.write(data)
+
     def flush(self) -> None:
         pending = self._pending
         if not pending:
@@ -202,8 +223,97 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
 
 
-def bounded_protocol(max_buffered: int) -> type[CoalescingWebSocketProtocol]:
-    """The protocol class for ``uvicorn.Config(ws=...)`` with a write-buffer bound."""
+# --- what we rely on in uvicorn ---------------------------------------------------
+
+# The instance attributes of uvicorn's WebSocketsSansIOProtocol that the
+# subclasses below read or write, and the methods they override. uvicorn
+# keeps them private: a release that renames one would break the fast path
+# silently (a frame written past a closed or paused connection), and one that
+# rebinds ``self.transport`` after ``connection_made`` would bypass the
+# coalescing transport (a ping overtaking queued frames). So they are checked
+# at import; if any is off, /ws runs on uvicorn's stock protocol, with one
+# warning (and no coalescing, no encode-once, no bound on pongs).
+RELIED_ON_ATTRIBUTES = (
+    "transport",
+    "loop",
+    "conn",
+    "handshake_complete",
+    "close_sent",
+    "disconnected",
+    "initial_response",
+    "writable",
+    "queue",
+    "read_paused",
+    "close_timer",
+    "close_timeout",
+)
+RELIED_ON_METHODS = ("connection_made", "data_received", "send")
+# Where uvicorn may bind ``self.transport``: its constructor (a placeholder)
+# and connection_made, which our subclass wraps.
+TRANSPORT_BOUND_IN = frozenset({"__init__", "connection_made"})
+STOCK_PROTOCOL = "websockets-sansio"
+
+
+def _stored_attributes(cls: type) -> dict[str, set[str]]:
+    """``self.<name> = ...`` in each function of ``cls``'s own namespace: name -> functions."""
+    stored: dict[str, set[str]] = {}
+
+    def visit(code: types.CodeType, where: str) -> None:
+        for ins in dis.get_instructions(code):
+            if ins.opname == "STORE_ATTR":
+                stored.setdefault(str(ins.argval), set()).add(where)
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                visit(const, where)
+
+    for name, member in vars(cls).items():
+        func = getattr(member, "__func__", member)
+        code = getattr(func, "__code__", None)
+        if isinstance(code, types.CodeType):
+            visit(code, name)
+    return stored
+
+
+def uvicorn_problem(base: type = WebSocketsSansIOProtocol) -> str | None:
+    """What in uvicorn is not as the subclasses expect, or None when all is."""
+    for method in RELIED_ON_METHODS:
+        # Its own, not one inherited from asyncio.Protocol.
+        if not callable(vars(base).get(method)):
+            return f"{base.__name__}.{method}() is gone"
+    stored = _stored_attributes(base)
+    for attr in RELIED_ON_ATTRIBUTES:
+        if attr not in stored and not hasattr(base, attr):
+            return f"{base.__name__} no longer sets self.{attr}"
+    elsewhere = stored.get("transport", set()) - TRANSPORT_BOUND_IN
+    if elsewhere:
+        return f"{base.__name__} rebinds self.transport in {', '.join(sorted(elsewhere))}()"
+    return None
+
+
+# What check() found at import: None, or why /ws runs on the stock protocol.
+PROBLEM: str | None = None
+
+
+def check() -> str | None:
+    """Verify uvicorn (:func:`uvicorn_problem`); run at import. On a problem,
+    one warning, and :func:`bounded_protocol` returns the stock protocol."""
+    global PROBLEM
+    PROBLEM = uvicorn_problem()
+    if PROBLEM is not None:
+        warnings.warn(
+            f"uvicorn {version('uvicorn')}: {PROBLEM}; /ws uses uvicorn's stock "
+            f"{STOCK_PROTOCOL} protocol (no write coalescing, no bound on pongs)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return PROBLEM
+
+
+def bounded_protocol(max_buffered: int) -> type[CoalescingWebSocketProtocol] | str:
+    """The protocol for ``uvicorn.Config(ws=...)`` with a write-buffer bound (the
+    stock protocol's name when :data:`PROBLEM` says uvicorn is not as expected)."""
+    if PROBLEM is not None:
+        return STOCK_PROTOCOL
 
     class BoundedWebSocketProtocol(CoalescingWebSocketProtocol):
         _overflowed = False
@@ -243,3 +353,6 @@ def bounded_protocol(max_buffered: int) -> type[CoalescingWebSocketProtocol]:
                 self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
     return BoundedWebSocketProtocol
+
+
+check()
