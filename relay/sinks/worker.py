@@ -58,6 +58,11 @@ HEARTBEAT = 5.0
 LAG_INTERVAL = 5.0
 # The publish rate is averaged over this window.
 RATE_WINDOW = 5.0
+# While events trickle in, the cursor is stored at most this often (a round
+# is then one read and one publish, not also a write). A crash re-publishes
+# at most this much more, and the broker / consumer drops it. A backlog page
+# (a full batch) is stored at once.
+STORE_EVERY = 0.02
 
 
 class SinkMoved(Exception):
@@ -113,6 +118,9 @@ class SinkWorker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._unstored = 0  # acknowledged events not counted in the stored row yet
+        self._dirty = False  # events passed since the last store
+        self._store_due = 0.0
         self._spans: list[Span] = []  # of the batch being published
         # Every BrokerError is retried, for as long as it takes (a sink waits,
         # it never skips): retry_initial * 2**n seconds plus jitter, at most
@@ -184,22 +192,17 @@ class SinkWorker:
                         try:
                             self.duplicates += await self._publish(messages)
                         except _Stopping:
+                            await self._store()  # what was acknowledged before
                             return
-                    new = batch.end.encode()
-                    if not await db.store(
-                        self.conn,
-                        self.config.id,
-                        old=self.stored,
-                        new=new,
-                        published=len(messages),
-                        rate=self._rate(len(messages)),
-                        owner=self.owner,
-                    ):
-                        raise SinkMoved(f"sink {self.config.name}: its cursor was moved")
-                    self.stored = new
                     self.published += len(messages)
+                    self._unstored += len(messages)
+                    self._rate(len(messages))
                     if messages and self.on_published is not None:
                         self.on_published(self.config, len(messages))
+                    self.cursor = batch.end
+                    self._dirty = True
+                    if batch.more or time.monotonic() >= self._store_due:
+                        await self._store()
                     heartbeat_due = time.monotonic() + HEARTBEAT
                 self.cursor = batch.end
                 now = time.monotonic()
@@ -207,6 +210,13 @@ class SinkWorker:
                     self.lag = await measure_lag(self.conn, self.cursor)
                     lag_due = now + LAG_INTERVAL
                 if batch.more:
+                    continue
+                if self._dirty:
+                    # Acknowledged (or passed) but not stored yet: store when
+                    # due, unless new events come first (their round stores both).
+                    await nap(self._wake, max(0.0, self._store_due - now))
+                    if not self._wake.is_set():
+                        await self._store()
                     continue
                 if now >= heartbeat_due:
                     if not await db.heartbeat(
@@ -219,6 +229,7 @@ class SinkWorker:
                         raise SinkMoved(f"sink {self.config.name}: its cursor was moved")
                     heartbeat_due = now + HEARTBEAT
                 await nap(self._wake, self.poll_interval)
+            await self._store()
         finally:
             self.state = "stopped"
             if ahead is not None:
@@ -229,6 +240,25 @@ class SinkWorker:
             publisher, self._publisher = self._publisher, None
             if publisher is not None:
                 await publisher.close()
+
+    async def _store(self) -> None:
+        """Move the stored cursor to where publishing is (everything before it
+        acknowledged); compare-and-set from what this worker stored last."""
+        new = self.cursor.encode()
+        self._store_due = time.monotonic() + STORE_EVERY
+        if not self._dirty:
+            return
+        if not await db.store(
+            self.conn,
+            self.config.id,
+            old=self.stored,
+            new=new,
+            published=self._unstored,
+            rate=self._rate(0),
+            owner=self.owner,
+        ):
+            raise SinkMoved(f"sink {self.config.name}: its cursor was moved")
+        self.stored, self._unstored, self._dirty = new, 0, False
 
     async def _publish(self, messages: list[Any]) -> int:
         """Publish until acknowledged; retries only the broker call."""
