@@ -28,6 +28,8 @@ PACKAGES = (
     "httptools",
     "websockets",
     "httpx",
+    "nats-py",
+    "aio-pika",
 )
 PG_SETTINGS = (
     "synchronous_commit",
