@@ -18,7 +18,8 @@ For each broker (JetStream on ``BENCH_NATS_URL``, RabbitMQ on
 2. **latency**: an open-loop writer at 1,000 events/s (one event per
    transaction) for D seconds; a consumer in this process (a NATS
    subscription on the stream's subjects, then the stream's count checked /
-   an AMQP queue consumer) records when each event arrives; commit (the writer's COMMIT returned) -> arrival, p50/p99.
+   an AMQP queue consumer) records when each event arrives; commit (the
+   writer's COMMIT returned) -> arrival, p50/p99.
    Baseline, interleaved: the writer publishes each message itself right
    after its COMMIT (a dual write: the broker's and this machine's cost
    with no relay in between).
