@@ -55,7 +55,7 @@ def describe(exc: BaseException) -> str:
 
 
 async def connect(url: str, application_name: str) -> psycopg.AsyncConnection[Any]:
-    """Open a dedicated autocommit connection with keepalives on both ends."""
+    """Open a dedicated autocommit connection: keepalives on both ends, no JIT."""
     conn: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
         url,
         autocommit=True,
@@ -67,7 +67,7 @@ async def connect(url: str, application_name: str) -> psycopg.AsyncConnection[An
         keepalives_count=KEEPALIVE_COUNT,
     )
     await conn.execute(
-        query("server_keepalives", "reconnect.sql"),
+        query("relay_session", "reconnect.sql"),
         {
             "idle": str(KEEPALIVE_IDLE),
             "interval": str(KEEPALIVE_INTERVAL),

@@ -355,3 +355,21 @@ async def test_the_leader_applies_retention_by_itself(
             timeout=10,
             what="retention by the leader",
         )
+
+
+async def test_relay_sessions_never_jit_compile(db_url: str) -> None:
+    """Every dedicated relay session runs with JIT off: a fresh database's
+    dispatch_batch plan costs more than jit_above_cost, and compiling it
+    took ~0.5 s per batch of 1,000 events for ~10 ms of work (BENCHMARKS.md, B4)."""
+    from outbox.relay.reconnect import connect
+
+    conn = await connect(db_url, "test-relay-session")
+    try:
+        cur = await conn.execute(
+            "SELECT current_setting('jit'), current_setting('tcp_keepalives_idle')"
+        )
+        jit, idle = await cur.fetchone() or (None, None)
+    finally:
+        await conn.close()
+    assert jit == "off"
+    assert idle is not None
