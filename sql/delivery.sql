@@ -1,7 +1,10 @@
 -- The delivery worker's statements (relay/delivery_db.py): one claim, and
 -- one flush transaction of a few statements per batch of attempts. Arrays
 -- passed as parameters are columns of a batch, unnested into rows, so the
--- round trips do not grow with the batch.
+-- round trips do not grow with the batch. The flush's columns are sent in
+-- binary ("b" placeholders): psycopg's text format quotes and escapes every element
+-- in Python, and the attempts' JSON header columns made that ~20x the cost
+-- of the binary dump (BENCHMARKS.md, B4).
 
 -- name: delivery_claim
 -- Claim due deliveries of active webhooks: FOR UPDATE OF d SKIP LOCKED lets
@@ -55,10 +58,10 @@ INSERT INTO outbox.delivery_attempts
 SELECT r.delivery_id, r.attempt_number, to_timestamp(r.started_at), r.duration_ms, r.outcome,
        r.response_status, r.response_body, r.error_class, r.error_message,
        r.request_headers::jsonb, r.response_headers::jsonb
-FROM unnest(%(delivery_id)s::bigint[], %(attempt_number)s::int[], %(started_at)s::float8[],
-            %(duration_ms)s::float8[], %(outcome)s::text[], %(response_status)s::int[],
-            %(response_body)s::text[], %(error_class)s::text[], %(error_message)s::text[],
-            %(request_headers)s::text[], %(response_headers)s::text[])
+FROM unnest(%(delivery_id)b::bigint[], %(attempt_number)b::int[], %(started_at)b::float8[],
+            %(duration_ms)b::float8[], %(outcome)b::text[], %(response_status)b::int[],
+            %(response_body)b::text[], %(error_class)b::text[], %(error_message)b::text[],
+            %(request_headers)b::text[], %(response_headers)b::text[])
      AS r(delivery_id, attempt_number, started_at, duration_ms, outcome,
           response_status, response_body, error_class, error_message,
           request_headers, response_headers)
@@ -82,9 +85,9 @@ SET status = r.status,
     error_message = r.error_message,
     delivered_at = CASE WHEN r.status = 'success' THEN now() END,
     updated_at = now()
-FROM unnest(%(id)s::bigint[], %(lease)s::timestamptz[], %(status)s::text[],
-            %(attempt_number)s::int[], %(delay)s::float8[], %(hold)s::bool[],
-            %(response_status)s::int[], %(response_body)s::text[], %(error_message)s::text[])
+FROM unnest(%(id)b::bigint[], %(lease)b::timestamptz[], %(status)b::text[],
+            %(attempt_number)b::int[], %(delay)b::float8[], %(hold)b::bool[],
+            %(response_status)b::int[], %(response_body)b::text[], %(error_message)b::text[])
      AS r(id, lease, status, attempt_number, delay, hold, response_status, response_body,
           error_message)
 WHERE d.id = r.id AND d.due_at = r.lease AND d.status = 'pending'
@@ -95,7 +98,7 @@ RETURNING d.id, d.status, d.webhook_id, d.key;
 -- worker takes for one endpoint), due after "delay" seconds.
 UPDATE outbox.deliveries d
 SET due_at = now() + make_interval(secs => r.delay), locked_by = NULL, updated_at = now()
-FROM unnest(%(id)s::bigint[], %(lease)s::timestamptz[], %(delay)s::float8[]) AS r(id, lease, delay)
+FROM unnest(%(id)b::bigint[], %(lease)b::timestamptz[], %(delay)b::float8[]) AS r(id, lease, delay)
 WHERE d.id = r.id AND d.due_at = r.lease AND d.status = 'pending';
 
 -- name: delivery_webhook_stats
@@ -107,9 +110,9 @@ WHERE d.id = r.id AND d.due_at = r.lease AND d.status = 'pending';
 -- webhook of a delivery this flush finished is among these rows. failing_since: the first failure after
 -- the latest success; a success clears it unless a newer failure is known.
 WITH r AS (
-    SELECT * FROM unnest(%(webhook_id)s::bigint[], %(ok)s::int[], %(failed)s::int[],
-                         %(last_at)s::float8[], %(last_ok_at)s::float8[],
-                         %(first_fail_at)s::float8[], %(fail_after_ok)s::float8[])
+    SELECT * FROM unnest(%(webhook_id)b::bigint[], %(ok)b::int[], %(failed)b::int[],
+                         %(last_at)b::float8[], %(last_ok_at)b::float8[],
+                         %(first_fail_at)b::float8[], %(fail_after_ok)b::float8[])
         AS r(webhook_id, ok, failed, last_at, last_ok_at, first_fail_at, fail_after_ok)
 ), locked AS (
     SELECT w.id FROM outbox.webhooks w JOIN r ON r.webhook_id = w.id

@@ -31,7 +31,7 @@ WITH moved AS (
     RETURNING 1
 ), batch AS (
     SELECT e.id, e.event_type, e.key, e.ord
-    FROM unnest(%(ids)s::bigint[], %(types)s::text[], %(keys)s::text[])
+    FROM unnest(%(ids)b::bigint[], %(types)b::text[], %(keys)b::text[])
         WITH ORDINALITY AS e (id, event_type, key, ord)
     WHERE e.event_type <> 'webhook.test'
 ), created AS (

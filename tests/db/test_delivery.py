@@ -287,6 +287,33 @@ async def test_redirect_is_a_failure_and_not_followed(aconn: Conn, db_url: str) 
     assert "not followed" in d["error_message"]
 
 
+async def test_awkward_text_is_recorded_as_sent(aconn: Conn, db_url: str) -> None:
+    """The flush sends its columns in binary: quotes, braces, backslashes,
+    commas, non-ASCII and NUL (stored as U+FFFD) come back as received."""
+    awkward = 'say "hi", {x}\\ \\"y\\" Zoë \u2603 NULL \x00 end'
+    async with running() as rx, worker(fast(db_url)) as w:
+        rx.handler = lambda _r: Reply(
+            500, awkward.encode(), (("X-Odd", 'a "b" {c}, \\d'), ("X-Null", "NULL"))
+        )
+        wid = await create_webhook(aconn, rx.url)
+        _, did = await enqueue(aconn, wid, "user.created", {})
+        w.wake()
+        await wait_for(lambda: _has_attempts(aconn, did))
+    first = (await attempts(aconn, did))[0]
+    stored = awkward.replace("\x00", "\ufffd")
+    assert first["response_body"] == stored
+    assert first["response_headers"]["x-odd"] == 'a "b" {c}, \\d'
+    assert first["response_headers"]["x-null"] == "NULL"
+    assert first["request_headers"]["webhook-id"].startswith("evt_")
+    assert first["error_class"] is None and first["response_status"] == 500
+    row = await delivery(aconn, did)
+    assert row["response_body"] == stored
+
+
+async def _has_attempts(aconn: Conn, did: int) -> bool:
+    return bool(await attempts(aconn, did))
+
+
 async def test_hanging_receiver_times_out(aconn: Conn, db_url: str) -> None:
     async with running() as rx, worker(fast(db_url, webhook_timeout=0.3)) as w:
         rx.script(Hang())
