@@ -49,7 +49,9 @@ JOIN outbox.webhooks w ON w.id = c.webhook_id
 LEFT JOIN outbox.events e ON e.id = c.event_id;
 
 -- name: delivery_insert_attempts
--- Every attempt, one row each, many per round trip. A delivery deleted
+-- Every attempt, one row each, many per round trip, their ids in the
+-- batch's order (ORDER BY ord: a join's order is the planner's choice, and
+-- two attempts of one delivery may share a batch). A delivery deleted
 -- meanwhile (its webhook was deleted) has no row to refer to any more.
 INSERT INTO outbox.delivery_attempts
     (delivery_id, attempt_number, started_at, duration_ms, outcome,
@@ -61,11 +63,12 @@ SELECT r.delivery_id, r.attempt_number, to_timestamp(r.started_at), r.duration_m
 FROM unnest(%(delivery_id)b::bigint[], %(attempt_number)b::int[], %(started_at)b::float8[],
             %(duration_ms)b::float8[], %(outcome)b::text[], %(response_status)b::int[],
             %(response_body)b::text[], %(error_class)b::text[], %(error_message)b::text[],
-            %(request_headers)b::text[], %(response_headers)b::text[])
+            %(request_headers)b::text[], %(response_headers)b::text[]) WITH ORDINALITY
      AS r(delivery_id, attempt_number, started_at, duration_ms, outcome,
           response_status, response_body, error_class, error_message,
-          request_headers, response_headers)
-WHERE EXISTS (SELECT 1 FROM outbox.deliveries d WHERE d.id = r.delivery_id);
+          request_headers, response_headers, ord)
+WHERE EXISTS (SELECT 1 FROM outbox.deliveries d WHERE d.id = r.delivery_id)
+ORDER BY r.ord;
 
 -- name: delivery_record
 -- The delivery rows after their latest attempt, fenced by the lease: a row
