@@ -43,14 +43,11 @@ import psycopg
 from outbox.relay import delivery_db, tracing
 from outbox.relay.attempt import post
 from outbox.relay.config import DeliverySettings
-from outbox.relay.delivery_db import AsyncConn, Job, Outcome, Release
+from outbox.relay.delivery_db import Job, Outcome, Release
 from outbox.relay.metrics import Metrics
 from outbox.relay.reconnect import (
     CONNECTION_ERRORS,
-    backoff,
-    close_quietly,
-    connect,
-    describe,
+    Reconnecting,
     nap,
 )
 from outbox.relay.retry import AttemptResult, RetryPolicy, Stored
@@ -258,8 +255,9 @@ class DeliveryWorker:
 
     async def _claim_loop(self, tg: asyncio.TaskGroup, client: httpx.AsyncClient) -> None:
         loop = asyncio.get_running_loop()
-        conn: AsyncConn | None = None
-        failures = 0
+        db = Reconnecting(
+            self.database_url, "outbox-delivery-claim", what="delivery claim", wake=self._wake
+        )
         counted_at = float("-inf")
         try:
             while not self._stopping.is_set():
@@ -271,8 +269,7 @@ class DeliveryWorker:
                 self._wake.clear()
                 started = loop.time()
                 try:
-                    if conn is None or conn.closed:
-                        conn = await connect(self.database_url, "outbox-delivery-claim")
+                    conn = await db.connection()
                     limit = self._claim_limit(room)
                     jobs = await delivery_db.claim(
                         conn,
@@ -284,16 +281,9 @@ class DeliveryWorker:
                     if started - counted_at >= _PENDING_REFRESH:
                         self._pending = await delivery_db.pending_count(conn)
                         counted_at = started
-                    failures = 0
+                    db.ok()
                 except _DB_ERRORS as exc:
-                    delay = backoff(failures)
-                    failures += 1
-                    log.warning(
-                        "delivery claim failed (%s); retrying in %.2fs", describe(exc), delay
-                    )
-                    await close_quietly(conn)
-                    conn = None
-                    await nap(self._wake, delay)
+                    await db.failed(exc)
                     continue
                 lease_end = started + self._lease - self._lease_margin
                 for job in jobs:
@@ -301,7 +291,7 @@ class DeliveryWorker:
                 if len(jobs) < limit:
                     await nap(self._wake, self._idle_timeout(loop.time()))
         finally:
-            await close_quietly(conn)
+            await db.close()
 
     def _admit(
         self, tg: asyncio.TaskGroup, client: httpx.AsyncClient, job: Job, lease_end: float
@@ -483,8 +473,8 @@ class DeliveryWorker:
 
     async def _record_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        conn: AsyncConn | None = None
-        failures = 0
+        # No wake-up: a retry waits its whole backoff (shutdown is bounded by give_up_at).
+        db = Reconnecting(self.database_url, "outbox-delivery-record", what="recording deliveries")
         give_up_at: float | None = None
         rejected = 0
         try:
@@ -498,8 +488,7 @@ class DeliveryWorker:
                 outcomes, releases = self._outcomes, self._releases
                 self._outcomes, self._releases = [], []
                 try:
-                    if conn is None or conn.closed:
-                        conn = await connect(self.database_url, "outbox-delivery-record")
+                    conn = await db.connection()
                     done = await delivery_db.flush(
                         conn, outcomes, releases, disable_after=self.settings.disable_after
                     )
@@ -528,17 +517,12 @@ class DeliveryWorker:
                                 exc,
                             )
                             return
-                    delay = backoff(failures)
-                    failures += 1
-                    log.warning(
-                        "recording deliveries failed (%s); retrying in %.2fs", describe(exc), delay
-                    )
-                    if isinstance(exc, CONNECTION_ERRORS):
-                        await close_quietly(conn)
-                        conn = None
-                    await asyncio.sleep(delay)
+                    # The connection is kept when the database answered (it
+                    # refused the statement): only a lost one is replaced.
+                    await db.failed(exc, close=isinstance(exc, CONNECTION_ERRORS))
                     continue
-                failures = rejected = 0
+                db.ok()
+                rejected = 0
                 if done.promoted:
                     # The next deliveries of key queues whose head just ended
                     # are due now: claim them (other processes see them at
@@ -552,7 +536,7 @@ class DeliveryWorker:
                         "their outcome was kept as attempt history only"
                     )
         finally:
-            await close_quietly(conn)
+            await db.close()
 
     def _schedule(self, outcomes: list[Outcome], now: float) -> None:
         """Wake the claimer when retries this worker stored fall due."""

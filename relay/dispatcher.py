@@ -59,10 +59,10 @@ import psycopg
 from psycopg.rows import scalar_row
 
 from outbox.cursor import Cursor
+from outbox.errors import LostLeadership
 from outbox.names import DELIVERIES_CHANNEL, DISPATCHER_STATE
 from outbox.relay import delivery_db, tracing
 from outbox.relay.feed import Batch, Event, read_batch
-from outbox.relay.leader import LostLeadership
 from outbox.relay.metrics import Metrics
 from outbox.relay.progress import Progress, ids_went_backwards, sequence_high
 from outbox.relay.reconnect import describe, nap

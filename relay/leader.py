@@ -28,18 +28,15 @@ from typing import Any
 import psycopg
 from psycopg.rows import scalar_row
 
+from outbox.errors import LostLeadership
 from outbox.names import LEADER_KEY
 from outbox.relay.progress import Terms
-from outbox.relay.reconnect import CONNECTION_ERRORS, backoff, close_quietly, connect, describe, nap
+from outbox.relay.reconnect import CONNECTION_ERRORS, Reconnecting, describe, nap
 from outbox.sqlfiles import query
 
 log = logging.getLogger("outbox.relay.leader")
 
 LeaderWork = Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
-
-
-class LostLeadership(Exception):
-    """Another relay took over the leader's work."""
 
 
 # What ends a term without ending the relay: a lost session or a usurper.
@@ -81,12 +78,20 @@ class Leadership:
         return "leader" if self.is_leader else "follower"
 
     async def run(self) -> None:
-        attempt = 0
+        # Each term and each campaign on a fresh session: closing it is what
+        # releases the lock.
+        db = Reconnecting(
+            self.url,
+            self.application_name,
+            what="leader election",
+            wake=self._stopping,
+            base=0.2,
+            logger=log,
+        )
         while not self._stopping.is_set():
-            conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await connect(self.url, self.application_name)
-                attempt = 0
+                conn = await db.connection()
+                db.ok()
                 if not await self._campaign(conn):
                     return
                 self.is_leader = True
@@ -97,17 +102,14 @@ class Leadership:
                 await self.work(conn)
                 return  # the work returns only when the relay stops
             except _STEP_DOWN as exc:
+                self._step_down()
                 if self._stopping.is_set():
                     return
                 self.last_error = describe(exc)
-                delay = backoff(attempt, base=0.2)
-                attempt += 1
-                log.warning("leader election: %s; retrying in %.2fs", self.last_error, delay)
+                await db.failed(exc)  # closes the session first: the lock goes with it
             finally:
                 self._step_down()
-                # Closing the session is what releases the lock.
-                await close_quietly(conn)
-            await nap(self._stopping, delay)
+                await db.close()
 
     async def _campaign(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         """Wait until the lock is ours (True) or the relay stops (False)."""

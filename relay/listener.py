@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from outbox.relay.reconnect import CONNECTION_ERRORS, backoff, close_quietly, connect, describe, nap
+from outbox.relay.reconnect import CONNECTION_ERRORS, Reconnecting
 from outbox.sqlfiles import query
 
 log = logging.getLogger("outbox.relay.listener")
@@ -59,17 +59,31 @@ class Listener:
         self.on_connect = on_connect
         self.application_name = application_name
         self.ping_interval = ping_interval
-        self.state = "starting"
         self.backend_pid: int | None = None
         self.connected_since: float | None = None
-        self.reconnects = 0
-        self.last_error: str | None = None
         self._stopping = asyncio.Event()
+        self._stopped = False
         self._task: asyncio.Task[Any] | None = None
+        self.db = Reconnecting(
+            url, application_name, what="listener connection", wake=self._stopping, logger=log
+        )
+
+    @property
+    def state(self) -> str:
+        """starting, connected, reconnecting, stopped."""
+        return "stopped" if self._stopped else self.db.state
 
     @property
     def connected(self) -> bool:
         return self.state == "connected"
+
+    @property
+    def reconnects(self) -> int:
+        return self.db.reconnects
+
+    @property
+    def last_error(self) -> str | None:
+        return self.db.last_error
 
     async def run(self) -> None:
         self._task = asyncio.current_task()
@@ -82,40 +96,28 @@ class Listener:
             if not self._stopping.is_set():
                 raise
         finally:
-            self.state = "stopped"
+            self._stopped = True
+            await self.db.close()
 
     async def _run(self) -> None:
-        attempt = 0
         while not self._stopping.is_set():
-            conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await connect(self.url, self.application_name)
+                conn = await self.db.connection()
                 listen = sql.SQL(query("listen", _SQL))
                 for channel in self.channels:
                     await conn.execute(listen.format(channel=sql.Identifier(channel)))
                 self.backend_pid = conn.info.backend_pid
-                self.state = "connected"
                 self.connected_since = time.time()
-                if attempt or self.reconnects:
+                if self.db.reconnects:
                     log.info("listener reconnected (backend pid %s)", self.backend_pid)
-                attempt = 0
+                self.db.ok()
                 self.on_connect()
                 await self._listen(conn)
             except CONNECTION_ERRORS as exc:
                 if self._stopping.is_set():
                     break
-                self.state = "reconnecting"
                 self.connected_since = None
-                self.last_error = describe(exc)
-                self.reconnects += 1
-                delay = backoff(attempt)
-                attempt += 1
-                log.warning(
-                    "listener connection lost (%s); reconnecting in %.2fs", self.last_error, delay
-                )
-                await nap(self._stopping, delay)
-            finally:
-                await close_quietly(conn)
+                await self.db.failed(exc)
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while not self._stopping.is_set():

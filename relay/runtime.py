@@ -32,14 +32,7 @@ from outbox.relay.doorbell import Doorbell
 from outbox.relay.feed import Batch, Lag, head, measure_lag, read_batch
 from outbox.relay.metrics import Metrics
 from outbox.relay.progress import Progress
-from outbox.relay.reconnect import (
-    CONNECTION_ERRORS,
-    backoff,
-    close_quietly,
-    connect,
-    describe,
-    nap,
-)
+from outbox.relay.reconnect import CONNECTION_ERRORS, Reconnecting, describe, nap
 
 log = logging.getLogger("outbox.relay")
 
@@ -97,14 +90,14 @@ class FeedLoop:
         self.reads = 0
         # The end of the last batch handed to the hub; None until start().
         self.cursor: Cursor | None = None
-        self.state = "starting"
-        self.error: str | None = None
         self.last_read_at: float | None = None
         self.progress = Progress()
         self.lag: Lag | None = None
-        self._conn: psycopg.AsyncConnection[Any] | None = None
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.db = Reconnecting(
+            url, f"outbox feed {instance}", what="feed read", wake=self._stopping, logger=log
+        )
         self._last_busy = 0.0
         self.doorbell: Doorbell | None = (
             Doorbell(url, application_name=f"outbox doorbell {instance}")
@@ -129,7 +122,16 @@ class FeedLoop:
 
     @property
     def application_name(self) -> str:
-        return f"outbox feed {self.instance}"
+        return self.db.application_name
+
+    @property
+    def state(self) -> str:
+        """starting, ok, reconnecting."""
+        return {"connected": "ok", "closed": "ok"}.get(self.db.state, self.db.state)
+
+    @property
+    def error(self) -> str | None:
+        return self.db.last_error
 
     def wake(self) -> None:
         """New events may have committed (a NOTIFY, or a reconnected listener)."""
@@ -142,9 +144,8 @@ class FeedLoop:
         """
         if self.cursor is not None:
             return
-        self._conn = await connect(self.url, self.application_name)
-        self.cursor = await head(self._conn)
-        self.state = "ok"
+        self.cursor = await head(await self.db.connection())
+        self.db.ok()
         log.info(
             "relay %s starts at the head of the feed (after id %s)",
             self.instance,
@@ -158,8 +159,7 @@ class FeedLoop:
 
     async def close(self) -> None:
         """Close the feed's connection and the doorbell's (after run() ended)."""
-        await close_quietly(self._conn)
-        self._conn = None
+        await self.db.close()
         if self.doorbell is not None:
             await self.doorbell.close()
 
@@ -171,13 +171,10 @@ class FeedLoop:
             await self.close()
 
     async def _loop(self) -> None:
-        attempt = 0
         lag_due = 0.0
         while not self._stopping.is_set():
             try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = await connect(self.url, self.application_name)
-                conn = self._conn
+                conn = await self.db.connection()
                 self._wake.clear()
                 assert self.cursor is not None
                 self.progress.start("feed read")
@@ -193,7 +190,7 @@ class FeedLoop:
                     # writer rings, so the bell cannot be what wakes it.
                     self.dispatcher.wake()
                 self.last_read_at = time.time()
-                self.state, self.error, attempt = "ok", None, 0
+                self.db.ok()
                 if batch.more:
                     continue
                 if time.monotonic() >= lag_due:
@@ -201,17 +198,11 @@ class FeedLoop:
                     lag_due = time.monotonic() + LAG_INTERVAL
                 await self._rest(bool(batch.events))
             except CONNECTION_ERRORS as exc:
-                await close_quietly(self._conn)
-                self._conn = None
                 if self._stopping.is_set():
+                    await self.db.close()
                     return
-                self.state = "reconnecting"
-                self.error = describe(exc)
-                self.progress.failed(self.error)
-                delay = backoff(attempt)
-                attempt += 1
-                log.warning("feed read failed (%s); retrying in %.2fs", self.error, delay)
-                await nap(self._stopping, delay)
+                self.progress.failed(describe(exc))
+                await self.db.failed(exc)
 
     async def _read(self, conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> Batch:
         """The next batch after ``cursor``; when the dispatcher asks to join,

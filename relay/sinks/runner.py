@@ -34,7 +34,15 @@ from typing import Any
 import psycopg
 
 from outbox.relay.metrics import Metrics
-from outbox.relay.reconnect import CONNECTION_ERRORS, backoff, close_quietly, connect, describe, nap
+from outbox.relay.reconnect import (
+    CONNECTION_ERRORS,
+    Reconnecting,
+    backoff,
+    close_quietly,
+    connect,
+    describe,
+    nap,
+)
 from outbox.relay.sinks import open_publisher
 from outbox.relay.sinks import store as db
 from outbox.relay.sinks.base import SinkConfig
@@ -141,34 +149,33 @@ class SinkRunner:
     # --- the supervisor loop -----------------------------------------------------------
 
     async def run(self) -> None:
-        conn: psycopg.AsyncConnection[Any] | None = None
-        attempt = 0
+        db = Reconnecting(
+            self.database_url,
+            f"outbox sinks {self.instance}",
+            what="sinks",
+            wake=self._stopping,
+            logger=log,
+        )
         try:
             while not self._stopping.is_set():
                 try:
-                    if conn is None or conn.closed:
-                        conn = await connect(self.database_url, f"outbox sinks {self.instance}")
-                    await self._round(conn)
-                    self.state, self.error, attempt = "ok", None, 0
+                    await self._round(await db.connection())
+                    db.ok()
+                    self.state, self.error = "ok", None
                     self._tick.clear()
                     await nap(self._tick, self.claim_interval)
                 except CONNECTION_ERRORS as exc:
-                    await close_quietly(conn)
-                    conn = None
                     if self._stopping.is_set():
                         break
                     self.state, self.error = "reconnecting", describe(exc)
-                    delay = backoff(attempt)
-                    attempt += 1
-                    log.warning("sinks: %s; retrying in %.2fs", self.error, delay)
-                    await nap(self._stopping, delay)
+                    await db.failed(exc)
         finally:
             for r in self.workers.values():
                 r.worker.stop()
             tasks = [r.task for r in self.workers.values()]
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
-            await close_quietly(conn)
+            await db.close()
             self.state = "stopped"
 
     async def _round(self, conn: psycopg.AsyncConnection[Any]) -> None:

@@ -10,9 +10,9 @@ import psycopg
 import pytest
 
 from outbox.cursor import Cursor
+from outbox.errors import LostLeadership
 from outbox.relay.dispatcher import dispatch, load_cursor
 from outbox.relay.feed import read_batch
-from outbox.relay.leader import LostLeadership
 from outbox.relay.retention import cursor_expired, retention_round, watermark
 from tests.support.relay import (
     Recorder,
