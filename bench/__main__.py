@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="events in B6's backlog drain (default 1,000,000; --smoke 3,000)",
     )
+    p.add_argument(
+        "--b1-writers",
+        type=int,
+        action="append",
+        metavar="N",
+        help="B1 at N concurrent writers only; repeat for several (default 1, 4 and 16)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -159,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats: must be at least 1")
+    if args.b1_writers and min(args.b1_writers) < 1:
+        parser.error("--b1-writers: must be at least 1")
     if args.b6_backlog is not None and args.b6_backlog < 1:
         parser.error("--b6-backlog: must be at least 1")
     keys = _selected(args)
@@ -185,7 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
         ctx = Context(
-            admin_url, args.smoke, workdir, args.repeats, args.quiet, profile_dir, args.b6_backlog
+            admin_url,
+            args.smoke,
+            workdir,
+            args.repeats,
+            args.quiet,
+            profile_dir,
+            args.b6_backlog,
+            tuple(args.b1_writers) if args.b1_writers else None,
         )
         started = time.monotonic()
         try:

@@ -28,6 +28,7 @@ class Context:
     quiet: bool = False
     profile_dir: Path | None = None  # py-spy every outbox serve into this folder
     b6_backlog: int | None = None  # B6's backlog size (--b6-backlog)
+    b1_writers: tuple[int, ...] | None = None  # B1's writer counts (--b1-writers)
 
     def log(self, msg: str) -> None:
         if not self.quiet:

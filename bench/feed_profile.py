@@ -1,13 +1,18 @@
-"""Profile of the feed read on the database side (issue 22 item 1, partial).
+"""Profile of the feed read on the database side (issue 22 items 1 and 4).
 
 Starts a PRIVATE cluster (initdb into a temp dir, unix socket only,
-``shared_preload_libraries = pg_stat_statements``), migrates it, and runs
-16 single-row writers for a few seconds beside either two feed readers (the
-old shape of a leader: WebSocket feed loop + dispatcher, each
-``read_batch`` every 1 ms) or one (the shape after issue 22 item 2),
-interleaved. Reports per variant: events written, ``feed_read`` calls and
-database execution time per 1,000 events (pg_stat_statements), and one
-``EXPLAIN (ANALYZE, BUFFERS)`` of the feed statement under load.
+``shared_preload_libraries = pg_stat_statements``, planning tracked), migrates
+it, and runs 16 single-row writers for a few seconds beside one feed reader
+(``read_batch`` every 1 ms, as the relay's feed loop polled under load),
+alternating the feed statement as it was before issue 22 item 4
+(bench/feed_read_before.sql) and as it is now (sql/feed.sql), interleaved.
+
+Reports per run: events written, the reader's backend CPU (utime + stime of
+its PostgreSQL process from /proc, the figure that competes with the writers
+for the cores), ``feed_read`` calls, execution and planning time
+(pg_stat_statements) per 1,000 events; then the per-statement table of the
+last run of each variant (calls, rows, execution and planning ms); then one
+``EXPLAIN (ANALYZE, BUFFERS)`` of each statement under load.
 
     python -m bench.feed_profile [SECONDS] [REPS]
 """
@@ -15,6 +20,7 @@ database execution time per 1,000 events (pg_stat_statements), and one
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import tempfile
 import threading
@@ -27,10 +33,32 @@ import psycopg
 from outbox.cli.embedded import EmbeddedCluster, find_bindir
 from outbox.cursor import Cursor, sql_params
 from outbox.migrate import migrate
-from outbox.relay.feed import head, read_batch
+from outbox.relay import feed
 from outbox.sqlfiles import query
 
 WRITERS = 16
+_BEFORE = (Path(__file__).parent / "feed_read_before.sql").read_text(encoding="utf-8")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _statement(variant: str) -> str:
+    return _BEFORE if variant == "before" else query("feed_read", "feed.sql")
+
+
+def _use(variant: str) -> None:
+    """Make relay/feed.py run this variant's feed statement."""
+
+    def pick(name: str, filename: str) -> str:
+        if name == "feed_read":
+            return _statement(variant)
+        return query(name, filename)
+
+    feed.query = pick  # type: ignore[attr-defined]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
 
 
 def _writers(url: str, stop: threading.Event, counts: list[int]) -> list[threading.Thread]:
@@ -43,34 +71,49 @@ def _writers(url: str, stop: threading.Event, counts: list[int]) -> list[threadi
     return [threading.Thread(target=run, args=(i,), daemon=True) for i in range(WRITERS)]
 
 
-async def _reader(url: str, stop: threading.Event) -> int:
+async def _reader(url: str, stop: threading.Event, out: dict[str, float]) -> None:
     conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
-    cursor = await head(conn)
+    cur = await conn.execute("SELECT pg_backend_pid()")
+    row = await cur.fetchone()
+    assert row is not None
+    pid = int(row[0])
+    cursor = await feed.head(conn)
+    cpu0 = _cpu_seconds(pid)
     n = 0
     while not stop.is_set():
-        batch = await read_batch(conn, cursor, 1000)
+        batch = await feed.read_batch(conn, cursor, 1000)
         cursor = batch.end
         n += len(batch.events)
         if not batch.more:
             await asyncio.sleep(0.001)
+    out["reader_cpu_s"] = _cpu_seconds(pid) - cpu0
+    out["read"] = n
     await conn.close()
-    return n
 
 
-def _run(url: str, readers: int, seconds: float) -> dict[str, float]:
+_STATS = (
+    "SELECT regexp_replace(left(query, 60), '\\s+', ' ', 'g'), calls, rows,"
+    " total_exec_time, total_plan_time FROM pg_stat_statements"
+    " ORDER BY total_exec_time + total_plan_time DESC LIMIT 8"
+)
+
+
+def _run(url: str, variant: str, seconds: float) -> dict[str, Any]:
+    _use(variant)
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("SELECT pg_stat_statements_reset()")
     stop = threading.Event()
     counts = [0] * WRITERS
     threads = _writers(url, stop, counts)
+    out: dict[str, float] = {}
 
     async def main() -> None:
-        tasks = [asyncio.create_task(_reader(url, stop)) for _ in range(readers)]
+        task = asyncio.create_task(_reader(url, stop, out))
         for t in threads:
             t.start()
         await asyncio.sleep(seconds)
         stop.set()
-        await asyncio.gather(*tasks)
+        await task
 
     asyncio.run(main())
     for t in threads:
@@ -78,26 +121,28 @@ def _run(url: str, readers: int, seconds: float) -> dict[str, float]:
     events = sum(counts)
     with psycopg.connect(url, autocommit=True) as c:
         rows = c.execute(
-            "SELECT query, calls, total_exec_time, rows FROM pg_stat_statements"
+            "SELECT calls, total_exec_time, total_plan_time FROM pg_stat_statements"
             " WHERE query LIKE '%%WITH snap AS MATERIALIZED%%'"
         ).fetchall()
-    calls = sum(int(r[1]) for r in rows)
-    ms = sum(float(r[2]) for r in rows)
+        top = c.execute(_STATS).fetchall()
+    per = 1000 / max(events, 1)
     return {
-        "events": events,
+        "variant": variant,
         "ev_per_s": events / seconds,
-        "feed_calls": calls,
-        "feed_ms": ms,
-        "feed_ms_per_1000_events": ms / max(events, 1) * 1000,
+        "feed_calls": sum(int(r[0]) for r in rows),
+        "exec_per_1000": sum(float(r[1]) for r in rows) * per,
+        "plan_per_1000": sum(float(r[2]) for r in rows) * per,
+        "cpu_per_1000": out["reader_cpu_s"] * 1000 * per,
+        "top": top,
     }
 
 
 async def _head(url: str) -> Cursor:
     async with await psycopg.AsyncConnection.connect(url) as conn:
-        return await head(conn)
+        return await feed.head(conn)
 
 
-def _explain(url: str) -> str:
+def _explain(url: str, variant: str) -> str:
     stop = threading.Event()
     counts = [0] * WRITERS
     threads = _writers(url, stop, counts)
@@ -108,9 +153,13 @@ def _explain(url: str) -> str:
         with psycopg.connect(url, autocommit=True) as c:
             cursor = asyncio.run(_head(url))
             time.sleep(0.02)  # a read's worth of writes behind the head
-            params: dict[str, Any] = {**sql_params(cursor), "limit": 1000}
+            params: dict[str, Any] = {
+                **sql_params(cursor),
+                "limit": 1000,
+                "walk_max": feed.RANGE_WALK_MAX,
+            }
             plan = c.execute(
-                "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + query("feed_read", "feed.sql"), params
+                "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + _statement(variant), params
             ).fetchall()
     finally:
         stop.set()
@@ -131,30 +180,38 @@ def main() -> None:
         cluster.start()
         cluster.stop()
         with open(cluster.data / "postgresql.conf", "a") as f:
-            f.write("\nshared_preload_libraries = 'pg_stat_statements'\n")
+            f.write(
+                "\nshared_preload_libraries = 'pg_stat_statements'"
+                "\npg_stat_statements.track_planning = on\n"
+            )
         url = cluster.start()
         try:
             with psycopg.connect(url, autocommit=True) as c:
                 c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             with psycopg.connect(url) as c:
                 migrate(c)
-            results: dict[int, list[dict[str, float]]] = {2: [], 1: []}
-            for _ in range(reps):
-                for readers in (2, 1):
-                    results[readers].append(_run(url, readers, seconds))
+            results = [_run(url, v, seconds) for _ in range(reps) for v in ("before", "after")]
             print(
-                "| readers | events/s | feed_read calls | feed_read DB ms"
-                " | DB ms per 1,000 events |"
+                "| statement | events/s | feed_read calls | reader backend CPU ms"
+                " per 1,000 events | feed_read exec ms per 1,000 | plan ms per 1,000 |"
             )
-            print("|---|---|---|---|---|")
-            for readers, runs in results.items():
-                for r in runs:
-                    print(
-                        f"| {readers} | {r['ev_per_s']:.0f} | {r['feed_calls']:.0f} |"
-                        f" {r['feed_ms']:.0f} | {r['feed_ms_per_1000_events']:.1f} |"
-                    )
-            print()
-            print(_explain(url))
+            print("|---|---|---|---|---|---|")
+            for r in results:
+                print(
+                    f"| {r['variant']} | {r['ev_per_s']:.0f} | {r['feed_calls']} |"
+                    f" {r['cpu_per_1000']:.1f} | {r['exec_per_1000']:.1f} |"
+                    f" {r['plan_per_1000']:.1f} |"
+                )
+            for variant in ("before", "after"):
+                last = [r for r in results if r["variant"] == variant][-1]
+                print(f"\nTop statements, last '{variant}' run:\n")
+                print("| statement | calls | rows | exec ms | plan ms |")
+                print("|---|---|---|---|---|")
+                for q, calls, nrows, ex, pl in last["top"]:
+                    print(f"| `{q.strip()}` | {calls} | {nrows} | {ex:.0f} | {pl:.0f} |")
+            for variant in ("before", "after"):
+                print(f"\nEXPLAIN (ANALYZE, BUFFERS), {variant}:\n")
+                print(_explain(url, variant))
         finally:
             cluster.stop()
 

@@ -25,6 +25,13 @@ except rows of transactions S saw as in progress — which the next read looks
 up by xid. An idle transaction that wrote nothing costs one xid in the
 cursor, never latency.
 
+Looking those up: the pending xids one by one, and the xids at or above the
+cursor's ``xmax`` by walking them up to S's xmax (sql/feed.sql; past
+``RANGE_WALK_MAX`` of them, one range scan). The walk stops below S's xmax
+and loses nothing: a transaction at or above it is not visible in S, so it
+has no row to emit in this read, and it is at or above the next cursor's
+``xmax`` (S's), so the next read still matches it.
+
 Late rows are paged too (at most ``limit`` per read, by id). A cursor may
 then point inside a transaction: a pending xid can carry a position ``k``
 (``Cursor.done``), meaning its rows with id <= k are emitted and the rest
@@ -206,6 +213,12 @@ class Row(NamedTuple):
     tracestate: str | None
 
 
+# Late rows of transactions at or above the cursor's xmax are found by one
+# index probe per xid between it and the read snapshot's xmax (sql/feed.sql);
+# past this many xids (a cursor far behind) one range scan is used instead.
+RANGE_WALK_MAX = 10_000
+
+
 class _Head(NamedTuple):
     snapshot: str
     max_id: int
@@ -225,15 +238,17 @@ async def read_batch(
     sql/feed.sql). ``conn`` must be idle; on an autocommit connection the
     statement is its own transaction, otherwise it is wrapped in one.
     """
-    params = {**sql_params(cursor), "limit": limit}
+    params = {**sql_params(cursor), "limit": limit, "walk_max": RANGE_WALK_MAX}
     rows: list[Row]
     cur = conn.cursor(row_factory=record_row(Row))
+    # Prepared on the server from the first read: the statement is planned
+    # far less often (planning it cost more than running it, issue 22).
     if conn.autocommit:
-        await cur.execute(query("feed_read", _SQL), params)
+        await cur.execute(query("feed_read", _SQL), params, prepare=True)
         rows = await cur.fetchall()
     else:
         async with conn.transaction():
-            await cur.execute(query("feed_read", _SQL), params)
+            await cur.execute(query("feed_read", _SQL), params, prepare=True)
             rows = await cur.fetchall()
     page = [r for r in rows if r.kind == "p"]
     late = [r for r in rows if r.kind == "l"]

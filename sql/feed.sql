@@ -25,8 +25,22 @@
 -- The xid lookups use events_xid_id_idx (sql/002): both conditions are index
 -- conditions, and "rows past the page" is one probe per transaction however
 -- large the transaction.
+--
+-- The late rows of transactions at/above the cursor's xmax (issue 22): the
+-- only ones that can have visible rows are below this snapshot's xmax, so
+-- the statement walks the xids [cursor xmax, snapshot xmax) and probes the
+-- (xid, id) index once for each (a LATERAL with LIMIT: always a
+-- parameterised index scan, whatever the statistics say). Written as one
+-- range condition "xid >= xmax", the planner chose a sequential scan of the
+-- whole table whenever the statistics were missing or stale (a growing
+-- table: every read O(table)), and at best it scanned every row written
+-- since the previous read, the unread page included. The walk costs one
+-- probe per xid consumed since the previous read; past "walk_max" xids (a
+-- cursor far behind; relay/feed.py RANGE_WALK_MAX) the range scan is
+-- cheaper and is used instead.
 WITH snap AS MATERIALIZED (
-    SELECT pg_current_snapshot()::text AS s
+    SELECT s::text AS s, pg_snapshot_xmax(s)::text::bigint AS xmax
+    FROM pg_current_snapshot() AS s
 ), pend AS (
     SELECT p.xid, p.done
     FROM unnest(%(pending)s::text[]::xid8[], %(pending_done)s::bigint[]) AS p(xid, done)
@@ -40,9 +54,21 @@ WITH snap AS MATERIALIZED (
                ORDER BY x.id
                LIMIT %(limit)s) AS e)
           UNION ALL
+          (SELECT e.id, e.xid, e.event_type, e.payload, e.created_at, e.key,
+                  e.traceparent, e.tracestate
+           FROM snap, generate_series(%(xmax)s::text::bigint, snap.xmax - 1) AS w(x),
+                LATERAL (
+               SELECT * FROM outbox.events x
+               WHERE x.xid = w.x::text::xid8 AND x.id <= %(after)s
+               ORDER BY x.id
+               LIMIT %(limit)s) AS e
+           WHERE snap.xmax - %(xmax)s::text::bigint <= %(walk_max)s::bigint
+             AND w.x <> ALL (%(pending)s::text[]::bigint[]))
+          UNION ALL
           (SELECT id, xid, event_type, payload, created_at, key, traceparent, tracestate
            FROM outbox.events
-           WHERE xid >= %(xmax)s::text::xid8 AND id <= %(after)s
+           WHERE (SELECT xmax FROM snap) - %(xmax)s::text::bigint > %(walk_max)s::bigint
+             AND xid >= %(xmax)s::text::xid8 AND id <= %(after)s
              AND xid <> ALL (%(pending)s::text[]::xid8[])
            ORDER BY id
            LIMIT %(limit)s)) AS l
