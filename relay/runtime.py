@@ -26,6 +26,7 @@ import psycopg
 from pydantic import BaseModel
 
 from outbox.cursor import Cursor, meet, passed
+from outbox.relay.cadence import Cadence
 from outbox.relay.config import FeedSettings
 from outbox.relay.dispatcher import Dispatcher
 from outbox.relay.doorbell import Doorbell
@@ -38,11 +39,11 @@ log = logging.getLogger("outbox.relay")
 
 # How often the feed loop measures its lag (events committed and not read).
 LAG_INTERVAL = 5.0
-# While events keep coming, the feed loop re-reads after BUSY_POLL instead of
-# sleeping on the doorbell: writers then pay no NOTIFY (see
-# relay/doorbell.py), and a busy feed is at most this much late. It falls
-# asleep only after the feed has been quiet for QUIET_BEFORE_SLEEP.
-BUSY_POLL = 0.001
+# While events keep coming, the feed loop re-reads on its cadence
+# (relay/cadence.py: when a batch is likely, within a 2 ms latency budget)
+# instead of sleeping on the doorbell: writers then pay no NOTIFY (see
+# relay/doorbell.py). It falls asleep only after the feed has been quiet for
+# QUIET_BEFORE_SLEEP.
 QUIET_BEFORE_SLEEP = 0.1
 # Falling asleep waits for writers in flight. A writer that stays open (its
 # events written, its commit far off) must not hold back others that
@@ -99,6 +100,7 @@ class FeedLoop:
             url, f"outbox feed {instance}", what="feed read", wake=self._stopping, logger=log
         )
         self._last_busy = 0.0
+        self.cadence = Cadence(settings.batch_size)
         self.doorbell: Doorbell | None = (
             Doorbell(url, application_name=f"outbox doorbell {instance}")
             if settings.notify
@@ -178,7 +180,9 @@ class FeedLoop:
                 self._wake.clear()
                 assert self.cursor is not None
                 self.progress.start("feed read")
+                started = time.monotonic()
                 batch = await self._read(conn, self.cursor)
+                self.cadence.observe(started, len(batch.events))
                 self.progress.ok()
                 # No await between these two lines: /ws takes the cursor as
                 # the seam between a client's catch-up read and the hub.
@@ -247,7 +251,7 @@ class FeedLoop:
             self._last_busy = now
         if now - self._last_busy < QUIET_BEFORE_SLEEP:
             await bell.wake()
-            await nap(self._wake, BUSY_POLL)
+            await nap(self._wake, self.cadence.delay(time.monotonic()))
             return
         if bell.held:
             # The read after taking the lock found nothing: sleep until rung.
