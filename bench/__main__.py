@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="B1 at N concurrent writers only; repeat for several (default 1, 4 and 16)",
     )
+    p.add_argument(
+        "--b2-rate",
+        type=int,
+        action="append",
+        metavar="N",
+        help="B2 at N events/s only (one of 10, 1000, 5000); repeat for several (default all)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -166,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats: must be at least 1")
+    if args.b2_rate and not set(args.b2_rate) <= {10, 1000, 5000}:
+        parser.error("--b2-rate: must be 10, 1000 or 5000")
     if args.b1_writers and min(args.b1_writers) < 1:
         parser.error("--b1-writers: must be at least 1")
     if args.b6_backlog is not None and args.b6_backlog < 1:
@@ -202,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile_dir,
             args.b6_backlog,
             tuple(args.b1_writers) if args.b1_writers else None,
+            tuple(args.b2_rate) if args.b2_rate else None,
         )
         started = time.monotonic()
         try:

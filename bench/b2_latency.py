@@ -70,7 +70,8 @@ class Params:
 def params(ctx: Context) -> Params:
     if ctx.smoke:
         return Params(rates=(50,), clients=(3,), seconds={50: 1.0}, repeats=1)
-    return Params((10, 1000, 5000), (1, 100), {10: 20.0, 1000: 5.0, 5000: 2.0}, ctx.reps(3))
+    rates = ctx.b2_rates or (10, 1000, 5000)
+    return Params(rates, (1, 100), {10: 20.0, 1000: 5.0, 5000: 2.0}, ctx.reps(3))
 
 
 def latencies(commits: list[list[int]], recv: list[list[int]]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class Context:
     profile_dir: Path | None = None  # py-spy every outbox serve into this folder
     b6_backlog: int | None = None  # B6's backlog size (--b6-backlog)
     b1_writers: tuple[int, ...] | None = None  # B1's writer counts (--b1-writers)
+    b2_rates: tuple[int, ...] | None = None  # B2's event rates (--b2-rates)
 
     def log(self, msg: str) -> None:
         if not self.quiet:
