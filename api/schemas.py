@@ -17,11 +17,11 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 from sqlmodel import SQLModel
 
 from outbox.events import PATTERN_RE, is_pattern
-from outbox.relay import webhook_headers
+from outbox.relay.delivery import headers as webhook_headers
+from outbox.relay.delivery.signing import check_secret
+from outbox.relay.delivery.ssrf import UnsafeURL, split_url
 from outbox.relay.runtime import FeedStatus
 from outbox.relay.service import DispatcherStatus
-from outbox.relay.signing import check_secret
-from outbox.relay.ssrf import UnsafeURL, split_url
 
 MAX_BIGINT = 2**63 - 1
 MAX_OFFSET = 1_000_000_000

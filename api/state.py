@@ -10,7 +10,7 @@ from outbox.api.config import Settings
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
-    from outbox.relay.delivery import DeliveryWorker
+    from outbox.relay.delivery.worker import DeliveryWorker
     from outbox.relay.hub import Hub
     from outbox.relay.metrics import Metrics
     from outbox.relay.service import Service

@@ -60,10 +60,11 @@ from outbox.api.schemas import (
 )
 from outbox.cursor import Cursor, sql_params
 from outbox.errors import CursorError
-from outbox.relay import delivery_db, ops
 from outbox.relay.config import DeliverySettings
-from outbox.relay.signing import generate_secret
-from outbox.relay.ssrf import UnsafeURL, check_url
+from outbox.relay.delivery import ops
+from outbox.relay.delivery import store as delivery_db
+from outbox.relay.delivery.signing import generate_secret
+from outbox.relay.delivery.ssrf import UnsafeURL, check_url
 from outbox.rows import record_row
 
 AsyncConn = psycopg.AsyncConnection[Any]

@@ -5,7 +5,7 @@ published in one statement and the clock runs from that commit until all N
 deliveries are ``success`` in ``outbox.deliveries`` (polled every 20 ms), so
 the dispatcher, the claims, signing, the POSTs and the outcome writes are all
 inside it. Baseline: a bare loop in the harness of the SAME client stack
-(``relay.webhook_client.make_client``: ``httpx.AsyncClient`` on the
+(``relay.delivery.client.make_client``: ``httpx.AsyncClient`` on the
 httpx-aiohttp transport, responses streamed) posting the same bodies
 (``json.dumps(payload, sort_keys=True)``) to the same receiver at the same
 concurrency (the sender's per-endpoint limit, which for one endpoint is its
@@ -139,7 +139,7 @@ async def _bare_loop(post: Post, n: int, concurrency: int, limit_s: float) -> di
 async def run_bare(url: str, n: int, concurrency: int, limit_s: float) -> dict[str, Any]:
     """The product's own client stack: ``make_client`` (httpx.AsyncClient on the
     httpx-aiohttp transport, with the SSRF connector), streamed as the sender does."""
-    from outbox.relay.webhook_client import make_client
+    from outbox.relay.delivery.client import make_client
 
     loopback = (ipaddress.ip_network("127.0.0.0/8"),)
     async with make_client(max_connections=concurrency, allow=loopback) as client:

@@ -314,7 +314,7 @@ MICRO_VARIANTS = ("traceless", "traced, no SDK", "traced, SDK span")
 def _attempt_cost(n: int, traced: bool) -> float:
     """Microseconds per webhook attempt's tracing: start_attempt (+ end_attempt)."""
     from outbox.relay import tracing
-    from outbox.relay.retry import AttemptResult
+    from outbox.relay.delivery.retry import AttemptResult
 
     done = AttemptResult(attempt=1, started_at=0.0, duration=0.01, status=200)
     tp = traceparent() if traced else None

@@ -13,7 +13,7 @@
     │   ├── LostLeadership           another relay took over the leader's work
     │   └── DeliveryError            a webhook request failed (outbox.relay.http)
     │       └── ConnectError, ReadError, RemoteProtocolError, LocalProtocolError
-    ├── UnsafeURL                    a webhook URL points where it may not (outbox.relay.ssrf)
+    ├── UnsafeURL                    a webhook URL may not go there (outbox.relay.delivery.ssrf)
     ├── EmbeddedError                the demo's private cluster (outbox.cli.embedded)
     └── ApiError                     an HTTP error the client can act on (outbox.api.errors;
         ├── ValidationFailed         also a Starlette HTTPException): 422 naming the field

@@ -45,7 +45,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from outbox.errors import ConfigError
-from outbox.relay.retry import Exponential, Schedule
+from outbox.relay.delivery.retry import Exponential, Schedule
 
 PREFIX = "OUTBOX_"
 DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
@@ -413,7 +413,7 @@ class DeliverySettings(Group):
     @model_validator(mode="after")
     def _lease_fits_an_attempt(self) -> Self:
         # A claim is released before an attempt that cannot finish within the
-        # lease starts (relay/delivery.py): with a lease no longer than one
+        # lease starts (relay/delivery/worker.py): with a lease no longer than one
         # attempt, every delivery would be released unsent, forever.
         # (ConfigError is not a ValueError: it leaves pydantic as it is.)
         if self.lease.total_seconds() <= self.webhook_timeout:

@@ -61,7 +61,8 @@ from psycopg.rows import scalar_row
 from outbox.cursor import Cursor
 from outbox.errors import LostLeadership
 from outbox.names import DELIVERIES_CHANNEL, DISPATCHER_STATE
-from outbox.relay import delivery_db, tracing
+from outbox.relay import tracing
+from outbox.relay.delivery import store as delivery_db
 from outbox.relay.feed import Batch, Event, read_batch
 from outbox.relay.metrics import Metrics
 from outbox.relay.progress import Progress, ids_went_backwards, sequence_high

@@ -47,7 +47,7 @@ from outbox.errors import RelayError
 from outbox.names import DELIVERIES_CHANNEL, EVENTS_CHANNEL
 from outbox.relay.capture_check import CAPTURE_CHECK_INTERVAL, CaptureCheck
 from outbox.relay.config import RelaySettings
-from outbox.relay.delivery import DeliveryWorker
+from outbox.relay.delivery.worker import DeliveryWorker
 from outbox.relay.dispatcher import Dispatcher, Waker
 from outbox.relay.hub import Hub
 from outbox.relay.leader import Leadership

@@ -62,8 +62,8 @@ from opentelemetry.trace.status import Status, StatusCode
 from outbox.errors import ConfigError
 
 if TYPE_CHECKING:
+    from outbox.relay.delivery.retry import AttemptResult
     from outbox.relay.feed import Event
-    from outbox.relay.retry import AttemptResult
     from outbox.relay.sinks.base import Message, SinkConfig
 
 log = logging.getLogger("outbox.relay.tracing")

@@ -1,4 +1,4 @@
--- The delivery worker's statements (relay/delivery_db.py): one claim, and
+-- The delivery worker's statements (relay/delivery/store.py): one claim, and
 -- one flush transaction of a few statements per batch of attempts. Arrays
 -- passed as parameters are columns of a batch, unnested into rows, so the
 -- round trips do not grow with the batch. The flush's columns are sent in
@@ -156,7 +156,7 @@ FROM disabled ORDER BY id;
 
 -- name: delivery_publish_failed
 -- webhook.delivery_failed for deliveries this flush moved to failed (and
--- for the ones an operator skipped, relay/ops.py). key: the key of an
+-- for the ones an operator skipped, relay/delivery/ops.py). key: the key of an
 -- ordered delivery; then "skipped" is true: its queue moves on to the next
 -- event, and event_id is the one the receiver will not get in that order.
 SELECT outbox.publish('webhook.delivery_failed', jsonb_build_object(

@@ -1,4 +1,4 @@
--- Operator actions on deliveries and secrets (relay/ops.py; the API's verbs
+-- Operator actions on deliveries and secrets (relay/delivery/ops.py; the API's verbs
 -- call them).
 
 -- name: ops_retry_delivery

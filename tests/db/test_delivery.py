@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from outbox.relay import delivery_db
 from outbox.relay.config import parse_schedule
-from outbox.relay.signing import generate_secret
+from outbox.relay.delivery import store as delivery_db
+from outbox.relay.delivery.signing import generate_secret
 from tests.support.delivery import (
     TEST_SECRET,
     attempts,

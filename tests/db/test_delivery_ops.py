@@ -1,4 +1,4 @@
-"""Operator actions (relay/ops.py) against a real database."""
+"""Operator actions (relay/delivery/ops.py) against a real database."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from outbox.relay import ops
+from outbox.relay.delivery import ops
 from tests.support.delivery import create_webhook, delivery, enqueue, events, webhook
 
 Conn = psycopg.AsyncConnection[Any]

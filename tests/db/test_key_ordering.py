@@ -14,10 +14,11 @@ from typing import Any
 
 import psycopg
 
-from outbox.relay import delivery_db, ops
 from outbox.relay.config import parse_schedule
-from outbox.relay.delivery_db import Outcome
-from outbox.relay.retry import AttemptResult
+from outbox.relay.delivery import ops
+from outbox.relay.delivery import store as delivery_db
+from outbox.relay.delivery.retry import AttemptResult
+from outbox.relay.delivery.store import Outcome
 from outbox.sqlfiles import query
 from tests.support.delivery import attempts, create_webhook, fast, worker
 from tests.support.ordering import (

@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from outbox.api.config import Settings
-from outbox.relay import ssrf
+from outbox.relay.delivery import ssrf
 from outbox.relay.sinks import runner as sink_runner
 from tests.support.api import AUTH, add_delivery, api_client, create_webhook
 from tests.support.sinks import NoBroker

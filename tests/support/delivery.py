@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 from outbox.api.config import Settings
 from outbox.publish import apublish
 from outbox.relay.config import parse_schedule
-from outbox.relay.delivery import DeliveryWorker
+from outbox.relay.delivery.worker import DeliveryWorker
 from outbox.relay.metrics import Metrics
 
 TEST_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -103,7 +103,7 @@ async def queue_keyed(
     """Events and their keyed deliveries to one webhook, queued as the
     dispatcher queues them (waiting, then the heads promoted), without a
     dispatcher: for a webhook that a running relay leaves alone (inactive)."""
-    from outbox.relay import delivery_db
+    from outbox.relay.delivery import store as delivery_db
 
     async with conn.transaction():
         ids = await publish_keyed(conn, items, event_type)

@@ -15,8 +15,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from outbox.errors import ConfigError
 from outbox.events import Matcher
 from outbox.relay import tracing
+from outbox.relay.delivery.retry import AttemptResult
 from outbox.relay.feed import Event
-from outbox.relay.retry import AttemptResult
 from outbox.relay.sinks.base import SinkConfig, Template, build_messages
 from tests.support.paths import ROOT
 from tests.support.tracing import TP, Spans, parse_traceparent, relay_spans

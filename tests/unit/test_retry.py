@@ -1,4 +1,4 @@
-"""The retry policy as tenacity strategies (relay/retry.py): pure, no database, no sockets."""
+"""The retry policy as tenacity strategies (relay/delivery/retry.py): no database, no sockets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from outbox.errors import ConfigError
 from outbox.relay.config import DeliverySettings, parse_schedule
-from outbox.relay.retry import (
+from outbox.relay.delivery.retry import (
     MAX_RETRY_AFTER,
     AttemptResult,
     Exponential,

@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from svix.webhooks import Webhook as SvixWebhook
 from svix.webhooks import WebhookVerificationError as SvixVerificationError
 
-from outbox.relay.signing import (
+from outbox.relay.delivery.signing import (
     check_secret,
     generate_secret,
     render_body,

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import httpx
 import pytest
 
-from outbox.relay import ssrf
-from outbox.relay.ssrf import UnsafeURL, check_url
-from outbox.relay.webhook_client import make_client
+from outbox.relay.delivery import ssrf
+from outbox.relay.delivery.client import make_client
+from outbox.relay.delivery.ssrf import UnsafeURL, check_url
 from tests.support.receivers import running
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -117,7 +117,7 @@ async def test_unresolvable_name_is_accepted_at_create(lookups: list[str]) -> No
 
 
 def _client(allow: tuple[ssrf.Network, ...]) -> httpx.AsyncClient:
-    """The sender's client (relay/webhook_client.py): its connector does the check."""
+    """The sender's client (relay/delivery/client.py): its connector does the check."""
     return make_client(max_connections=4, allow=allow)
 
 

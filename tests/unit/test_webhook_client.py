@@ -1,4 +1,4 @@
-"""The sender's HTTP path (relay/webhook_client.py + relay/attempt.py) on real loopback servers.
+"""The sender's HTTP path (relay/delivery/client.py, attempt.py) on real loopback servers.
 
 Every request goes through the shared ``httpx.AsyncClient`` on aiohttp's
 engine, as in production. Most tests use the steerable receiver of
@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from outbox.relay import ssrf
-from outbox.relay.attempt import post
-from outbox.relay.retry import AttemptResult
-from outbox.relay.webhook_client import KEEPALIVE_EXPIRY, USER_AGENT, make_client
+from outbox.relay.delivery import ssrf
+from outbox.relay.delivery.attempt import post
+from outbox.relay.delivery.client import KEEPALIVE_EXPIRY, USER_AGENT, make_client
+from outbox.relay.delivery.retry import AttemptResult
 from tests.support.receivers import Drip, Hang, Reply, running
 from tests.support.servers import free_port
 from tests.support.tls import self_signed
@@ -466,7 +466,7 @@ async def test_early_response_is_never_a_success() -> None:
     assert not r.ok and r.error_class in (None, "UnsolicitedResponse")
 
 
-# --- one attempt (relay.attempt.post) ---------------------------------------------
+# --- one attempt (relay.delivery.attempt.post) ---------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
-"""Which custom headers a webhook may carry (relay/webhook_headers.py)."""
+"""Which custom headers a webhook may carry (relay/delivery/headers.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from outbox.relay.webhook_headers import MAX_HEADERS, check
+from outbox.relay.delivery.headers import MAX_HEADERS, check
 
 
 def test_ordinary_headers_are_kept() -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from outbox.errors import ConfigError
-from outbox.relay.attempt import post
 from outbox.relay.config import DeliverySettings, parse_proxy
-from outbox.relay.retry import AttemptResult
-from outbox.relay.webhook_client import make_client
+from outbox.relay.delivery.attempt import post
+from outbox.relay.delivery.client import make_client
+from outbox.relay.delivery.retry import AttemptResult
 from tests.support.proxy import running_proxy
 from tests.support.receivers import running
 from tests.support.tls import self_signed

@@ -19,7 +19,7 @@ memory: :func:`adopt_stored_state` (tenacity's ``after`` hook) sets the
 ``RetryCallState``'s attempt number to the attempt number kept in the row
 and its start to the event's time, so the stock strategies continue a
 delivery's schedule exactly where it stood, after a restart or on another
-worker. The delivery worker (:mod:`relay.delivery`) runs the short retries
+worker. The delivery worker (:mod:`relay.delivery.worker`) runs the short retries
 of one claim with :meth:`RetryPolicy.in_memory` (``AsyncRetrying`` around
 the network call only, never around a database write) and stores any longer
 wait given by :meth:`RetryPolicy.next_delay` in the row.

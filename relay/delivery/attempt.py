@@ -1,18 +1,18 @@
 """One webhook HTTP attempt: POST the signed body, stream a bounded response.
 
 The request goes through the shared ``httpx.AsyncClient`` of
-:mod:`relay.webhook_client`. The response is streamed: the first
+:mod:`relay.delivery.client`. The response is streamed: the first
 ``body_cap`` bytes are kept (what the delivery row stores), and the body is
 read to its end only up to ``read_limit`` bytes, so the connection can be
 kept alive and the response is known to be complete. One deadline bounds
 the whole attempt, from resolving the name to the last body byte.
 
 Success is a complete, valid 2xx. Everything else becomes a failed
-:class:`~relay.retry.AttemptResult` (never an exception), classified by
+:class:`~relay.delivery.retry.AttemptResult` (never an exception), classified by
 class name: ``Timeout`` (the deadline, also when the head arrived but the
 body did not finish), ``UnsafeURL`` (the SSRF guard), ``ResponseTooLarge``
 (body over ``read_limit``), ``ResponseHeadTooLarge``, ``UnsolicitedResponse``
-(:mod:`relay.webhook_client`) or httpx's ``ConnectError``, ``ReadError``,
+(:mod:`relay.delivery.client`) or httpx's ``ConnectError``, ``ReadError``,
 ``RemoteProtocolError``, ``LocalProtocolError``, ``ProxyError``. A 3xx is a
 failure too: redirects are never followed (the target would escape the SSRF
 check and the receiver's idempotency contract).
@@ -26,9 +26,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from outbox.relay.retry import AttemptResult, parse_retry_after
-from outbox.relay.ssrf import UnsafeURL
-from outbox.relay.webhook_client import ResponseTooLarge, translate
+from outbox.relay.delivery.client import ResponseTooLarge, translate
+from outbox.relay.delivery.retry import AttemptResult, parse_retry_after
+from outbox.relay.delivery.ssrf import UnsafeURL
 
 #: The most of a response body that is read (and discarded past the stored cap).
 READ_LIMIT = 1024 * 1024

@@ -40,20 +40,21 @@ from collections.abc import Awaitable, Callable
 import httpx
 import psycopg
 
-from outbox.relay import delivery_db, tracing
-from outbox.relay.attempt import post
+from outbox.relay import tracing
 from outbox.relay.config import DeliverySettings
-from outbox.relay.delivery_db import Job, Outcome, Release
+from outbox.relay.delivery import store as delivery_db
+from outbox.relay.delivery.attempt import post
+from outbox.relay.delivery.client import make_client
+from outbox.relay.delivery.retry import AttemptResult, RetryPolicy, Stored
+from outbox.relay.delivery.signing import redact, sign_headers
+from outbox.relay.delivery.ssrf import Resolver
+from outbox.relay.delivery.store import Job, Outcome, Release
 from outbox.relay.metrics import Metrics
 from outbox.relay.reconnect import (
     CONNECTION_ERRORS,
     Reconnecting,
     nap,
 )
-from outbox.relay.retry import AttemptResult, RetryPolicy, Stored
-from outbox.relay.signing import redact, sign_headers
-from outbox.relay.ssrf import Resolver
-from outbox.relay.webhook_client import make_client
 
 log = logging.getLogger("outbox.delivery")
 
@@ -80,7 +81,7 @@ class _StoppedWaiting(Exception):
 
 
 class _Run:
-    """One claim's short retries (``relay.retry.InMemoryRun``)."""
+    """One claim's short retries (``relay.delivery.retry.InMemoryRun``)."""
 
     __slots__ = ("attempt", "job", "last_wait", "lease_end", "worker")
 
@@ -399,7 +400,7 @@ class DeliveryWorker:
                 )
                 if job.headers:
                     # The webhook's own headers first; none may shadow the relay's
-                    # (relay/webhook_headers.py refuses those names at the API).
+                    # (relay/delivery/headers.py refuses those names at the API).
                     headers = {**job.headers, **headers}
                 # traceparent/tracestate: this attempt's span (relay/tracing.py).
                 span = tracing.start_attempt(

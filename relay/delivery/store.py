@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg.rows import class_row, scalar_row
 
-from outbox.relay.retry import AttemptResult
-from outbox.relay.signing import render_body
+from outbox.relay.delivery.retry import AttemptResult
+from outbox.relay.delivery.signing import render_body
 from outbox.rows import record_row
 from outbox.sqlfiles import query
 

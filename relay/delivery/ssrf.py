@@ -11,7 +11,7 @@ Two checks, one policy:
 * :func:`check_url` at create/update time (the API answers 422 with the
   message of :class:`UnsafeURL`);
 * :func:`resolve_checked` at send time, for every new connection of the
-  sender's client (:mod:`relay.webhook_client`). Checking a name and then letting the
+  sender's client (:mod:`relay.delivery.client`). Checking a name and then letting the
   HTTP client resolve it again is open to DNS rebinding (the second answer
   may differ), so the client resolves the name through this module, checks
   every address, and connects to a checked address literal. TLS still

@@ -12,7 +12,7 @@ Deliveries of an inactive webhook stay pending until it is active again.
 
 Per-key order (``sql/012_key_ordering.sql``): the actions that add to a
 key's queue or end its head take the webhook's lock first
-(:func:`outbox.relay.delivery_db.lock_webhooks`) and promote after, like the
+(:func:`outbox.relay.delivery.store.lock_webhooks`) and promote after, like the
 dispatcher and the flush. A delivery waiting in its queue is never made due
 by an action (:class:`Refused`); its head can be retried now or skipped.
 """
@@ -27,8 +27,8 @@ import psycopg
 from psycopg.rows import dict_row, scalar_row
 
 from outbox.names import DELIVERIES_CHANNEL
-from outbox.relay import delivery_db
-from outbox.relay.signing import generate_secret
+from outbox.relay.delivery import store as delivery_db
+from outbox.relay.delivery.signing import generate_secret
 from outbox.sqlfiles import query
 
 AsyncConn = psycopg.AsyncConnection[Any]

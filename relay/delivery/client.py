@@ -9,7 +9,7 @@ request than httpx's default transport (BENCHMARKS.md, B4). On that engine:
 * **SSRF at connect** — :class:`GuardedConnector` is aiohttp's
   ``TCPConnector`` whose host resolution (the one place every connection's
   addresses come from, IP literals included) resolves the name once with
-  :func:`relay.ssrf.resolve_checked`, checks every address, and hands aiohttp
+  :func:`relay.delivery.ssrf.resolve_checked`, checks every address, and hands aiohttp
   only checked address literals to connect to. TLS is verified against the
   URL's host name (aiohttp passes it as ``server_hostname``), with certifi's
   CAs and the system's.
@@ -18,7 +18,7 @@ request than httpx's default transport (BENCHMARKS.md, B4). On that engine:
 * **Bounded responses** — a response head of more than :data:`MAX_HEADERS`
   fields or a line over :data:`MAX_LINE` bytes is refused by the parser
   (:class:`ResponseHeadTooLarge`); bodies are streamed by the caller and
-  read only up to its limit (:mod:`relay.attempt`); no content decoding
+  read only up to its limit (:mod:`relay.delivery.attempt`); no content decoding
   (no ``Accept-Encoding`` is sent), no cookies kept, no redirects followed.
 * **One response per request** — bytes a server sends while no request of
   ours is outstanding (before the request, or a stray second response on an
@@ -53,7 +53,7 @@ from aiohttp.client_proto import ResponseHandler
 from httpx_aiohttp import AiohttpTransport
 
 from outbox import __version__
-from outbox.relay.ssrf import Network, Resolver, UnsafeURL, resolve_checked, system_resolve
+from outbox.relay.delivery.ssrf import Network, Resolver, UnsafeURL, resolve_checked, system_resolve
 
 USER_AGENT = f"outbox-relay/{__version__}"
 #: Idle connections older than this are closed rather than reused: below the
@@ -356,7 +356,7 @@ def make_client(
     )
     client = httpx.AsyncClient(
         transport=transport,
-        timeout=None,  # noqa: S113  (one deadline per attempt, in relay/attempt.py)
+        timeout=None,  # noqa: S113  (one deadline per attempt, in relay/delivery/attempt.py)
         follow_redirects=False,
         trust_env=False,
         headers={"user-agent": user_agent},
