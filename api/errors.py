@@ -29,19 +29,25 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from outbox.api.config import ApiSettings
+from outbox.errors import OutboxError
 
 log = logging.getLogger("outbox.api")
 
 NOT_FOUND = "Webhook not found"
 
 
-class ApiError(HTTPException):
-    """An error the client can act on: ``{"detail": detail}`` with ``status_code``."""
+class ApiError(HTTPException, OutboxError):
+    """An error the client can act on: ``{"detail": detail}`` with ``status_code``.
+
+    A Starlette ``HTTPException`` (the handler below answers it) and, like
+    every error of the package, an :class:`~outbox.errors.OutboxError`.
+    """
 
     def __init__(
         self, status_code: int, detail: str, *, headers: Mapping[str, str] | None = None
     ) -> None:
-        super().__init__(status_code, detail, headers)
+        HTTPException.__init__(self, status_code, detail, headers)
+        self.message, self.field, self.related = detail, None, ()
 
 
 class ValidationFailed(ApiError):
@@ -50,6 +56,7 @@ class ValidationFailed(ApiError):
     def __init__(self, errors: Sequence[tuple[str, str]]) -> None:
         self.errors = [{"field": f, "message": m} for f, m in errors]
         super().__init__(422, "; ".join(f"{f}: {m}" if f else m for f, m in errors))
+        self.field = errors[0][0] if errors else None
 
     @classmethod
     def one(cls, field: str, message: str) -> ValidationFailed:

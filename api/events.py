@@ -40,11 +40,11 @@ from outbox.api.schemas import (
 )
 from outbox.api.state import AppState
 from outbox.cursor import Cursor, sql_params
-from outbox.errors import CursorError
+from outbox.errors import CursorError, CursorExpired
 from outbox.events import Matcher, restrict
 from outbox.relay.feed import head, read_batch
 from outbox.relay.metrics import CONTENT_TYPE
-from outbox.relay.retention import cursor_expired
+from outbox.relay.retention import check_cursor
 from outbox.rows import record_row
 
 # With a filter that matches little, keep reading until something matches,
@@ -107,8 +107,11 @@ async def list_events(request: Request) -> Response:
     items: list[EventOut] = []
     has_more = True
     async with state_of(request).pool.connection() as db:
-        if q.since and await cursor_expired(db, cursor):
-            raise ApiError(410, EXPIRED)
+        if q.since:
+            try:
+                await check_cursor(db, cursor)
+            except CursorExpired:
+                raise ApiError(410, EXPIRED) from None
         for _ in range(MAX_PAGES_PER_REQUEST):
             batch = await read_batch(db, cursor, q.limit)
             cursor = batch.end

@@ -41,12 +41,12 @@ from outbox.api.auth import authenticate
 from outbox.api.config import Settings
 from outbox.api.state import AppState
 from outbox.cursor import Cursor
-from outbox.errors import CursorError
+from outbox.errors import CursorError, CursorExpired
 from outbox.events import Matcher, is_pattern, restrict
 from outbox.relay.feed import read_batch
 from outbox.relay.hub import POLICY_VIOLATION, TRY_AGAIN_LATER, Client
 from outbox.relay.reconnect import describe
-from outbox.relay.retention import cursor_expired
+from outbox.relay.retention import check_cursor
 from outbox.tokens import Principal
 
 log = logging.getLogger("outbox.ws")
@@ -289,15 +289,15 @@ async def _wait_for_relay(state: AppState) -> None:
 async def _check_not_expired(state: AppState, since: Cursor) -> None:
     try:
         async with state.pool.connection() as conn:
-            expired = await cursor_expired(conn, since)
+            await check_cursor(conn, since)
     except (psycopg.Error, PoolTimeout):
         raise _Refused("unavailable", "database unavailable; try again", TRY_AGAIN_LATER) from None
-    if expired:
+    except CursorExpired:
         raise _Refused(
             "cursor_expired",
             "since: the cursor is older than the retention window; events after it were"
             " deleted. Reconnect without since and reload your state.",
-        )
+        ) from None
 
 
 async def _serve(

@@ -81,6 +81,11 @@ class SettingFlags:
         return out
 
 
+def flag_of(field: str) -> str:
+    """The flag that gives ``field`` (``of`` -> ``--of``, ``event_types`` -> ``--event-types``)."""
+    return "--" + field.replace("_", "-")
+
+
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
@@ -413,7 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"outbox {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OutboxError as exc:
-        print(f"outbox {args.command}: error: {exc}", file=sys.stderr)
+        # Library errors name fields; on the command line each is a flag.
+        line = str(exc) if isinstance(exc, ConfigError) else exc.describe(flag_of)
+        print(f"outbox {args.command}: error: {line}", file=sys.stderr)
         return 1
     except Exception as exc:
         import psycopg

@@ -113,10 +113,12 @@ class Policy:
     def of(cls, columns: Sequence[str] | None, exclude: Sequence[str]) -> Policy | None:
         """The policy a command asks for, or None when it names none."""
         if columns is not None and exclude:
-            raise CaptureError("--columns and --exclude cannot be combined")
+            raise CaptureError(
+                "cannot be combined with {exclude}", field="columns", related=("exclude",)
+            )
         if columns is not None:
             if not columns:
-                raise CaptureError("--columns: give at least one column")
+                raise CaptureError("give at least one column", field="columns")
             return cls("columns", tuple(columns))
         if exclude:
             return cls("exclude", tuple(exclude))
@@ -180,10 +182,10 @@ def _resolve(conn: psycopg.Connection, table: str) -> _Table:
     return _Table(int(row["relid"]), row["schema"], row["name"], {n: int(a) for a, n in cols})
 
 
-def _attnums(flag: str, cols: Sequence[str], t: _Table) -> list[int]:
+def _attnums(field: str, cols: Sequence[str], t: _Table) -> list[int]:
     for c in cols:
         if c not in t.columns:
-            raise CaptureError(f"{flag}: unknown column {c!r} in table {t.name!r}")
+            raise CaptureError(f"unknown column {c!r} in table {t.name!r}", field=field)
     return [t.columns[c] for c in cols]
 
 
@@ -206,11 +208,12 @@ def _check_rule(rule: Rule) -> None:
         raise CaptureError(f"unknown operation {rule.operation!r} (insert, update or delete)")
     if not EVENT_TYPE_RE.match(rule.event_type):
         raise CaptureError(
-            f"--{rule.operation}: invalid event type {rule.event_type!r} "
-            "(lowercase dotted names such as ticket.created)"
+            f"invalid event type {rule.event_type!r} "
+            "(lowercase dotted names such as ticket.created)",
+            field=rule.operation,
         )
     if rule.of and rule.operation != "update":
-        raise CaptureError("--of applies to --update rules only")
+        raise CaptureError("applies to {update} rules only", field="of", related=("update",))
     _level(rule)
 
 
@@ -221,7 +224,8 @@ def _check_key(rule: Rule, policy: Policy) -> None:
         )
         if hidden:
             raise CaptureError(
-                f"--key: column {c!r} is kept out of the payload; a key would publish its value"
+                f"column {c!r} is kept out of the payload; a key would publish its value",
+                field="key",
             )
 
 
@@ -252,13 +256,13 @@ def _set_policy(
     conn: psycopg.Connection, table_id: int, t: _Table, policy: Policy
 ) -> dict[int, str]:
     """Store the table's policy and regenerate every rule; {rule id: install result}."""
-    flag = "--columns" if policy.kind == "columns" else "--exclude"
+    field = "columns" if policy.kind == "columns" else "exclude"
     conn.execute(
         _q("capture_table_set_policy"),
         {
             "id": table_id,
             "policy": policy.kind,
-            "attnums": _attnums(flag, policy.columns, t),
+            "attnums": _attnums(field, policy.columns, t),
             "columns": list(policy.columns),
         },
     )
@@ -292,7 +296,10 @@ def track(
     table has other rules (change it with :func:`set_policy`).
     """
     if not rules:
-        raise CaptureError("nothing to track: give --insert, --update or --delete")
+        raise CaptureError(
+            "nothing to track: give {insert}, {update} or {delete}",
+            related=("insert", "update", "delete"),
+        )
     out: list[TrackedRule] = []
     try:
         with conn.transaction():
@@ -321,20 +328,23 @@ def _track_table(
     if policy is not None:
         asked.add(policy)
     if len(asked) > 1:
-        raise CaptureError("--columns/--exclude are the table's: give one policy per command")
+        raise CaptureError(
+            "{columns}/{exclude} are the table's: give one policy per command",
+            related=("columns", "exclude"),
+        )
     wanted = asked.pop() if asked else None
     table_id, current, _ = _table_row(conn, t)
     existing = conn.execute(_q("capture_table_rules"), {"id": table_id}).fetchall()
     if wanted is not None and not wanted.same_as(current):
-        flag = "--columns" if wanted.kind == "columns" else "--exclude"
-        _attnums(flag, wanted.columns, t)
+        field = "columns" if wanted.kind == "columns" else "exclude"
+        _attnums(field, wanted.columns, t)
         named = {(r.operation, r.event_type) for r in rules}
         others = [f"{op} -> {ev}" for _, op, ev, _ in existing if (op, ev) not in named]
         if others and current.kind != "all":
             raise CaptureError(
                 f"table {t.qualified} has the column policy {current.describe()}, shared by "
                 f"its rules {', '.join(others)}; to change it for all of them run "
-                f"`outbox track {t.qualified} {flag} {','.join(wanted.columns)}` alone"
+                f"`outbox track {t.qualified} --{field} {','.join(wanted.columns)}` alone"
             )
         # From "all columns" any policy only narrows what the other rules send.
         regenerated = _set_policy(conn, table_id, t, wanted)
@@ -349,8 +359,8 @@ def _track_table(
             _install(conn, rule_id)
     for rule in rules:
         _check_key(rule, current)
-        of = _attnums("--of", rule.of, t)
-        key = _attnums("--key", rule.key, t)
+        of = _attnums("of", rule.of, t)
+        key = _attnums("key", rule.key, t)
         trigger, function = _names(t, rule)
         before = conn.execute(
             _q("rule_get"),
@@ -413,8 +423,9 @@ def set_policy(conn: psycopg.Connection, table: str, policy: Policy) -> list[Tra
                 found = cur.execute(_q("capture_table_by_relid"), {"relid": t.relid}).fetchone()
             if found is None:
                 raise CaptureError(
-                    f"table {t.qualified} has no capture rules: give --insert, --update or "
-                    "--delete with the policy"
+                    f"table {t.qualified} has no capture rules: give {{insert}}, {{update}} "
+                    "or {delete} with the policy",
+                    related=("insert", "update", "delete"),
                 )
             table_id, _, _ = _table_row(conn, t)
             for _, op, ev, key in conn.execute(_q("capture_table_rules"), {"id": table_id}):

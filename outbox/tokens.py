@@ -99,20 +99,21 @@ class TokenInfo:
 
 
 def check_scope(scope: str, events: list[str] | tuple[str, ...] | None) -> None:
-    """Raise naming the flag when a scope or its patterns cannot work."""
+    """Raise naming the field (``scope``, ``events``) when a scope or its patterns cannot work."""
     if scope not in SCOPES:
-        raise OutboxError(f"--scope: {scope!r} is not one of {', '.join(SCOPES)}")
+        raise OutboxError(f"{scope!r} is not one of {', '.join(SCOPES)}", field="scope")
     if events is None:
         return
     if scope != "feed":
-        raise OutboxError("--events: only a feed token is limited to event types")
+        raise OutboxError("only a feed token is limited to event types", field="events")
     if not events:
-        raise OutboxError("--events: give at least one pattern (e.g. order.*)")
+        raise OutboxError("give at least one pattern (e.g. order.*)", field="events")
     for pattern in events:
         if not is_pattern(pattern):
             raise OutboxError(
-                f"--events: invalid pattern {pattern!r} (use exact names such as"
-                " user.created, prefix.* or *)"
+                f"invalid pattern {pattern!r} (use exact names such as"
+                " user.created, prefix.* or *)",
+                field="events",
             )
 
 

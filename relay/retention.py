@@ -32,6 +32,7 @@ import psycopg
 from psycopg.rows import scalar_row
 
 from outbox.cursor import Cursor, sql_params
+from outbox.errors import CursorExpired
 from outbox.names import RETENTION_WATERMARK
 from outbox.relay.config import RetentionSettings
 from outbox.relay.dispatcher import load_cursor
@@ -78,6 +79,16 @@ async def watermark(conn: psycopg.AsyncConnection[Any]) -> int:
 async def cursor_expired(conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> bool:
     """True when events after ``cursor`` may already have been deleted."""
     return cursor.after < await watermark(conn)
+
+
+async def check_cursor(conn: psycopg.AsyncConnection[Any], cursor: Cursor) -> None:
+    """Raise :class:`~outbox.errors.CursorExpired` when events after ``cursor``
+    may already have been deleted (``GET /events`` answers 410, ``/ws`` closes 1008)."""
+    if await cursor_expired(conn, cursor):
+        raise CursorExpired(
+            f"cursor after id {cursor.after} is older than retention (OUTBOX_RETENTION)",
+            field="since",
+        )
 
 
 async def retention_round(

@@ -36,10 +36,11 @@ SINCE_BEGINNING = "beginning"
 class SpecError(OutboxError):
     """A sink setting is invalid."""
 
+    field: str
+
     def __init__(self, field: str, message: str) -> None:
-        self.field = field
         self.reason = message
-        super().__init__(f"{field}: {message}")
+        super().__init__(message, field=field)
 
 
 @dataclass(frozen=True)

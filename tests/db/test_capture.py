@@ -159,13 +159,13 @@ def test_rolled_back_change_produces_no_event(conn: psycopg.Connection[Any], tic
     ("rule", "message"),
     [
         (Rule("nosuch", "insert", "a.b"), "unknown table 'nosuch'"),
-        (Rule("tickets", "update", "a.b", of=("nope",)), "--of: unknown column 'nope'"),
-        (Rule("tickets", "insert", "a.b", columns=("nope",)), "--columns: unknown column 'nope'"),
-        (Rule("tickets", "insert", "a.b", exclude=("nope",)), "--exclude: unknown column 'nope'"),
-        (Rule("tickets", "insert", "Bad"), "invalid event type 'Bad'"),
+        (Rule("tickets", "update", "a.b", of=("nope",)), "^of: unknown column 'nope'"),
+        (Rule("tickets", "insert", "a.b", columns=("nope",)), "^columns: unknown column 'nope'"),
+        (Rule("tickets", "insert", "a.b", exclude=("nope",)), "^exclude: unknown column 'nope'"),
+        (Rule("tickets", "insert", "Bad"), "^insert: invalid event type 'Bad'"),
         (Rule("tickets", "insert", "a.b", when="NEW.bogus = 1"), "--when does not compile"),
         (Rule("tickets", "insert", "a.b", when="OLD.id = 1"), "--when does not compile"),
-        (Rule("tickets", "insert", "a.b", of=("status",)), "--of applies to --update"),
+        (Rule("tickets", "insert", "a.b", of=("status",)), "^of: applies to update rules only"),
         (Rule("outbox.events", "insert", "a.b"), "cannot track the outbox"),
     ],
 )

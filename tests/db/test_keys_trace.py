@@ -202,9 +202,9 @@ def test_track_key_single_and_several_columns(conn: psycopg.Connection[Any], ord
 
 
 def test_key_may_not_expose_an_excluded_column(conn: psycopg.Connection[Any], orders: str) -> None:
-    with pytest.raises(CaptureError, match="--key: column 'secret'"):
+    with pytest.raises(CaptureError, match=r"^key: column 'secret'"):
         track(conn, [Rule(orders, "insert", "order.created", exclude=("secret",), key=("secret",))])
-    with pytest.raises(CaptureError, match="--key: unknown column 'nope'"):
+    with pytest.raises(CaptureError, match=r"^key: unknown column 'nope'"):
         track(conn, [Rule(orders, "insert", "order.created", key=("nope",))])
 
 
