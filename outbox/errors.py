@@ -12,7 +12,7 @@
     ├── RelayError                   the long-running relay (outbox.relay): a part
     │   │                            that ended by itself (relay/service.py)
     │   └── LostLeadership           another relay took over the leader's work
-    ├── UnsafeURL                    a webhook URL points where it may not (outbox.relay.delivery.ssrf)
+    ├── UnsafeURL                    a webhook URL may not go there (outbox.relay.delivery.ssrf)
     ├── SpecError                    a sink setting is invalid: .field (outbox.relay.sinks.spec)
     ├── BrokerError                  a sink's broker (outbox.relay.sinks.base)
     │   └── BrokerUnavailable, BrokerRefused
