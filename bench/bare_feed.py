@@ -21,13 +21,14 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator
 
-import uvicorn
 from broadcaster import Broadcast
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from bench.bare_ws import serve_baseline
 
 CHANNEL = "bench_b2_feed"
 CONNECTED = (
@@ -97,20 +98,7 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--db", required=True, help="PostgreSQL URL (postgresql://...)")
     args = p.parse_args()
-    config = uvicorn.Config(
-        build(args.db),
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        ws_per_message_deflate=False,
-        ws_ping_interval=600.0,
-        ws_ping_timeout=600.0,
-    )
-    from outbox.cli.serve import run_loop
-
-    run_loop(uvicorn.Server(config).serve())
+    serve_baseline(build(args.db), args.port, lifespan="on")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
@@ -93,13 +93,18 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.bare_ws", description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, required=True)
     args = p.parse_args()
+    serve_baseline(app, args.port, lifespan="off")
+
+
+def serve_baseline(asgi: Any, port: int, *, lifespan: Literal["on", "off"]) -> None:
+    """Run a baseline app on stock uvicorn, on the same event loop as ``outbox serve``."""
     config = uvicorn.Config(
-        app,
+        asgi,
         host="127.0.0.1",
-        port=args.port,
+        port=port,
         log_level="warning",
         access_log=False,
-        lifespan="off",
+        lifespan=lifespan,
         ws_per_message_deflate=False,
         ws_ping_interval=600.0,
         ws_ping_timeout=600.0,

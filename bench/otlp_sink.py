@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from bench.childio import emit, run
+from bench.receiver import FramedHTTP
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
 
@@ -53,32 +54,10 @@ class Store:
         return out
 
 
-class Handler(asyncio.Protocol):
+class Handler(FramedHTTP):
     def __init__(self, store: Store) -> None:
+        super().__init__()
         self.store = store
-        self.buf = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buf[:end].decode("latin-1")
-            length = 0
-            for line in head.split("\r\n")[1:]:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value.strip())
-            if len(self.buf) < end + 4 + length:
-                return
-            body = self.buf[end + 4 : end + 4 + length]
-            self.buf = self.buf[end + 4 + length :]
-            self.respond(head.split(" ", 2), body)
 
     def respond(self, request_line: list[str], body: bytes) -> None:
         assert self.transport is not None

@@ -34,9 +34,14 @@ class Stats:
         self.bytes = 0
 
 
-class Handler(asyncio.Protocol):
-    def __init__(self, stats: Stats) -> None:
-        self.stats = stats
+class FramedHTTP(asyncio.Protocol):
+    """HTTP/1.1 requests framed by Content-Length, handed to ``respond`` one at a time.
+
+    Just enough HTTP for the bench's loopback receivers (this one and
+    bench/otlp_sink.py): the baseline client must not be slowed by the peer.
+    """
+
+    def __init__(self) -> None:
         self.buf = b""
         self.transport: asyncio.Transport | None = None
 
@@ -59,9 +64,18 @@ class Handler(asyncio.Protocol):
                 return
             body = self.buf[end + 4 : end + 4 + length]
             self.buf = self.buf[end + 4 + length :]
-            self.respond(head.split(" ", 2), length, body)
+            self.respond(head.split(" ", 2), body)
 
-    def respond(self, request_line: list[str], length: int, body: bytes = b"") -> None:
+    def respond(self, request_line: list[str], body: bytes) -> None:
+        raise NotImplementedError
+
+
+class Handler(FramedHTTP):
+    def __init__(self, stats: Stats) -> None:
+        super().__init__()
+        self.stats = stats
+
+    def respond(self, request_line: list[str], body: bytes) -> None:
         assert self.transport is not None
         s = self.stats
         if request_line[0] == "GET" and request_line[1].startswith("/_stats"):
@@ -76,7 +90,7 @@ class Handler(asyncio.Protocol):
             )
             return
         s.requests += 1
-        s.bytes += length
+        s.bytes += len(body)
         if (s.fail_every and s.requests % s.fail_every == 0) or (
             s.fail_matching and s.fail_matching in body
         ):
