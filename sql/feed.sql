@@ -38,6 +38,18 @@
 -- probe per xid consumed since the previous read; past "walk_max" xids (a
 -- cursor far behind; relay/feed.py RANGE_WALK_MAX) the range scan is
 -- cheaper and is used instead.
+--
+-- Every per-xid probe is written as a range of (xid, id) row comparisons,
+-- ordered by (xid, id): only events_xid_id_idx can serve that, as one
+-- bounded, ordered index range (ids start at 1, so 0 is below them all,
+-- as pend.done = 0 already is). Written as "x.xid = ... ORDER BY x.id", a
+-- generic plan (the statement is prepared; after five runs PostgreSQL may
+-- cache one) could pick the primary key in id order with the xid as a
+-- filter, expecting a match soon from the statistics of a bulk-loaded table
+-- (few transactions of many rows): for an xid with no rows at or below the
+-- cursor that scans every row below it, once per xid walked, and a reader
+-- behind by a few thousand transactions took seconds per read (B6;
+-- tests/db/test_feed_plan.py).
 WITH snap AS MATERIALIZED (
     SELECT s::text AS s, pg_snapshot_xmax(s)::text::bigint AS xmax
     FROM pg_current_snapshot() AS s
@@ -50,8 +62,9 @@ WITH snap AS MATERIALIZED (
                   e.traceparent, e.tracestate
            FROM pend, LATERAL (
                SELECT * FROM outbox.events x
-               WHERE x.xid = pend.xid AND x.id > pend.done AND x.id <= %(after)s
-               ORDER BY x.id
+               WHERE (x.xid, x.id) > (pend.xid, pend.done)
+                 AND (x.xid, x.id) <= (pend.xid, %(after)s::bigint)
+               ORDER BY x.xid, x.id
                LIMIT %(limit)s) AS e)
           UNION ALL
           (SELECT e.id, e.xid, e.event_type, e.payload, e.created_at, e.key,
@@ -59,8 +72,9 @@ WITH snap AS MATERIALIZED (
            FROM snap, generate_series(%(xmax)s::text::bigint, snap.xmax - 1) AS w(x),
                 LATERAL (
                SELECT * FROM outbox.events x
-               WHERE x.xid = w.x::text::xid8 AND x.id <= %(after)s
-               ORDER BY x.id
+               WHERE (x.xid, x.id) >= (w.x::text::xid8, 0::bigint)
+                 AND (x.xid, x.id) <= (w.x::text::xid8, %(after)s::bigint)
+               ORDER BY x.xid, x.id
                LIMIT %(limit)s) AS e
            WHERE snap.xmax - %(xmax)s::text::bigint <= %(walk_max)s::bigint
              AND w.x <> ALL (%(pending)s::text[]::bigint[]))
