@@ -4,6 +4,7 @@ the sink oracle (tests/sink_support.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -222,3 +223,85 @@ def owned_by(client: httpx.AsyncClient) -> Any:
         return [s["name"] for s in (await client.get("/health")).json()["sinks"]["publishing"]]
 
     return names
+
+
+# --- commit -> stream latency under a steady rate -----------------------------------
+
+# A table bulk-loaded in few, large transactions (n_distinct(xid) = 10, each
+# xid "a tenth of the table"): the statistics under which the feed read's
+# cached generic plan once scanned the primary key for every xid it walked
+# (tests/db/test_feed_plan.py), and B6's sink fell seconds behind at 1,000
+# events/s and did not catch up while events flowed.
+BULK_TRANSACTIONS = 10
+BULK_ROWS = 3000
+RATE = 500  # events/s, one per transaction
+SECONDS = 4.0
+# Far above a healthy sink on a loaded 2-core machine (tens of ms), far below
+# the stall (seconds, growing with every read).
+MAX_LATENCY_S = 2.0
+
+
+async def test_commit_to_stream_stays_bounded_at_a_steady_rate(
+    settings: Settings, aconn: psycopg.AsyncConnection[Any], names: tuple[str, str]
+) -> None:
+    import nats
+
+    stream, prefix = names
+    for t in range(BULK_TRANSACTIONS):
+        await aconn.execute(
+            "INSERT INTO outbox.events (event_type, payload)"
+            " SELECT 'bulk.row', jsonb_build_object('t', %s::int, 'n', g)"
+            " FROM generate_series(1, %s) AS g",
+            (t, BULK_ROWS),
+        )
+    await aconn.execute("ANALYZE outbox.events")
+    loop = asyncio.get_running_loop()
+    arrived: dict[int, float] = {}
+
+    async def on_message(msg: Any) -> None:
+        arrived.setdefault(int(msg.headers["Outbox-Event-Id"][4:]), loop.time())
+
+    nc = await nats.connect(NATS_URL, connect_timeout=5, allow_reconnect=False)
+    try:
+        # The server hands a core subscriber each message as the stream stores it.
+        await nc.subscribe(prefix + ".>", cb=on_message, pending_msgs_limit=100_000)
+        async with client_of(settings) as client:
+            body = {
+                "name": "steady",
+                "url": NATS_URL,
+                "event_types": ["steady.tick"],
+                "subject": prefix + ".{type}",
+                "stream": stream,
+            }
+            r = await client.post("/sinks", json=body)
+            assert r.status_code == 201, r.text
+            sink = r.json()
+
+            async def publishing() -> bool:
+                return bool((await client.get(f"/sinks/{sink['id']}")).json()["owner"])
+
+            await wait_for(publishing, timeout=15, what="the sink's publisher")
+            committed: dict[int, float] = {}
+            n = int(RATE * SECONDS)
+            t0 = loop.time()
+            for i in range(n):
+                ahead = t0 + i / RATE - loop.time()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)  # the load's pacing (open loop)
+                cur = await aconn.execute(
+                    "SELECT outbox.publish('steady.tick', %s)", (Jsonb({"i": i}),)
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                committed[int(row[0])] = loop.time()
+            await wait_for(lambda: len(arrived) >= n, timeout=60, what=f"{n} events in the stream")
+    finally:
+        await nc.close()
+    assert set(arrived) == set(committed)
+    latencies = sorted(arrived[e] - t for e, t in committed.items())
+    worst = latencies[-1]
+    p99 = latencies[int(len(latencies) * 0.99)]
+    assert worst < MAX_LATENCY_S, (
+        f"commit -> stream stalled: max {worst:.2f}s, p99 {p99 * 1000:.0f} ms, "
+        f"p50 {latencies[len(latencies) // 2] * 1000:.0f} ms at {RATE}/s"
+    )
