@@ -394,9 +394,7 @@ def _rate(n: int, started: float, first: float, last: float) -> dict[str, Any]:
 
 
 def _retarget(m: Any, broker: Broker, name: str) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(m, destination=f"b6{name}.{m.destination.split('.', 1)[1]}")
+    return m._replace(destination=f"b6{name}.{m.destination.split('.', 1)[1]}")
 
 
 async def run_latency(
@@ -484,6 +482,7 @@ class _Latest:
     type: str = "bench.latency"
     key: str | None = None
     traceparent: str | None = None
+    tracestate: str | None = None
 
     @property
     def payload_json(self) -> str:
@@ -492,10 +491,10 @@ class _Latest:
         return json.dumps(self.data)
 
     @property
-    def timestamp(self) -> str:
+    def created_at(self) -> Any:
         from datetime import UTC, datetime
 
-        return datetime.now(UTC).isoformat()
+        return datetime.now(UTC)
 
 
 async def run_backlog(

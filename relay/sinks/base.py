@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from outbox.errors import OutboxError
@@ -64,9 +64,9 @@ class BrokerRefused(BrokerError):
     """The broker refused: a missing stream or exchange, permissions, limits."""
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One event as a broker message."""
+class Message(NamedTuple):
+    """One event as a broker message (a named tuple: immutable, and cheap to
+    build a thousand of per batch)."""
 
     event_id: int
     msg_id: str  # evt_<id>: the broker's (JetStream) or consumer's (AMQP) de-duplication key
@@ -269,16 +269,47 @@ def envelope(
 
 
 def build_messages(events: Iterable[Event], matcher: Matcher, template: Template) -> list[Message]:
-    """The messages for the events of a batch that match, in the batch's order."""
+    """The messages for the events of a batch that match, in the batch's order.
+
+    The same bytes as :func:`envelope` and ``template.render`` give, built
+    with what a batch repeats worked out once per batch: per event type the
+    filter's answer, the type as JSON and (for a template without ``{key}``)
+    the destination; per run of events with one ``created_at`` (a
+    transaction's events share it) the timestamp text. At B6's rates this
+    was a fifth of the sink's own CPU per event next to nats-py's publish.
+    """
     out: list[Message] = []
+    append = out.append
+    # event type -> (matches, the type as JSON, the destination or None when it has {key})
+    types: dict[str, tuple[bool, str, str | None]] = {}
+    uses_key = template.uses_key
+    render = template.render
+    dumps = json.dumps
+    last_created: object = None
+    stamp = ""
     for e in events:
-        if not matcher(e.type):
+        etype = e.type
+        known = types.get(etype)
+        if known is None:
+            known = types[etype] = (
+                matcher(etype),
+                dumps(etype),
+                None if uses_key else render(etype, None),
+            )
+        matches, type_json, destination = known
+        if not matches:
             continue
         key = e.key
+        created = e.created_at
+        if created != last_created:
+            last_created, stamp = created, created.isoformat()
         msg_id = f"evt_{e.id}"
-        headers = {HEADER_EVENT_ID: msg_id, HEADER_EVENT_TYPE: e.type}
-        if key is not None:
+        headers = {HEADER_EVENT_ID: msg_id, HEADER_EVENT_TYPE: etype}
+        if key is None:
+            key_json = "null"
+        else:
             headers[HEADER_KEY] = key
+            key_json = dumps(key, ensure_ascii=False)
         trace = e.traceparent
         if trace:
             # The writer's context; with an SDK installed the worker makes it
@@ -286,12 +317,13 @@ def build_messages(events: Iterable[Event], matcher: Matcher, template: Template
             headers[HEADER_TRACEPARENT] = trace
             if e.tracestate:
                 headers[HEADER_TRACESTATE] = e.tracestate
-        out.append(
+        append(
             Message(
                 e.id,
                 msg_id,
-                template.render(e.type, key),
-                envelope(e.id, e.type, e.timestamp, key, e.payload_json),
+                destination if destination is not None else render(etype, key),
+                f'{{"id":"{msg_id}","type":{type_json},"timestamp":"{stamp}",'
+                f'"key":{key_json},"data":{e.payload_json}}}'.encode(),
                 headers,
             )
         )

@@ -29,7 +29,7 @@ def event(id: int, type: str = "user.created", key: str | None = None, trace: st
         id=id,
         type=type,
         payload_json='{"a": 1, "name": "Zoë"}',
-        timestamp=datetime(2024, 1, 15, 10, 30, tzinfo=UTC).isoformat(),
+        created_at=datetime(2024, 1, 15, 10, 30, tzinfo=UTC),
         key=key,
         traceparent=trace,
         tracestate="vendor=x" if trace else None,
@@ -97,6 +97,32 @@ def test_messages_carry_id_type_key_and_traceparent_headers() -> None:
     assert msgs[1].headers["tracestate"] == "vendor=x"
     assert msgs[1].destination == "o.user.created.user:3"
     assert json.loads(msgs[1].body)["data"] == {"a": 1, "name": "Zoë"}
+
+
+def test_messages_are_the_envelope_and_the_rendering_of_each_event() -> None:
+    """build_messages works a batch's repeats out once (per type, per
+    timestamp); each message must still be exactly what envelope() and the
+    template give for its own event."""
+    from outbox.relay.feed import Event
+
+    t0 = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
+    t1 = datetime(2024, 1, 15, 10, 30, 0, 5, tzinfo=UTC)
+    events = [
+        Event(1, 10, "user.created", '{"a":1}', t0),
+        Event(2, 10, "user.created", '{"a":2}', t0, key="k.1 *é"),
+        Event(3, 11, "user.deleted", "null", t1, key='q"uote'),
+        Event(4, 11, "order.paid", '{"ü":[1]}', t1),
+        Event(5, 12, "user.created", '{"a":5}', t0, key=None, traceparent="00-x", tracestate="s"),
+    ]
+    for text in ("o.{type}", "o.{type}.{key}", "fixed", "{key}.{type}"):
+        template = Template(text)
+        msgs = build_messages(events, Matcher(["user.*", "order.paid"]), template)
+        assert [m.event_id for m in msgs] == [1, 2, 3, 4, 5]
+        for e, m in zip(events, msgs, strict=True):
+            assert m.body == envelope(e.id, e.type, e.timestamp, e.key, e.payload_json)
+            assert m.destination == template.render(e.type, e.key)
+            assert m.msg_id == f"evt_{e.id}"
+    assert [m.event_id for m in build_messages(events, Matcher(["user.deleted"]), template)] == [3]
 
 
 def test_passwords_are_masked() -> None:
