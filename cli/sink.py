@@ -45,19 +45,43 @@ def _lag(conn: Any, text: str) -> dict[str, Any] | None:
     return Lag(int(row[0]), float(row[1]) if row[0] else 0.0).as_dict()
 
 
+def _broker_url(args: argparse.Namespace) -> tuple[str, str]:
+    """The broker URL from the command line or from ``--url-env VAR`` (kept out
+    of argv, so out of shell history and ``ps``), and the flag to name in an
+    error about it."""
+    import os
+
+    var = args.url_env
+    if var is None:
+        if args.url is None:
+            raise OutboxError("URL: give the broker URL, or --url-env VAR to read it from $VAR")
+        return args.url, "URL"
+    if args.url is not None:
+        raise OutboxError("--url-env: give the URL or --url-env, not both")
+    if not var or "=" in var:
+        raise OutboxError(f"--url-env: {var!r} is not an environment variable name")
+    value = os.environ.get(var)
+    if value is None:
+        raise OutboxError(f"--url-env: the environment variable {var} is not set")
+    if not value.strip():
+        raise OutboxError(f"--url-env: the environment variable {var} is empty")
+    return value.strip(), f"--url-env: the URL in {var}"
+
+
 def cmd_sink_add(args: argparse.Namespace) -> int:
     import psycopg
 
     from outbox.db import connect
     from outbox.relay.sinks.spec import SinkSettings, SpecError, check_settings, start_cursor
 
-    flags = {"routing_key": "--routing-key", "event_types": "--events", "url": "URL"}
+    url, url_flag = _broker_url(args)
+    flags = {"routing_key": "--routing-key", "event_types": "--events", "url": url_flag}
     try:
         s = check_settings(
             SinkSettings(
                 name=args.name,
                 kind=args.kind,
-                url=args.url,
+                url=url,
                 event_types=tuple(dict.fromkeys(args.events or ("*",))),
                 subject=args.subject,
                 stream=args.stream,
@@ -165,10 +189,14 @@ _ADD_EPILOG = """examples:
       --subject 'shop.{type}' --stream ORDERS
   outbox sink add audit amqp://guest:guest@127.0.0.1:5672/ \\
       --exchange amq.topic --routing-key '{type}.{key}'
+  read -rs AUDIT_URL && export AUDIT_URL     # the URL with its password, not echoed
+  outbox sink add audit --url-env AUDIT_URL --routing-key '{type}.{key}'
 
 Templates take {type} (the event type) and {key} (the event's key, '_' when
 none). A nats sink's stream is created when missing; an amqp exchange must
-exist. Events are published in commit order, at least once."""
+exist. Events are published in commit order, at least once. The URL, password
+included, is stored in outbox.sinks (the database); `sink list` and the API
+show it masked."""
 
 
 def register(sub: Any) -> None:
@@ -186,7 +214,17 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a.add_argument("name", help="unique name")
-    a.add_argument("url", help="nats://[user:pass@]host:port or amqp://user:pass@host:port/vhost")
+    a.add_argument(
+        "url",
+        nargs="?",
+        help="nats://[user:pass@]host:port or amqp://user:pass@host:port/vhost (or --url-env)",
+    )
+    a.add_argument(
+        "--url-env",
+        metavar="VAR",
+        help="read the broker URL from the environment variable VAR instead: a password "
+        "then stays out of the command line, shell history and ps",
+    )
     a.add_argument("--kind", choices=("nats", "amqp"), help="default: from the URL's scheme")
     a.add_argument(
         "--events",

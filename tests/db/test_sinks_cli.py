@@ -80,3 +80,55 @@ def test_duplicate_name(db_url: str, capsys: pytest.CaptureFixture[str]) -> None
 def test_empty_list(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "sink", "list", "--database-url", db_url)
     assert code == 0 and "no sinks" in out
+
+
+def test_url_from_an_environment_variable(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = ("--database-url", db_url)
+    monkeypatch.setenv("AUDIT_BROKER_URL", "amqp://app:hunter2@127.0.0.1:5672/")
+    code, out, err = run(capsys, "sink", "add", "audit", "--url-env", "AUDIT_BROKER_URL", *db)
+    assert code == 0, err
+    assert "sink 'audit' added: amqp" in out and "hunter2" not in out
+    code, out, _ = run(capsys, "sink", "list", "--json", *db)
+    (item,) = json.loads(out)
+    assert item["kind"] == "amqp" and item["url"] == "amqp://app:***@127.0.0.1:5672/"
+
+
+ENV_VAR = "--url-env: the environment variable"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--url-env", "NOPE_UNSET"), {}, f"{ENV_VAR} NOPE_UNSET is not set"),
+        (("--url-env", "B_URL"), {"B_URL": " "}, f"{ENV_VAR} B_URL is empty"),
+        (("--url-env", "A=B"), {}, "--url-env: 'A=B' is not an environment variable name"),
+        (("nats://h", "--url-env", "B_URL"), {"B_URL": "nats://h"},
+         "--url-env: give the URL or --url-env, not both"),
+        ((), {}, "URL: give the broker URL, or --url-env VAR to read it from $VAR"),
+        (("--url-env", "B_URL"), {"B_URL": "http://u:s3cret@h/"}, "--kind: give kind"),
+        (("--kind", "nats", "--url-env", "B_URL"), {"B_URL": "amqp://u:s3cret@h/"},
+         "--url-env: the URL in B_URL: a nats sink needs a nats://"),
+        (("--url-env", "B_URL"), {"B_URL": "nats://u:s3cret@h:99999"},
+         "--url-env: the URL in B_URL: is not a valid URL"),
+    ],
+)  # fmt: skip
+def test_url_env_errors_name_the_flag_and_the_variable_and_never_the_password(
+    db_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    monkeypatch.delenv("NOPE_UNSET", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    code, out, err = run(capsys, "sink", "add", "x", *args, "--database-url", db_url)
+    assert code == 1
+    assert err.startswith(f"outbox sink: error: {message}"), err
+    assert len(err.strip().splitlines()) == 1
+    assert "s3cret" not in err + out
+    code, out, _ = run(capsys, "sink", "list", "--database-url", db_url)
+    assert "no sinks" in out
