@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any, Protocol
 
 import psycopg
@@ -45,6 +46,15 @@ LAG_INTERVAL = 5.0
 # relay/doorbell.py). It falls asleep only after the feed has been quiet for
 # QUIET_BEFORE_SLEEP.
 QUIET_BEFORE_SLEEP = 0.1
+# Unless events only trickle in: when the last TRICKLE_READS reads that
+# found events were on average more than TRICKLE_GAP apart (under ~50 such
+# reads a second), the loop falls asleep right after a read with events
+# (and the one more read that falling asleep takes). Polling between such
+# events was most of an idle relay's CPU (issue 22), and a NOTIFY per commit
+# at that rate costs writers nothing measurable. A relay that has seen fewer
+# such reads (one just started, or woken after a rest) keeps the window.
+TRICKLE_READS = 8
+TRICKLE_GAP = 0.02
 # Falling asleep waits for writers in flight. A writer that stays open (its
 # events written, its commit far off) must not hold back others that
 # committed meanwhile without ringing (they took the shared lock before we
@@ -100,6 +110,10 @@ class FeedLoop:
             url, f"outbox feed {instance}", what="feed read", wake=self._stopping, logger=log
         )
         self._last_busy = 0.0
+        # When the last reads that found events were (for the trickle rule).
+        self._busy_reads: deque[float] = deque(maxlen=TRICKLE_READS)
+        # The start of empty batches not handed to the dispatcher (_offer).
+        self._unoffered: Cursor | None = None
         self.cadence = Cadence(settings.batch_size)
         self.doorbell: Doorbell | None = (
             Doorbell(url, application_name=f"outbox doorbell {instance}")
@@ -215,8 +229,9 @@ class FeedLoop:
         wants = self.dispatcher.join_from
         if wants is None:
             batch = await read_batch(conn, cursor, self.settings.batch_size)
-            self.dispatcher.offer(batch)
+            self._offer(batch)
             return batch
+        self._unoffered = None
         try:
             both = await read_batch(conn, meet(cursor, wants), self.settings.batch_size)
         except BaseException:
@@ -234,6 +249,28 @@ class FeedLoop:
         )
         return Batch([e for e in both.events if not passed(cursor, e.id, e.xid)], cursor, both.end)
 
+    def _offer(self, batch: Batch) -> None:
+        """Hand a batch to a joined dispatcher; empty ones only extend the next.
+
+        An empty batch moves no cursor that anyone stores, so waking the
+        dispatcher for it is wasted work (it was most of an idle relay's
+        dispatcher CPU: the loop reads every few ms while events trickle in).
+        Its start is kept instead, and the next batch with events is offered
+        from there: the reads in between found nothing, so the chain of
+        cursors the dispatcher follows stays unbroken.
+        """
+        if not self.dispatcher.joined:
+            self._unoffered = None
+            return
+        start = self._unoffered or batch.start
+        if not batch.events:
+            self._unoffered = start
+            return
+        self._unoffered = None
+        if start is not batch.start:
+            batch = Batch(batch.events, start, batch.end, batch.more)
+        self.dispatcher.offer(batch)
+
     async def _rest(self, busy: bool) -> None:
         """Between reads: poll briefly while events flow (or did within
         QUIET_BEFORE_SLEEP), else fall asleep on the doorbell.
@@ -249,7 +286,8 @@ class FeedLoop:
         now = time.monotonic()
         if busy:
             self._last_busy = now
-        if now - self._last_busy < QUIET_BEFORE_SLEEP:
+            self._busy_reads.append(now)
+        if now - self._last_busy < self._quiet_before_sleep():
             await bell.wake()
             await nap(self._wake, self.cadence.delay(time.monotonic()))
             return
@@ -266,6 +304,13 @@ class FeedLoop:
             # hears any bell that does ring).
             await nap(self._wake, self.settings.poll_interval)
         # "held": read once more before sleeping; "interrupted"/"timeout": read.
+
+    def _quiet_before_sleep(self) -> float:
+        """How long the feed must be quiet before the loop falls asleep."""
+        reads = self._busy_reads
+        if len(reads) == reads.maxlen and reads[-1] - reads[0] > TRICKLE_GAP * (len(reads) - 1):
+            return 0.0  # a trickle: sleep now, the next commit rings
+        return QUIET_BEFORE_SLEEP
 
     def status(self) -> FeedStatus:
         return FeedStatus(
