@@ -12,7 +12,16 @@ So, measured from the START of the previous read:
   committed just after a read waits at most about this long for the next),
 - and never sooner than ``floor`` after it;
 - and after a read that took longer than that, still pause ``pause``, so a
-  database slowed down by load is not read back to back.
+  database slowed down by load is not read back to back;
+- and when reads come back empty (events trickle in, or have just
+  stopped: the loop keeps polling for a while before it falls asleep on the
+  doorbell, relay/runtime.py), after ``grace`` empty reads in a row the
+  interval doubles with each further one, up to ``idle_max``. At 10 events/s
+  the loop never falls asleep (the next event comes before it would), and
+  polling at the budget was five reads per 10 ms for nothing: most of an
+  idle relay's CPU (issue 22). An event arriving then waits at most
+  ``idle_max`` for the next read; at 1,000 events/s three empty reads in a
+  row are rare (e^-6), so the budget still sets the cadence there.
 
 The defaults keep B2's targets (p50 <= 2 ms, p99 <= 10 ms commit -> client
 at 1,000 events/s): ``budget`` 2 ms adds at most ~1 ms on average.
@@ -24,6 +33,9 @@ from __future__ import annotations
 LATENCY_BUDGET = 0.002
 FLOOR = 0.001
 PAUSE = 0.0005
+# Empty reads in a row before the interval starts to double, and its cap.
+GRACE = 2
+IDLE_MAX = 0.010
 # How much of the rate estimate each read replaces (an exponential average).
 SMOOTHING = 0.3
 
@@ -31,7 +43,17 @@ SMOOTHING = 0.3
 class Cadence:
     """Tracks the event rate over reads and says how long to wait before the next."""
 
-    __slots__ = ("_last_start", "budget", "floor", "pause", "rate", "target")
+    __slots__ = (
+        "_last_start",
+        "budget",
+        "empty",
+        "floor",
+        "grace",
+        "idle_max",
+        "pause",
+        "rate",
+        "target",
+    )
 
     def __init__(
         self,
@@ -40,11 +62,16 @@ class Cadence:
         budget: float = LATENCY_BUDGET,
         floor: float = FLOOR,
         pause: float = PAUSE,
+        grace: int = GRACE,
+        idle_max: float = IDLE_MAX,
     ) -> None:
         self.target = max(1, target)
         self.budget = budget
         self.floor = min(floor, budget)
         self.pause = pause
+        self.grace = grace
+        self.idle_max = max(idle_max, self.budget)
+        self.empty = 0  # empty reads in a row
         self.rate = 0.0  # events per second, smoothed
         self._last_start: float | None = None
 
@@ -55,9 +82,13 @@ class Cadence:
             now_rate = rows / (started - self._last_start)
             self.rate += SMOOTHING * (now_rate - self.rate)
         self._last_start = started
+        self.empty = 0 if rows else self.empty + 1
 
     def interval(self) -> float:
-        """Start to start: when ``target`` rows are likely, within [floor, budget]."""
+        """Start to start: when ``target`` rows are likely, within [floor, budget];
+        past ``grace`` empty reads in a row, doubling up to ``idle_max``."""
+        if self.empty > self.grace:
+            return min(self.idle_max, self.budget * 2.0 ** min(self.empty - self.grace, 16))
         if self.rate <= 0.0:
             return self.budget
         return min(self.budget, max(self.floor, self.target / self.rate))

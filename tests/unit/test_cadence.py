@@ -44,3 +44,27 @@ def test_the_wait_never_exceeds_the_budget() -> None:
     c.observe(1.5, 0)  # a long quiet gap drives the rate down
     for now in (1.5, 1.5001, 1.501):
         assert c.delay(now) <= 0.002 + 1e-9
+
+
+def test_empty_reads_past_the_grace_back_off_up_to_the_cap() -> None:
+    c = Cadence(1000, budget=0.002, grace=2, idle_max=0.010)
+    t = 0.0
+    c.observe(t, 5)
+    intervals = []
+    for _ in range(8):
+        t += 0.002
+        c.observe(t, 0)
+        intervals.append(round(c.interval(), 6))
+    assert intervals == [0.002, 0.002, 0.004, 0.008, 0.010, 0.010, 0.010, 0.010]
+    c.observe(t + 0.01, 1)  # an event: back to the budget at once
+    assert c.interval() <= 0.002
+
+
+def test_an_empty_read_now_and_then_keeps_the_budget() -> None:
+    """At 1,000 events/s a 2 ms read is empty 13% of the time: no back-off."""
+    c = Cadence(1000, budget=0.002)
+    t = 0.0
+    for rows in (2, 0, 3, 0, 0, 1, 2):
+        t += 0.002
+        c.observe(t, rows)
+        assert c.interval() <= 0.002
