@@ -260,7 +260,8 @@ def _feed_rows(cursor: Any) -> Any:
     return maker
 
 
-_make_row = Row._make
+# tuple.__new__(Row, values) is what Row._make does, without its Python frame.
+_make_row = functools.partial(tuple.__new__, Row)
 
 
 async def read_batch(
@@ -385,36 +386,37 @@ def _order(rows: list[Row], start: Cursor, end: Cursor) -> list[Event]:
     top: dict[int, int] = {}
     low: dict[int, int] = {}
     for r in rows:
-        if r.id > top.get(r.xid, -1):
-            top[r.xid] = r.id
-        if r.id < low.get(r.xid, r.id + 1):
-            low[r.xid] = r.id
-    rows.sort(key=lambda r: (top[r.xid], r.id))
-    txns = [
-        (r.xid, low[r.xid], top[r.xid])
-        for i, r in enumerate(rows)
-        if i + 1 == len(rows) or rows[i + 1].xid != r.xid
-    ]
+        xid, rid = r.xid, r.id
+        t = top.get(xid)
+        if t is None:
+            top[xid] = low[xid] = rid
+        elif rid > t:
+            top[xid] = rid
+        elif rid < low[xid]:
+            low[xid] = rid
+    if len(top) == len(rows):
+        rows.sort(key=_row_id)  # one row per transaction: its id is its largest
+    else:
+        rows.sort(key=lambda r: (top[r.xid], r.id))
+    # Filled below, before any event's cursor can be asked for.
+    txns: list[tuple[int, int, int]] = []
     cursors = _TxnCursors(txns, start, end)
-    events = [
-        Event(
-            r.id,
-            r.xid,
-            r.event_type,
-            r.payload,
-            r.created_at,
-            key=r.key,
-            traceparent=r.traceparent,
-            tracestate=r.tracestate,
-        )
-        for r in rows
-    ]
+    events: list[Event] = []
+    last = len(rows) - 1
     j = 0  # index of the transaction the current event belongs to
-    for i, e in enumerate(events):
-        last_of_txn = i + 1 == len(events) or events[i + 1].xid != e.xid
-        e._cursors, e._pos = cursors, (j if last_of_txn else j - 1)
-        if last_of_txn:
+    for i, r in enumerate(rows):
+        xid = r.xid
+        e = Event(
+            r.id, xid, r.event_type, r.payload, r.created_at, "", r.key, r.traceparent, r.tracestate
+        )
+        e._cursors = cursors
+        if i == last or rows[i + 1].xid != xid:  # the transaction's last event
+            e._pos = j
+            txns.append((xid, low[xid], top[xid]))
             j += 1
+        else:
+            e._pos = j - 1
+        events.append(e)
     return events
 
 

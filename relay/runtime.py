@@ -62,6 +62,25 @@ TRICKLE_GAP = 0.02
 MAX_SLEEP_WAIT = 0.05
 
 
+def same_reach(a: Cursor, b: Cursor) -> bool:
+    """Whether reading from ``a`` is reading from ``b``: both have passed the same events.
+
+    Held for ``meet(b, other)`` when ``other`` had passed all ``b`` had: the
+    meet lists ``other``'s pending xids too, but one at or above ``b``'s
+    xmax is named by that xmax already, with nothing of it passed.
+    """
+    if a.after != b.after or a.xmax != b.xmax:
+        return False
+    b_listed = set(b.pending)
+    a_pos, b_pos = dict(a.done), dict(b.done)
+    if any(x < b.xmax and x not in b_listed for x in a.pending):
+        return False  # ``b`` passed this transaction whole, ``a`` did not
+    if any(x not in b_listed and k for x, k in a_pos.items()):
+        return False
+    a_listed = set(a.pending)
+    return all(x in a_listed and a_pos.get(x, 0) == b_pos.get(x, 0) for x in b.pending)
+
+
 class BatchSink(Protocol):
     """The WebSocket hub as the feed loop sees it (relay/hub.py)."""
 
@@ -232,14 +251,20 @@ class FeedLoop:
             self._offer(batch)
             return batch
         self._unoffered = None
+        start = meet(cursor, wants)
         try:
-            both = await read_batch(conn, meet(cursor, wants), self.settings.batch_size)
+            both = await read_batch(conn, start, self.settings.batch_size)
         except BaseException:
             self.dispatcher.join_failed()
             raise
         if both.more or self.dispatcher.join_from != wants:
             # Not a complete read: its end need not cover what either has passed.
             self.dispatcher.join_failed()
+            if same_reach(start, cursor):
+                # The dispatcher had passed all this loop had: the read is
+                # this loop's own next batch (a relay behind under load read
+                # every such page twice, issue 22).
+                return Batch(both.events, cursor, both.end, both.more)
             self.reads += 1
             return await read_batch(conn, cursor, self.settings.batch_size)  # not joined
         # Not full: its end has passed everything either had passed, and

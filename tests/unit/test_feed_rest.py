@@ -27,3 +27,19 @@ def test_a_trickle_sleeps_at_once_a_stream_keeps_polling() -> None:
     # One burst among slow events: the average gap decides.
     mixed = [*slow[:-1], slow[-2] + 0.001]
     assert _quiet(mixed) == 0.0
+
+
+def test_a_meet_with_a_cursor_ahead_reads_as_the_cursor_itself() -> None:
+    """A full join read is kept as the feed loop's own batch only when the
+    meet has passed exactly what the loop's cursor has (runtime.same_reach)."""
+    from outbox.cursor import Cursor, meet
+
+    mine = Cursor(100, 50, (45,), ((45, 90),))
+    ahead = Cursor(200, 60, (55,))  # 55 >= my xmax: named by it already
+    assert runtime.same_reach(meet(mine, ahead), mine)
+    assert not runtime.same_reach(meet(mine, Cursor(80, 40)), mine)  # behind
+    # Passed less of a transaction I am inside of.
+    assert not runtime.same_reach(meet(mine, Cursor(200, 60, (45,), ((45, 70),))), mine)
+    # Still waits for a transaction below my xmax that I passed whole.
+    assert not runtime.same_reach(meet(mine, Cursor(200, 60, (47,))), mine)
+    assert runtime.same_reach(mine, mine)
