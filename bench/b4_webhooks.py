@@ -24,10 +24,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
+import resource
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -94,18 +97,55 @@ async def wait_delivered(
         await asyncio.sleep(POLL)  # the polling interval of the measurement
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process on this machine (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def _relay_backends(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+    cur = await conn.execute(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name LIKE 'outbox%%'"
+    )
+    return [int(r[0]) for r in await cur.fetchall()]
+
+
 async def run_outbox(
-    db_url: str, webhook: dict[str, Any], event_type: str, n: int, limit_s: float
+    db_url: str, server_pid: int, webhook: dict[str, Any], event_type: str, n: int, limit_s: float
 ) -> dict[str, Any]:
+    """The pipeline's rate, and its CPU per delivery: the ``outbox serve``
+    process and its PostgreSQL backends (the harness's polling backend is not
+    counted)."""
     conn = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
     async with conn:
+        backends = await _relay_backends(conn)
+        py0, pg0 = _cpu_s(server_pid), sum(_cpu_s(b) for b in backends)
         cur = await conn.execute(publish_events_sql(event_type), {"n": n, "marker": ""})
         row = await cur.fetchone()
         t0 = time.monotonic_ns()
         assert row is not None
         end, ok, failed = await wait_delivered(conn, int(webhook["id"]), row[0], row[1], n, limit_s)
+        py = _cpu_s(server_pid) - py0
+        pg = sum(_cpu_s(b) for b in backends) - pg0
     seconds = (end - t0) / 1e9
-    return {"n": n, "success": ok, "failed": failed, "seconds": seconds, "rate": ok / seconds}
+    return {
+        "n": n,
+        "success": ok,
+        "failed": failed,
+        "seconds": seconds,
+        "rate": ok / seconds,
+        "serve_cpu_us": py * 1e6 / n,
+        "pg_cpu_us": pg * 1e6 / n,
+    }
 
 
 Post = Callable[[bytes], Awaitable[int]]
@@ -128,12 +168,20 @@ async def _bare_loop(post: Post, n: int, concurrency: int, limit_s: float) -> di
                 if 200 <= await post(body) < 300:
                     break
 
-    t0 = time.monotonic_ns()
+    t0, cpu0 = time.monotonic_ns(), _self_cpu_s()
     async with asyncio.timeout(limit_s), asyncio.TaskGroup() as tg:
         for _ in range(concurrency):
             tg.create_task(worker())
     seconds = (time.monotonic_ns() - t0) / 1e9
-    return {"n": n, "success": n, "attempts": attempts, "seconds": seconds, "rate": n / seconds}
+    cpu_us = (_self_cpu_s() - cpu0) * 1e6 / n
+    return {
+        "n": n,
+        "success": n,
+        "attempts": attempts,
+        "seconds": seconds,
+        "rate": n / seconds,
+        "cpu_us": cpu_us,
+    }
 
 
 async def run_bare(url: str, n: int, concurrency: int, limit_s: float) -> dict[str, Any]:
@@ -220,14 +268,22 @@ async def run(ctx: Context) -> ScenarioResult:
                 for name, (hook, event_type, url) in hooks.items():
                     for variant in interleaved(("outbox", *BARE), rep):
                         if variant == "outbox":
-                            r = await run_outbox(db_url, hook, event_type, p.deliveries, limit_s)
+                            r = await run_outbox(
+                                db_url, server.pid, hook, event_type, p.deliveries, limit_s
+                            )
                         else:
                             bare = BARE[variant]
                             r = await bare(url, p.deliveries, p.concurrency, limit_s)
                         runs.setdefault((name, variant), []).append(r)
+                        cpu = (
+                            f" (CPU/delivery: serve {r['serve_cpu_us']:.0f} us,"
+                            f" PostgreSQL {r['pg_cpu_us']:.0f} us)"
+                            if variant == "outbox"
+                            else f" (CPU/request {r['cpu_us']:.0f} us)"
+                        )
                         ctx.log(
                             f"b4 rep {rep + 1} receiver {name} {variant}: "
-                            f"{r['rate']:,.0f} deliveries/s"
+                            f"{r['rate']:,.0f} deliveries/s{cpu}"
                         )
         result.raw["server_peak_rss_mb"] = server.peak_rss_mb
     for name in RECEIVERS:
@@ -236,6 +292,22 @@ async def run(ctx: Context) -> ScenarioResult:
         note = f"{failed} deliveries failed" if failed else ""
         result.metrics += rate_vs_baseline(
             f"receiver {name}", "deliveries/s", ours, base, (RATE_TARGET, RATIO_TARGET), note
+        )
+        result.metrics.append(
+            Metric(
+                f"receiver {name}: CPU per delivery, outbox serve",
+                "us",
+                Spread.of([r["serve_cpu_us"] for r in ours]),
+                baseline=Spread.of([r["cpu_us"] for r in base]),
+                note="baseline: the bare loop's process per request",
+            )
+        )
+        result.metrics.append(
+            Metric(
+                f"receiver {name}: CPU per delivery, PostgreSQL backends",
+                "us",
+                Spread.of([r["pg_cpu_us"] for r in ours]),
+            )
         )
         for variant in ("bare httpx default", "bare aiohttp"):
             others = runs[(name, variant)]
