@@ -12,6 +12,7 @@ No HTTP request ever runs while this module holds a transaction open.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,6 +30,12 @@ from outbox.sqlfiles import query
 AsyncConn = psycopg.AsyncConnection[Any]
 State = Literal["success", "retry", "failed", "hold"]
 _SQL = "delivery.sql"
+
+
+@functools.lru_cache(maxsize=10_000)
+def _endpoint(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
 
 
 @dataclass(slots=True)
@@ -57,8 +64,7 @@ class Job:
     @property
     def endpoint(self) -> str:
         """Per-endpoint limits apply per scheme://host:port, across webhooks."""
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
+        return _endpoint(self.url)
 
     def age(self, now: float) -> float:
         """Seconds since the event was created (what ``OUTBOX_RETRY_MAX_AGE`` measures)."""

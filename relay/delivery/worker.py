@@ -70,6 +70,9 @@ _TRANSIENT: tuple[type[Exception], ...] = (
 _MAX_REJECTIONS = 5
 _PENDING_REFRESH = 5.0  # seconds between refreshes of the pending gauge
 _MAX_TIMERS = 10_000
+# After a claim that filled its endpoints: at most this long before claiming
+# for other endpoints (a drain of one of them claims at once).
+_REFILL_NAP = 0.02
 
 
 class _Interrupted(Exception):
@@ -225,28 +228,37 @@ class DeliveryWorker:
     def _grace(self) -> float:
         return self.settings.webhook_timeout + 1.0
 
-    def _saturated(self) -> list[int]:
-        """Webhooks whose endpoint already has all the deliveries this worker takes."""
+    def _claim_limit(self, room: int) -> int:
+        """How many deliveries to claim: one endpoint's concurrency (or less room).
+
+        A claim returns the oldest due deliveries, often all for one endpoint,
+        and what that endpoint cannot take would go straight back (a release:
+        one more write each, and a row nobody claims again until the next
+        wake-up). So a claim asks for no more than an endpoint's concurrency,
+        and skips every endpoint with less room than that (:meth:`_skipped`):
+        whatever it returns, the endpoint takes. An endpoint is refilled when
+        its claimed queue runs dry (``_deliver``); a full batch is followed by
+        the next claim at once.
+        """
+        return min(room, self.settings.endpoint_concurrency)
+
+    def _skipped(self, limit: int) -> list[int]:
+        """Webhooks whose endpoint has room for fewer than ``limit`` more deliveries."""
         full = {
-            key for key, ep in self._endpoints.items() if ep.in_hand >= self._endpoint_max_in_hand
+            key
+            for key, ep in self._endpoints.items()
+            if self._endpoint_max_in_hand - ep.in_hand < limit
         }
         return sorted(w for w, key in self._webhook_endpoint.items() if key in full)
 
-    def _claim_limit(self, room: int) -> int:
-        """How many deliveries to claim: no more than one endpoint can take.
-
-        A claim returns the oldest due deliveries, often all for one endpoint,
-        and what that endpoint cannot take goes straight back (a release: one
-        more write each). Claiming ``room`` for a single busy endpoint released
-        up to seven of every eight claimed rows. So a claim asks for what the
-        roomiest endpoint in hand still takes, at least an endpoint's
-        concurrency (endpoints not in hand take that much); a full batch is
-        followed by the next claim at once.
-        """
-        best = self.settings.endpoint_concurrency
-        for ep in self._endpoints.values():
-            best = max(best, self._endpoint_max_in_hand - ep.in_hand)
-        return min(room, best)
+    def _filled(self, jobs: list[Job]) -> bool:
+        """Whether every endpoint of ``jobs`` has less room than a claim asks for."""
+        limit = self.settings.endpoint_concurrency
+        for key in {job.endpoint for job in jobs}:
+            ep = self._endpoints.get(key)
+            if ep is None or self._endpoint_max_in_hand - ep.in_hand >= limit:
+                return False
+        return True
 
     def _idle_timeout(self, now: float) -> float:
         while self._timers and self._timers[0] <= now:
@@ -277,7 +289,7 @@ class DeliveryWorker:
                         worker=self.worker_id,
                         limit=limit,
                         lease=self.settings.lease,
-                        skip=self._saturated(),
+                        skip=self._skipped(limit),
                     )
                     if started - counted_at >= _PENDING_REFRESH:
                         self._pending = await delivery_db.pending_count(conn)
@@ -291,6 +303,13 @@ class DeliveryWorker:
                     self._admit(tg, client, job, lease_end)
                 if len(jobs) < limit:
                     await nap(self._wake, self._idle_timeout(loop.time()))
+                elif self._filled(jobs):
+                    # A full batch that filled every endpoint it went to: the
+                    # next claim would skip them, and most often find nothing
+                    # else (an empty claim walks all their due rows). Claim
+                    # again when one of them drains (wake), or soon anyway
+                    # for the other endpoints' deliveries.
+                    await nap(self._wake, min(_REFILL_NAP, self._idle_timeout(loop.time())))
         finally:
             await db.close()
 
