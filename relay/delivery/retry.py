@@ -282,6 +282,39 @@ class RetryPolicy:
         the last result and the wait to store (``None``: exhausted).
         ``run.hold(result, wait)`` runs before each in-memory wait, and the
         policy's ``sleep`` sleeps it (it may raise to abandon the run).
+
+        The first attempt's outcome is judged by the policy's ``retry``
+        strategy alone: when tenacity's ``retry_if_result`` says no retry
+        (a success, a 410), that is the answer, without a whole
+        ``AsyncRetrying`` run around one call (21 µs per delivery, ~5% of the
+        sender's CPU in B4; BENCHMARKS.md). Otherwise ``AsyncRetrying`` runs
+        from that outcome (:class:`_FirstKnown` gives it as the first call's
+        result), so every wait and stop is still tenacity's.
         """
-        outcome: AttemptResult | Stored = await self._in_memory(_attempt, run)
+        first = await run.attempt()
+        state = RetryCallState(self._in_memory, fn=None, args=(), kwargs={})
+        state.set_result(first)
+        if not self.retry(state):
+            return first
+        outcome: AttemptResult | Stored = await self._in_memory(_attempt, _FirstKnown(run, first))
         return outcome
+
+
+class _FirstKnown:
+    """``run``, whose first attempt has already been made: it returned ``first``."""
+
+    __slots__ = ("first", "run")
+
+    def __init__(self, run: InMemoryRun, first: AttemptResult) -> None:
+        self.run = run
+        self.first: AttemptResult | None = first
+
+    async def attempt(self) -> AttemptResult:
+        first, self.first = self.first, None
+        return first if first is not None else await self.run.attempt()
+
+    def fits(self, wait: float) -> bool:
+        return self.run.fits(wait)
+
+    def hold(self, result: AttemptResult, wait: float) -> None:
+        self.run.hold(result, wait)

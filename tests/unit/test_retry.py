@@ -180,3 +180,15 @@ async def test_a_raising_sleep_abandons_the_run() -> None:
     with pytest.raises(RuntimeError, match="stopping"):
         await policy.in_memory(run)
     assert run.held == [(1, 0.01)]
+
+
+async def test_a_first_attempt_needing_no_retry_is_the_answer() -> None:
+    async def never_sleep(_wait: float) -> None:
+        raise AssertionError("no wait expected")
+
+    policy = RetryPolicy(parse_schedule("10ms"), sleep=never_sleep)
+    for status in (200, 410):
+        run = Run([status])
+        outcome = await policy.in_memory(run)
+        assert isinstance(outcome, AttemptResult) and outcome.status == status
+        assert outcome.attempt == 1 and run.held == []
