@@ -26,10 +26,12 @@ WITH due AS (
     LIMIT %(limit)s
     FOR UPDATE OF d SKIP LOCKED
 ), claimed AS (
+    -- By primary key (= ANY of the locked ids): a join with "due" let the
+    -- planner hash it against a sequential scan of the whole table, O(table)
+    -- per claim on a table of a few thousand rows (BENCHMARKS.md, B4 session 4).
     UPDATE outbox.deliveries d
     SET due_at = now() + %(lease)s, locked_by = %(worker)s
-    FROM due
-    WHERE d.id = due.id
+    WHERE d.id = ANY (ARRAY(SELECT due.id FROM due))
     RETURNING d.id, d.webhook_id, d.event_id, d.event_type, d.attempt_number, d.due_at
 )
 SELECT c.id, c.webhook_id, c.event_id, c.event_type,
@@ -53,6 +55,9 @@ LEFT JOIN outbox.events e ON e.id = c.event_id;
 -- batch's order (ORDER BY ord: a join's order is the planner's choice, and
 -- two attempts of one delivery may share a batch). A delivery deleted
 -- meanwhile (its webhook was deleted) has no row to refer to any more.
+-- "d.id = ANY" makes the existence check a primary-key probe of the batch's
+-- ids: as a plain semi-join the planner chose a sequential scan of the whole
+-- table per flush (B4 session 4).
 INSERT INTO outbox.delivery_attempts
     (delivery_id, attempt_number, started_at, duration_ms, outcome,
      response_status, response_body, error_class, error_message,
@@ -67,7 +72,8 @@ FROM unnest(%(delivery_id)b::bigint[], %(attempt_number)b::int[], %(started_at)b
      AS r(delivery_id, attempt_number, started_at, duration_ms, outcome,
           response_status, response_body, error_class, error_message,
           request_headers, response_headers, ord)
-WHERE EXISTS (SELECT 1 FROM outbox.deliveries d WHERE d.id = r.delivery_id)
+WHERE EXISTS (SELECT 1 FROM outbox.deliveries d
+              WHERE d.id = r.delivery_id AND d.id = ANY (%(delivery_id)b::bigint[]))
 ORDER BY r.ord;
 
 -- name: delivery_record
@@ -75,7 +81,9 @@ ORDER BY r.ord;
 -- whose due_at is no longer our claim's was re-claimed after our lease ran
 -- out (or re-queued by an operator) and is not ours to write. "hold" keeps
 -- the claim (another attempt follows in memory); "delay" is the wait before
--- the next attempt (NULL: none follows).
+-- the next attempt (NULL: none follows). "d.id = ANY" reads the batch's rows
+-- by primary key: joined on id alone, the planner scanned every pending row
+-- per flush (B4 session 4).
 UPDATE outbox.deliveries d
 SET status = r.status,
     attempt_number = greatest(d.attempt_number, r.attempt_number),
@@ -93,7 +101,8 @@ FROM unnest(%(id)b::bigint[], %(lease)b::timestamptz[], %(status)b::text[],
             %(response_status)b::int[], %(response_body)b::text[], %(error_message)b::text[])
      AS r(id, lease, status, attempt_number, delay, hold, response_status, response_body,
           error_message)
-WHERE d.id = r.id AND d.due_at = r.lease AND d.status = 'pending'
+WHERE d.id = r.id AND d.id = ANY (%(id)b::bigint[]) AND d.due_at = r.lease
+  AND d.status = 'pending'
 RETURNING d.id, d.status, d.webhook_id, d.key;
 
 -- name: delivery_release
@@ -102,7 +111,8 @@ RETURNING d.id, d.status, d.webhook_id, d.key;
 UPDATE outbox.deliveries d
 SET due_at = now() + make_interval(secs => r.delay), locked_by = NULL, updated_at = now()
 FROM unnest(%(id)b::bigint[], %(lease)b::timestamptz[], %(delay)b::float8[]) AS r(id, lease, delay)
-WHERE d.id = r.id AND d.due_at = r.lease AND d.status = 'pending';
+WHERE d.id = r.id AND d.id = ANY (%(id)b::bigint[]) AND d.due_at = r.lease
+  AND d.status = 'pending';
 
 -- name: delivery_webhook_stats
 -- Counters and the continuous-failure clock, one row per webhook per flush.
