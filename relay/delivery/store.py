@@ -299,16 +299,18 @@ async def flush(
                 query("delivery_webhook_stats", _SQL),
                 _columns(_webhook_stats(outcomes), _STATS_COLS),
             )
-            gone = sorted({o.job.webhook_id for o in outcomes if o.result.gone})
-            cur = await conn.execute(
-                query("delivery_disable_webhooks", _SQL),
-                {
-                    "ids": sorted({o.job.webhook_id for o in outcomes}),
-                    "gone": gone,
-                    "disable_after": disable_after,
-                },
-            )
-            done.disabled = len(await cur.fetchall())
+            # Only a webhook with a failed attempt in this flush can be due for
+            # disabling: one whose attempts here all succeeded has just had a
+            # success (its failing_since is now NULL, or a failure newer than
+            # that success). Most flushes at load skip the statement.
+            failing = sorted({o.job.webhook_id for o in outcomes if not o.result.ok})
+            if failing:
+                gone = sorted({o.job.webhook_id for o in outcomes if o.result.gone})
+                cur = await conn.execute(
+                    query("delivery_disable_webhooks", _SQL),
+                    {"ids": failing, "gone": gone, "disable_after": disable_after},
+                )
+                done.disabled = len(await cur.fetchall())
             # delivery_webhook_stats (above) locked these webhooks' rows.
             ended = sorted(
                 {(r.webhook_id, r.key) for r in rows if r.key is not None and r.status != "pending"}
