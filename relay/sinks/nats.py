@@ -74,10 +74,16 @@ class NatsPublisher:
 
     async def _acks(self, futures: list[asyncio.Future[Any]]) -> list[Any]:
         """Every PubAck, or _ServerSaid when the server refused (``_on_error``
-        fails the futures in flight: no extra task per batch)."""
+        fails the futures in flight: no extra task per batch).
+
+        Awaited one after the other rather than gathered: the PubAcks come
+        back in order, so most are done when their turn comes and cost no
+        suspension, and a batch needs no gathering future with a callback
+        per message (3% of the serve process's CPU in B6's drain). The first
+        failure raises, as gather's would."""
         self._inflight = futures
         try:
-            return list(await asyncio.gather(*futures))
+            return [await f for f in futures]
         finally:
             self._inflight = []
 

@@ -179,15 +179,18 @@ class SinkWorker:
                 else:
                     batch = await read_batch(self.conn, self.cursor, self.batch_size)
                 if batch.events:
-                    messages = build_messages(batch.events, self.matcher, self.template)
                     if batch.more:
-                        # A backlog: read the next page while the broker acks
-                        # this one (the session runs one statement at a time,
-                        # so the store below waits for this read).
+                        # A backlog: read the next page while this one is
+                        # built, published and acknowledged (the session runs
+                        # one statement at a time, so the store below waits
+                        # for this read). One turn of the loop first sends
+                        # the query, so PostgreSQL works on it meanwhile.
                         ahead = asyncio.create_task(
                             read_batch(self.conn, batch.end, self.batch_size),
                             name=f"sink-{self.config.name}-read",
                         )
+                        await asyncio.sleep(0)
+                    messages = build_messages(batch.events, self.matcher, self.template)
                     if messages:
                         try:
                             self.duplicates += await self._publish(messages)
