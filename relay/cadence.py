@@ -9,32 +9,38 @@ So, measured from the START of the previous read:
 - read after ``target / rate`` (when ``target`` rows are likely, ``rate``
   the recent events per second: no point waiting for more than a batch),
 - but never later than ``budget`` after it (the latency budget: an event
-  committed just after a read waits at most about this long for the next),
+  committed just after a read waits at most about this long for the next):
+  1 ms, or ``busy_budget`` 2 ms once the rate passes ``busy_rate`` (2,000
+  events/s), where halving the reads matters to writers (B1 at ~11,000
+  events/s) and no latency target is set;
 - and never sooner than ``floor`` after it;
 - and after a read that took longer than that, still pause ``pause``, so a
   database slowed down by load is not read back to back;
-- and when reads come back empty (events trickle in, or have just
-  stopped: the loop keeps polling for a while before it falls asleep on the
-  doorbell, relay/runtime.py), after ``grace`` empty reads in a row the
-  interval doubles with each further one, up to ``idle_max``. At 10 events/s
-  the loop never falls asleep (the next event comes before it would), and
-  polling at the budget was five reads per 10 ms for nothing: most of an
-  idle relay's CPU (issue 22). An event arriving then waits at most
-  ``idle_max`` for the next read; at 1,000 events/s three empty reads in a
-  row are rare (e^-6), so the budget still sets the cadence there.
+- and when reads come back empty (events have just stopped, or come a few
+  ms apart: the loop keeps polling for a while before it falls asleep on
+  the doorbell, relay/runtime.py), after ``grace`` empty reads in a row the
+  interval doubles with each further one, up to ``idle_max``. Polling at the
+  budget all through the quiet window before sleeping was most of an idle
+  relay's CPU (issue 22). An event arriving then waits at most ``idle_max``
+  for the next read; at 1,000 events/s four empty 1 ms reads in a row
+  happen ~2% of the time and cost one 2 ms interval.
 
-The defaults keep B2's targets (p50 <= 2 ms, p99 <= 10 ms commit -> client
-at 1,000 events/s): ``budget`` 2 ms adds at most ~1 ms on average.
+The defaults are set by B2's targets (p50 <= 2 ms, p99 <= 10 ms commit ->
+client at 1,000 events/s x 100 clients): with the 2 ms budget p50 was
+2.4-2.5 ms there (BENCHMARKS.md, issue 22), a 1 ms budget takes ~0.5 ms off.
 """
 
 from __future__ import annotations
 
 # Defaults (seconds, rows).
-LATENCY_BUDGET = 0.002
+LATENCY_BUDGET = 0.001
+# From this rate on (events/s, smoothed) the budget is BUSY_BUDGET instead.
+BUSY_RATE = 2000.0
+BUSY_BUDGET = 0.002
 FLOOR = 0.001
 PAUSE = 0.0005
 # Empty reads in a row before the interval starts to double, and its cap.
-GRACE = 2
+GRACE = 3
 IDLE_MAX = 0.010
 # How much of the rate estimate each read replaces (an exponential average).
 SMOOTHING = 0.3
@@ -46,6 +52,8 @@ class Cadence:
     __slots__ = (
         "_last_start",
         "budget",
+        "busy_budget",
+        "busy_rate",
         "empty",
         "floor",
         "grace",
@@ -60,6 +68,8 @@ class Cadence:
         target: int,
         *,
         budget: float = LATENCY_BUDGET,
+        busy_rate: float = BUSY_RATE,
+        busy_budget: float = BUSY_BUDGET,
         floor: float = FLOOR,
         pause: float = PAUSE,
         grace: int = GRACE,
@@ -67,6 +77,8 @@ class Cadence:
     ) -> None:
         self.target = max(1, target)
         self.budget = budget
+        self.busy_rate = busy_rate
+        self.busy_budget = max(busy_budget, budget)
         self.floor = min(floor, budget)
         self.pause = pause
         self.grace = grace
@@ -91,7 +103,8 @@ class Cadence:
             return min(self.idle_max, self.budget * 2.0 ** min(self.empty - self.grace, 16))
         if self.rate <= 0.0:
             return self.budget
-        return min(self.budget, max(self.floor, self.target / self.rate))
+        budget = self.busy_budget if self.rate >= self.busy_rate else self.budget
+        return min(budget, max(self.floor, self.target / self.rate))
 
     def delay(self, now: float) -> float:
         """Seconds to wait at ``now`` (monotonic) before the next read."""
