@@ -81,9 +81,9 @@ ORDER BY r.ord;
 -- whose due_at is no longer our claim's was re-claimed after our lease ran
 -- out (or re-queued by an operator) and is not ours to write. "hold" keeps
 -- the claim (another attempt follows in memory); "delay" is the wait before
--- the next attempt (NULL: none follows). "d.id = ANY" reads the batch's rows
--- by primary key: joined on id alone, the planner scanned every pending row
--- per flush (B4 session 4).
+-- the next attempt (NULL: none follows). (An added "d.id = ANY (ids)", as
+-- in the statements around it, made this one slower in B4: 45-57 against
+-- 28-31 us per delivery in pg_stat_statements; BENCHMARKS.md, session 4.)
 UPDATE outbox.deliveries d
 SET status = r.status,
     attempt_number = greatest(d.attempt_number, r.attempt_number),
@@ -101,8 +101,7 @@ FROM unnest(%(id)b::bigint[], %(lease)b::timestamptz[], %(status)b::text[],
             %(response_status)b::int[], %(response_body)b::text[], %(error_message)b::text[])
      AS r(id, lease, status, attempt_number, delay, hold, response_status, response_body,
           error_message)
-WHERE d.id = r.id AND d.id = ANY (%(id)b::bigint[]) AND d.due_at = r.lease
-  AND d.status = 'pending'
+WHERE d.id = r.id AND d.due_at = r.lease AND d.status = 'pending'
 RETURNING d.id, d.status, d.webhook_id, d.key;
 
 -- name: delivery_release
@@ -111,8 +110,7 @@ RETURNING d.id, d.status, d.webhook_id, d.key;
 UPDATE outbox.deliveries d
 SET due_at = now() + make_interval(secs => r.delay), locked_by = NULL, updated_at = now()
 FROM unnest(%(id)b::bigint[], %(lease)b::timestamptz[], %(delay)b::float8[]) AS r(id, lease, delay)
-WHERE d.id = r.id AND d.id = ANY (%(id)b::bigint[]) AND d.due_at = r.lease
-  AND d.status = 'pending';
+WHERE d.id = r.id AND d.due_at = r.lease AND d.status = 'pending';
 
 -- name: delivery_webhook_stats
 -- Counters and the continuous-failure clock, one row per webhook per flush.
