@@ -48,7 +48,7 @@ SELECT extract(epoch FROM (SELECT min(delivered_at) - min(created_at) FROM last)
 
 DETAIL = """
 WITH last AS (
-    SELECT d.id, d.event_id, d.attempt_number, d.delivered_at, d.created_at,
+    SELECT d.id, d.event_id, d.attempt_number, d.delivered_at, d.created_at, d.status,
            d.delivered_at - lag(d.delivered_at) OVER (ORDER BY d.delivered_at) AS gap
     FROM outbox.deliveries d
     WHERE d.event_id > (SELECT max(id) FROM outbox.events) - %s
@@ -57,7 +57,7 @@ SELECT l.id, l.event_id, l.attempt_number, l.gap, l.created_at, l.delivered_at,
        (SELECT string_agg(a.attempt_number || ':' || a.outcome || '@' || a.started_at::time, ' '
                           ORDER BY a.id)
         FROM outbox.delivery_attempts a WHERE a.delivery_id = l.id)
-FROM last l ORDER BY l.gap DESC NULLS LAST LIMIT 3
+FROM last l ORDER BY l.status = 'failed' DESC, l.gap DESC NULLS LAST LIMIT 3
 """
 
 # pg_stat_statements (needs the extension on the admin server): the time

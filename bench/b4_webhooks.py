@@ -11,7 +11,11 @@ httpx-aiohttp transport, responses streamed) posting the same bodies
 concurrency (the sender's per-endpoint limit, which for one endpoint is its
 effective concurrency), retrying a failed POST at once. Beside it, for
 comparison only: the same loop on httpx's default transport, and on bare
-aiohttp. All variants run interleaved, rotated each repetition.
+aiohttp. All variants run interleaved, rotated each repetition. Beside the rates:
+CPU per delivery of the ``outbox serve`` process and of its PostgreSQL
+backends (``/proc``), and the bare loop's own CPU per request, which do not
+swing with the machine's load the way rates do (``bench.b4_profile`` runs
+the pipeline alone with a profiler).
 
 Receivers (``bench.receiver``, one process each): one always answering 200,
 one answering 500 to every 5th request (20% failing). The product runs with
