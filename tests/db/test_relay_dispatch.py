@@ -373,3 +373,28 @@ async def test_relay_sessions_never_jit_compile(db_url: str) -> None:
         await conn.close()
     assert jit == "off"
     assert idle is not None
+
+
+@pytest.mark.parametrize("key", [None, "k:1"], ids=["unkeyed-one-statement", "keyed-transaction"])
+async def test_both_dispatch_paths_keep_the_compare_and_set_and_the_repeat(
+    conn: psycopg.Connection[Any], aconn: psycopg.AsyncConnection[Any], key: str | None
+) -> None:
+    # A batch without keys is one autocommit statement; one with keys is a
+    # transaction (the promotion for ordering: key webhooks follows the lock).
+    hook = add_webhook(conn, ["*"])
+    conn.execute("UPDATE outbox.webhooks SET ordering = 'key' WHERE id = %s", (hook,))
+    conn.execute("SELECT outbox.publish('t.one', '{}', key => %s)", (key,))
+    batch = await read_batch(aconn, Cursor(0))
+    assert await dispatch(aconn, batch, None) == 1
+    # The delivery is due (a keyed one as its queue's head), not waiting.
+    due = conn.execute("SELECT due_at < 'infinity' FROM outbox.deliveries").fetchall()
+    assert due == [(True,)]
+    conn.execute("SELECT outbox.publish('t.two', '{}', key => %s)", (key,))
+    with pytest.raises(LostLeadership):
+        await dispatch(aconn, await read_batch(aconn, batch.end), None)
+    assert deliveries_summary(conn)[0] == 1
+    # No transaction is left open on the connection either way.
+    assert aconn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    # A repeat of a dispatched batch (after a crash) doubles nothing.
+    assert await dispatch(aconn, batch, batch.end.encode()) == 0
+    assert deliveries_summary(conn)[0] == 1
