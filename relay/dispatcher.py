@@ -50,6 +50,7 @@ get nothing, which also keeps ``webhook.disabled`` and
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -98,6 +99,19 @@ class _Dispatched(NamedTuple):
     queue_keys: list[str]
 
 
+@functools.lru_cache(maxsize=1)
+def _dispatch_batch() -> str:
+    """``dispatch_batch`` without its comment lines (they stay in sql/dispatch.sql).
+
+    With them it is 3,935 characters, near psycopg's 4,096-character limit
+    for caching a query's converted placeholders: past it every execute
+    re-parses the text (as the feed statement did, relay/feed.py). Lines are
+    kept, so error positions still point into the statement.
+    """
+    lines = query("dispatch_batch", "dispatch.sql").split("\n")
+    return "\n".join("" if line.lstrip().startswith("--") else line for line in lines)
+
+
 async def load_cursor(conn: psycopg.AsyncConnection[Any]) -> tuple[Cursor, str | None]:
     """The stored dispatcher cursor and its raw value (``Cursor(0)``, None if absent)."""
     cur = conn.cursor(row_factory=scalar_row)
@@ -138,7 +152,7 @@ async def dispatch(conn: psycopg.AsyncConnection[Any], batch: Batch, stored: str
     cur = conn.cursor(row_factory=record_row(_Dispatched))
     if not any(e.key is not None for e in events):
         # One statement is its own transaction: all of it or none.
-        await cur.execute(query("dispatch_batch", "dispatch.sql"), params)
+        await cur.execute(_dispatch_batch(), params)
         row = await cur.fetchone()
         assert row is not None
         assert not row.queue_webhooks  # no key, no queue
@@ -146,7 +160,7 @@ async def dispatch(conn: psycopg.AsyncConnection[Any], batch: Batch, stored: str
             raise LostLeadership("the dispatcher cursor was moved by another relay")
         return int(row.created)
     async with conn.transaction():
-        await cur.execute(query("dispatch_batch", "dispatch.sql"), params)
+        await cur.execute(_dispatch_batch(), params)
         row = await cur.fetchone()
         assert row is not None
         if not row.moved:

@@ -1,10 +1,11 @@
 -- The dispatcher's statements (relay/dispatcher.py, leader only).
 
 -- name: dispatch_batch
--- One statement of the batch's one transaction (relay/dispatcher.py): the
--- cursor move, the delivery rows, the doorbell and (when the batch made
--- keyed deliveries to ordered webhooks) the promotion of their queues
--- commit together or not at all.
+-- The batch's one transaction (relay/dispatcher.py): the cursor move, the
+-- delivery rows, the doorbell and (when the batch made keyed deliveries to
+-- ordered webhooks) the promotion of their queues commit together or not at
+-- all. Without keyed events it runs alone, in autocommit (no promotion can
+-- follow); with them it is the first statement of a transaction.
 --   moved    compare-and-set of the stored cursor: inserted when absent and
 --            %(old)s is NULL, updated only when it still holds %(old)s. A
 --            second leader racing us blocks on the row, then sees the new
