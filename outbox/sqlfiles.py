@@ -56,3 +56,18 @@ def queries(filename: str) -> dict[str, str]:
 def query(name: str, filename: str) -> str:
     """The statement ``name`` of ``sql/<filename>``; KeyError if there is none."""
     return queries(filename)[name]
+
+
+@functools.cache
+def bare_query(name: str, filename: str) -> str:
+    """:func:`query` without its comment lines (the reasons stay in the file).
+
+    For statements run many times a second: psycopg converts a query's
+    ``%(name)s`` placeholders on every execute and caches the conversion only
+    for texts up to 4,096 characters, and the comments can take a statement
+    past that (the feed read was re-parsed on every read: ~10% of an idle
+    relay's CPU, issue 22). Lines are kept, blank, so error positions still
+    point into the statement.
+    """
+    lines = query(name, filename).split("\n")
+    return "\n".join("" if line.lstrip().startswith("--") else line for line in lines)

@@ -50,7 +50,6 @@ get nothing, which also keeps ``webhook.disabled`` and
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
@@ -70,7 +69,7 @@ from outbox.relay.metrics import Metrics
 from outbox.relay.progress import Progress, ids_went_backwards, sequence_high
 from outbox.relay.reconnect import describe, nap
 from outbox.rows import record_row
-from outbox.sqlfiles import query
+from outbox.sqlfiles import bare_query, query
 
 log = logging.getLogger("outbox.relay.dispatcher")
 
@@ -97,19 +96,6 @@ class _Dispatched(NamedTuple):
     ordered: int
     queue_webhooks: list[int]
     queue_keys: list[str]
-
-
-@functools.lru_cache(maxsize=1)
-def _dispatch_batch() -> str:
-    """``dispatch_batch`` without its comment lines (they stay in sql/dispatch.sql).
-
-    With them it is 3,935 characters, near psycopg's 4,096-character limit
-    for caching a query's converted placeholders: past it every execute
-    re-parses the text (as the feed statement did, relay/feed.py). Lines are
-    kept, so error positions still point into the statement.
-    """
-    lines = query("dispatch_batch", "dispatch.sql").split("\n")
-    return "\n".join("" if line.lstrip().startswith("--") else line for line in lines)
 
 
 async def load_cursor(conn: psycopg.AsyncConnection[Any]) -> tuple[Cursor, str | None]:
@@ -152,7 +138,7 @@ async def dispatch(conn: psycopg.AsyncConnection[Any], batch: Batch, stored: str
     cur = conn.cursor(row_factory=record_row(_Dispatched))
     if not any(e.key is not None for e in events):
         # One statement is its own transaction: all of it or none.
-        await cur.execute(_dispatch_batch(), params)
+        await cur.execute(bare_query("dispatch_batch", "dispatch.sql"), params)
         row = await cur.fetchone()
         assert row is not None
         assert not row.queue_webhooks  # no key, no queue
@@ -160,7 +146,7 @@ async def dispatch(conn: psycopg.AsyncConnection[Any], batch: Batch, stored: str
             raise LostLeadership("the dispatcher cursor was moved by another relay")
         return int(row.created)
     async with conn.transaction():
-        await cur.execute(_dispatch_batch(), params)
+        await cur.execute(bare_query("dispatch_batch", "dispatch.sql"), params)
         row = await cur.fetchone()
         assert row is not None
         if not row.moved:

@@ -67,7 +67,7 @@ import psycopg
 
 from outbox.cursor import Cursor, encode_parts, pending_csv, sql_params
 from outbox.rows import record_row
-from outbox.sqlfiles import query
+from outbox.sqlfiles import bare_query, query
 
 _SQL = "feed.sql"
 
@@ -230,20 +230,6 @@ class _LagRow(NamedTuple):
     oldest_seconds: float
 
 
-@functools.lru_cache(maxsize=8)
-def _bare(statement: str) -> str:
-    """``statement`` without its comment lines (the reasons stay in sql/feed.sql).
-
-    psycopg converts a query's ``%(name)s`` placeholders on every execute and
-    caches the conversion only for texts up to 4,096 characters; with its
-    comments the feed statement is longer, and re-parsing it was ~10% of an
-    idle relay's CPU (issue 22). Lines are kept, so error positions still
-    point into the statement.
-    """
-    lines = statement.split("\n")
-    return "\n".join("" if line.lstrip().startswith("--") else line for line in lines)
-
-
 _check_rows = record_row(Row)
 _rows_checked = False
 
@@ -276,7 +262,7 @@ async def read_batch(
     params = {**sql_params(cursor), "limit": limit, "walk_max": RANGE_WALK_MAX}
     rows: list[Row]
     cur = conn.cursor(row_factory=_feed_rows)
-    statement = _bare(query("feed_read", _SQL))
+    statement = bare_query("feed_read", _SQL)
     # Prepared on the server from the first read: the statement is planned
     # far less often (planning it cost more than running it, issue 22).
     if conn.autocommit:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from outbox.sqlfiles import queries, sql_dir
+from outbox.sqlfiles import bare_query, queries, query, sql_dir
 from tests.support.paths import ROOT
 
 # What a whole statement (or a psycopg.sql template of one) starts with.
@@ -95,3 +95,21 @@ def _check_module(path: Path) -> int:
     for name, filename in found:
         assert name in queries(filename), f"{path.name}: no {name!r} in sql/{filename}"
     return len(found)
+
+
+@pytest.mark.parametrize(
+    ("name", "filename"), [("feed_read", "feed.sql"), ("dispatch_batch", "dispatch.sql")]
+)
+def test_hot_statements_are_sent_without_comments_and_fit_psycopgs_query_cache(
+    name: str, filename: str
+) -> None:
+    full, bare = query(name, filename), bare_query(name, filename)
+    assert "--" in full  # the reasons are in the file
+    assert not any(line.lstrip().startswith("--") for line in bare.split("\n"))
+    # Same lines (blanked), so an error position still points into the file's text.
+    assert bare.count("\n") == full.count("\n")
+    assert [ln for ln in bare.split("\n") if ln] == [
+        ln for ln in full.split("\n") if ln and not ln.lstrip().startswith("--")
+    ]
+    # psycopg caches a query's converted placeholders only up to 4,096 characters.
+    assert len(bare.encode()) <= 4096
