@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.support.delivery import create_webhook
 from tests.support.ordering import arrivals, interleaved, order_violations, publish_keyed
@@ -64,6 +65,10 @@ async def done(conn: Conn, webhook_id: int, n: int) -> bool:
     return row is not None and row[0] >= n
 
 
+# Its own wait for the deliveries is 120 s; the test's limit leaves room for the
+# setup around it, so a slow run fails on the condition it waited for, not on
+# pytest's default 120 s timeout.
+@pytest.mark.timeout(240)
 async def test_two_serve_copies_keep_each_keys_order(
     aconn: Conn, db_url: str, tmp_path: Path
 ) -> None:
