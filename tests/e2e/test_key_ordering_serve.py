@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.delivery import create_webhook
+from tests.support.delivery import create_webhook, succeeded
 from tests.support.ordering import arrivals, interleaved, order_violations, publish_keyed
 from tests.support.receivers import Reply, Request, running
 from tests.support.relay import ServeProcess, serve_processes
@@ -56,15 +56,6 @@ async def claim_sampler(db_url: str, holders: set[str]) -> AsyncIterator[None]:
             await task
 
 
-async def done(conn: Conn, webhook_id: int, n: int) -> bool:
-    cur = await conn.execute(
-        "SELECT count(*) FROM outbox.deliveries WHERE webhook_id = %s AND status = 'success'",
-        (webhook_id,),
-    )
-    row = await cur.fetchone()
-    return row is not None and row[0] >= n
-
-
 # Its own wait for the deliveries is 120 s; the test's limit leaves room for the
 # setup around it, so a slow run fails on the condition it waited for, not on
 # pytest's default 120 s timeout.
@@ -92,7 +83,7 @@ async def test_two_serve_copies_keep_each_keys_order(
                 for start in range(0, len(items), 20):  # many transactions, as writers do
                     await publish_keyed(aconn, items[start : start + 20])
                 await wait_for(
-                    lambda: done(aconn, wid, len(items)), timeout=120, what="all delivered"
+                    lambda: succeeded(aconn, wid, len(items)), timeout=120, what="all delivered"
                 )
             for p in procs:
                 assert p.proc.poll() is None, p.log()

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from tests.support.delivery import create_webhook, delivery
+from tests.support.delivery import create_webhook, delivery, succeeded
 from tests.support.ordering import arrivals, interleaved, order_violations, publish_keyed, seen
 from tests.support.receivers import Action, Hang, Reply, Request, running
 from tests.support.relay import ServeProcess, serve_processes
@@ -28,15 +28,6 @@ SERVE_ENV = {
 }
 KEYS = ["x", "y", "z", "w"]
 PER_KEY = 10
-
-
-async def finished(conn: Conn, webhook_id: int, n: int) -> bool:
-    cur = await conn.execute(
-        "SELECT count(*) FROM outbox.deliveries WHERE webhook_id = %s AND status = 'success'",
-        (webhook_id,),
-    )
-    row = await cur.fetchone()
-    return row is not None and row[0] >= n
 
 
 async def test_kill_9_of_the_heads_holder(aconn: Conn, db_url: str, tmp_path: Path) -> None:
@@ -72,9 +63,9 @@ async def test_kill_9_of_the_heads_holder(aconn: Conn, db_url: str, tmp_path: Pa
             assert await victim.wait() == -signal.SIGKILL
             # The other keys go on meanwhile; x waits for its head.
             others = len(KEYS[1:]) * PER_KEY
-            await wait_for(lambda: finished(aconn, wid, others), timeout=60, what="y, z, w")
+            await wait_for(lambda: succeeded(aconn, wid, others), timeout=60, what="y, z, w")
             await wait_for(
-                lambda: finished(aconn, wid, len(KEYS) * PER_KEY), timeout=60, what="x too"
+                lambda: succeeded(aconn, wid, len(KEYS) * PER_KEY), timeout=60, what="x too"
             )
             assert survivor.proc.poll() is None, survivor.log()
     assert order_violations(rx.requests) == []

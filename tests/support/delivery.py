@@ -148,3 +148,13 @@ async def worker(settings: Settings, **kwargs: Any) -> AsyncIterator[DeliveryWor
 
 async def status_is(conn: psycopg.AsyncConnection[Any], delivery_id: int, *statuses: str) -> bool:
     return (await delivery(conn, delivery_id))["status"] in statuses
+
+
+async def succeeded(conn: psycopg.AsyncConnection[Any], webhook_id: int, n: int) -> bool:
+    """At least ``n`` of the webhook's deliveries ended ``success``."""
+    cur = await conn.execute(
+        "SELECT count(*) FROM outbox.deliveries WHERE webhook_id = %s AND status = 'success'",
+        (webhook_id,),
+    )
+    row = await cur.fetchone()
+    return row is not None and row[0] >= n
