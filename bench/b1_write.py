@@ -37,7 +37,6 @@ queue and cost more than read ones. Only ``tracked`` runs a relay.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import threading
 import time
@@ -52,7 +51,7 @@ from psycopg import sql
 from bench.context import Context, interleaved
 from bench.pg import bench_database
 from bench.pgbench import pgbench
-from bench.procs import Server
+from bench.procs import Server, cpu_s
 from bench.report import Metric, ScenarioResult, Target, ratio_metric
 from bench.stats import Spread
 from bench.system import TOKEN, outbox_server
@@ -225,15 +224,6 @@ class Listener:
             raise RuntimeError(f"listener failed: {self._error}") from self._error
 
 
-def _cpu_s(pid: int) -> float:
-    """utime + stime of a process on this machine (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _relay_backends(url: str) -> list[int]:
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
@@ -268,8 +258,8 @@ async def _with_relay(
     server = outbox_server(ctx, url, f"b1-{name}")
     async with server:
         backends = await asyncio.to_thread(_relay_backends, url)
-        pg0 = sum(_cpu_s(b) for b in backends)
-        py0 = _cpu_s(server.pid)
+        pg0 = sum(cpu_s(b, gone_is_zero=True) for b in backends)
+        py0 = cpu_s(server.pid, gone_is_zero=True)
         r = await pgbench(
             url,
             script,
@@ -284,8 +274,8 @@ async def _with_relay(
         while read < total and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # polling the relay's counter, bounded by KEPT_UP_S
             read = await _events_read(server)
-        pg_cpu = sum(_cpu_s(b) for b in backends) - pg0
-        py_cpu = _cpu_s(server.pid) - py0
+        pg_cpu = sum(cpu_s(b, gone_is_zero=True) for b in backends) - pg0
+        py_cpu = cpu_s(server.pid, gone_is_zero=True) - py0
     per = 1000 / max(total, 1)
     return r, {
         "events": total,

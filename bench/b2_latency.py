@@ -44,7 +44,7 @@ from bench.context import Context, interleaved
 from bench.payloads import SUBJECT
 from bench.pg import bench_database
 from bench.pgbench import pgbench, transaction_log
-from bench.procs import Child, Server, free_port, helper, running
+from bench.procs import Child, Server, cpu_s, free_port, helper, running
 from bench.report import Metric, ScenarioResult, Target, ratio_metric
 from bench.stats import Spread, latency_summary
 from bench.system import outbox_server, ws_url
@@ -117,11 +117,6 @@ FROM (SELECT jsonb_build_object(
 """
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def write_scripts(ctx: Context) -> dict[str, Path]:
     paths = {}
     bare = ctx.workdir / "b2_bare.sql"
@@ -168,7 +163,7 @@ async def run_once(
             await sink.start()
             await sink.expect("ready", 60)
         try:
-            cpu0 = _cpu_s(serving)
+            cpu0 = cpu_s(serving)
             await pgbench(
                 db_url,
                 scripts[{"notify": "notify", "bare": "bare"}.get(variant, "publish")],
@@ -181,7 +176,7 @@ async def run_once(
             )
             got = await client.expect("done", timeout + 10)
             sinks: dict[str, Any] | None = await sink.expect("done", timeout) if sink else None
-            cpu = _cpu_s(serving) - cpu0
+            cpu = cpu_s(serving) - cpu0
         finally:
             if sink:
                 await sink.stop()

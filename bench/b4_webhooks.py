@@ -28,13 +28,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import os
 import resource
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,7 +41,7 @@ import psycopg
 from bench.context import Context, interleaved
 from bench.payloads import payload, publish_events_sql
 from bench.pg import bench_database
-from bench.procs import Child, Server, free_port, helper, running
+from bench.procs import Child, Server, cpu_s, free_port, helper, running
 from bench.report import Metric, ScenarioResult, Target, rate_vs_baseline
 from bench.stats import Spread
 from bench.system import create_webhook, outbox_server
@@ -101,15 +99,6 @@ async def wait_delivered(
         await asyncio.sleep(POLL)  # the polling interval of the measurement
 
 
-def _cpu_s(pid: int) -> float:
-    """utime + stime of a process on this machine (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _self_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -132,14 +121,15 @@ async def run_outbox(
     conn = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
     async with conn:
         backends = await _relay_backends(conn)
-        py0, pg0 = _cpu_s(server_pid), sum(_cpu_s(b) for b in backends)
+        py0 = cpu_s(server_pid, gone_is_zero=True)
+        pg0 = sum(cpu_s(b, gone_is_zero=True) for b in backends)
         cur = await conn.execute(publish_events_sql(event_type), {"n": n, "marker": ""})
         row = await cur.fetchone()
         t0 = time.monotonic_ns()
         assert row is not None
         end, ok, failed = await wait_delivered(conn, int(webhook["id"]), row[0], row[1], n, limit_s)
-        py = _cpu_s(server_pid) - py0
-        pg = sum(_cpu_s(b) for b in backends) - pg0
+        py = cpu_s(server_pid, gone_is_zero=True) - py0
+        pg = sum(cpu_s(b, gone_is_zero=True) for b in backends) - pg0
     seconds = (end - t0) / 1e9
     return {
         "n": n,

@@ -20,7 +20,6 @@ last run of each variant (calls, rows, execution and planning ms); then one
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from typing import Any
 
 import psycopg
 
+from bench.procs import cpu_s
 from outbox.cli.embedded import EmbeddedCluster, find_bindir
 from outbox.cursor import Cursor, sql_params
 from outbox.migrate import migrate
@@ -38,7 +38,6 @@ from outbox.sqlfiles import query
 
 WRITERS = 16
 _BEFORE = (Path(__file__).parent / "feed_read_before.sql").read_text(encoding="utf-8")
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _statement(variant: str) -> str:
@@ -54,11 +53,6 @@ def _use(variant: str) -> None:
         return query(name, filename)
 
     feed.query = pick  # type: ignore[attr-defined]
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
 
 
 def _writers(url: str, stop: threading.Event, counts: list[int]) -> list[threading.Thread]:
@@ -78,7 +72,7 @@ async def _reader(url: str, stop: threading.Event, out: dict[str, float]) -> Non
     assert row is not None
     pid = int(row[0])
     cursor = await feed.head(conn)
-    cpu0 = _cpu_seconds(pid)
+    cpu0 = cpu_s(pid)
     n = 0
     while not stop.is_set():
         batch = await feed.read_batch(conn, cursor, 1000)
@@ -86,7 +80,7 @@ async def _reader(url: str, stop: threading.Event, out: dict[str, float]) -> Non
         n += len(batch.events)
         if not batch.more:
             await asyncio.sleep(0.001)
-    out["reader_cpu_s"] = _cpu_seconds(pid) - cpu0
+    out["reader_cpu_s"] = cpu_s(pid) - cpu0
     out["read"] = n
     await conn.close()
 

@@ -137,6 +137,21 @@ async def running(child: Child, *, ready_timeout: float = 60.0) -> AsyncIterator
         await child.stop()
 
 
+def cpu_s(pid: int, *, gone_is_zero: bool = False) -> float:
+    """utime + stime of a process on this machine, in seconds.
+
+    A process that is gone raises :class:`OSError`, unless ``gone_is_zero``
+    (for sums over PostgreSQL backends, one of which may have ended).
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        if gone_is_zero:
+            return 0.0
+        raise
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM: the largest resident set the process has had, in MB."""
     return _status_kb(pid, "VmHWM") / 1024.0
