@@ -87,7 +87,7 @@ async def main(args: argparse.Namespace) -> None:
         )
         async with running(rx), server:
             hook = await create_webhook(server, f"http://127.0.0.1:{port}/hook", "bench.p", "p")
-            await run_outbox(db_url, server.pid, hook, "bench.p", 1000, 120)  # warm-up
+            await run_outbox(db_url, [server.pid], hook, "bench.p", 1000, 120)  # warm-up
             async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
                 await c.execute("ANALYZE")
             if args.statements:
@@ -107,7 +107,8 @@ async def main(args: argparse.Namespace) -> None:
                 await asyncio.sleep(1.0)  # py-spy attaches
             try:
                 for i in range(args.rounds):
-                    r = await run_outbox(db_url, server.pid, hook, "bench.p", args.deliveries, 300)
+                    pids = [server.pid]
+                    r = await run_outbox(db_url, pids, hook, "bench.p", args.deliveries, 300)
                     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
                         cur = await c.execute(GAPS, (args.deliveries,))
                         gaps = await cur.fetchone()

@@ -10,12 +10,18 @@ httpx-aiohttp transport, responses streamed) posting the same bodies
 (``json.dumps(payload, sort_keys=True)``) to the same receiver at the same
 concurrency (the sender's per-endpoint limit, which for one endpoint is its
 effective concurrency), retrying a failed POST at once. Beside it, for
-comparison only: the same loop on httpx's default transport, and on bare
-aiohttp. All variants run interleaved, rotated each repetition. Beside the rates:
+comparison only: the same loop on httpx's default transport, on bare
+aiohttp, and "outbox x2": two ``outbox serve`` processes (the supported
+scale-out) on a database of their own, each with half the per-endpoint
+concurrency, so the receiver sees the same 16 requests in flight. All
+variants run interleaved, rotated each repetition. Beside the rates:
 CPU per delivery of the ``outbox serve`` process and of its PostgreSQL
 backends (``/proc``), and the bare loop's own CPU per request, which do not
 swing with the machine's load the way rates do (``bench.b4_profile`` runs
-the pipeline alone with a profiler).
+the pipeline alone with a profiler); the receiver's CPU in each run, the
+whole machine's CPU per delivery (sender side + receiver), how many cores
+were busy, and the rate ratio that CPU allows: when both variants keep the
+cores busy, bare machine CPU per delivery / the pipeline's bounds outbox/bare.
 
 Receivers (``bench.receiver``, one process each): one always answering 200,
 one answering 500 to every 5th request (20% failing). The product runs with
@@ -28,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import resource
 import socket
 import time
@@ -42,7 +49,7 @@ from bench.context import Context, interleaved
 from bench.payloads import payload, publish_events_sql
 from bench.pg import bench_database
 from bench.procs import Child, Server, cpu_s, free_port, helper, running
-from bench.report import Metric, ScenarioResult, Target, rate_vs_baseline
+from bench.report import Metric, ScenarioResult, Target, rate_vs_baseline, ratio_metric
 from bench.stats import Spread
 from bench.system import create_webhook, outbox_server
 
@@ -113,22 +120,27 @@ async def _relay_backends(conn: psycopg.AsyncConnection[Any]) -> list[int]:
 
 
 async def run_outbox(
-    db_url: str, server_pid: int, webhook: dict[str, Any], event_type: str, n: int, limit_s: float
+    db_url: str,
+    server_pids: list[int],
+    webhook: dict[str, Any],
+    event_type: str,
+    n: int,
+    limit_s: float,
 ) -> dict[str, Any]:
     """The pipeline's rate, and its CPU per delivery: the ``outbox serve``
-    process and its PostgreSQL backends (the harness's polling backend is not
-    counted)."""
+    processes and their PostgreSQL backends (the harness's polling backend is
+    not counted)."""
     conn = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
     async with conn:
         backends = await _relay_backends(conn)
-        py0 = cpu_s(server_pid, gone_is_zero=True)
+        py0 = sum(cpu_s(pid, gone_is_zero=True) for pid in server_pids)
         pg0 = sum(cpu_s(b, gone_is_zero=True) for b in backends)
         cur = await conn.execute(publish_events_sql(event_type), {"n": n, "marker": ""})
         row = await cur.fetchone()
         t0 = time.monotonic_ns()
         assert row is not None
         end, ok, failed = await wait_delivered(conn, int(webhook["id"]), row[0], row[1], n, limit_s)
-        py = cpu_s(server_pid, gone_is_zero=True) - py0
+        py = sum(cpu_s(pid, gone_is_zero=True) for pid in server_pids) - py0
         pg = sum(cpu_s(b, gone_is_zero=True) for b in backends) - pg0
     seconds = (end - t0) / 1e9
     return {
@@ -225,6 +237,19 @@ async def run_bare_aiohttp(url: str, n: int, concurrency: int, limit_s: float) -
         return await _bare_loop(post, n, concurrency, limit_s)
 
 
+def _add_machine_cpu(r: dict[str, Any], receiver_s: float) -> None:
+    """The whole machine's CPU per delivery in a run: the sender side (``outbox
+    serve`` and its PostgreSQL backends, or the bare loop) plus the receiver,
+    and how many of the cores they kept busy on average. When both variants
+    fill the machine, the ratio of their totals bounds the ratio of their
+    rates (the "CPU allows" row)."""
+    n = r["n"]
+    r["receiver_cpu_us"] = receiver_s * 1e6 / n
+    sender = r["serve_cpu_us"] + r["pg_cpu_us"] if "serve_cpu_us" in r else r["cpu_us"]
+    r["machine_cpu_us"] = sender + r["receiver_cpu_us"]
+    r["cores_busy"] = r["machine_cpu_us"] * n / 1e6 / r["seconds"]
+
+
 BARE = {"bare": run_bare, "bare httpx default": run_bare_httpx, "bare aiohttp": run_bare_aiohttp}
 
 
@@ -245,35 +270,57 @@ async def run(ctx: Context) -> ScenarioResult:
             ),
             port,
         )
-    with bench_database(ctx.admin_url, "b4") as db_url:
-        server: Server = outbox_server(
-            ctx, db_url, "b4", OUTBOX_RETRY_SCHEDULE=FAST_RETRIES, OUTBOX_WEBHOOK_TIMEOUT="10"
-        )
+    env = {"OUTBOX_RETRY_SCHEDULE": FAST_RETRIES, "OUTBOX_WEBHOOK_TIMEOUT": "10"}
+    # "outbox x2": the scale-out users have (two `outbox serve` copies claiming
+    # from one database), on a database of its own so the single server does
+    # not help it, each copy with half the per-endpoint concurrency: the same
+    # 16 requests in flight to the receiver as every other variant.
+    half = max(1, p.concurrency // 2)
+    env_x2 = env | {
+        "OUTBOX_ENDPOINT_CONCURRENCY": str(half),
+        "OUTBOX_DELIVERY_CONCURRENCY": str(max(half, 64 // 2)),
+    }
+    with (
+        bench_database(ctx.admin_url, "b4") as db_url,
+        bench_database(ctx.admin_url, "b4x2") as db_x2,
+    ):
+        server: Server = outbox_server(ctx, db_url, "b4", **env)
+        pair = [outbox_server(ctx, db_x2, f"b4x2-{i}", **env_x2) for i in (1, 2)]
         ok_rx, flaky_rx = receivers["ok"][0], receivers["failing 20%"][0]
-        async with running(ok_rx), running(flaky_rx), server:
-            hooks = {}
+        async with running(ok_rx), running(flaky_rx), server, pair[0], pair[1]:
+            setups = {
+                "outbox": (db_url, server, [server.pid]),
+                "outbox x2": (db_x2, pair[0], [s.pid for s in pair]),
+            }
+            hooks: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+            urls = {}
             for i, (name, (_, port)) in enumerate(receivers.items()):
                 event_type = f"bench.hook{i}"
-                hook = await create_webhook(
-                    server, f"http://127.0.0.1:{port}/hook", event_type, f"bench {name}"
-                )
-                hooks[name] = (hook, event_type, f"http://127.0.0.1:{port}/hook")
+                urls[name] = f"http://127.0.0.1:{port}/hook"
+                for variant, (_, srv, _) in setups.items():
+                    hook = await create_webhook(srv, urls[name], event_type, f"bench {name}")
+                    hooks[(name, variant)] = (hook, event_type)
             for rep in range(p.repeats):
-                for name, (hook, event_type, url) in hooks.items():
-                    for variant in interleaved(("outbox", *BARE), rep):
-                        if variant == "outbox":
-                            r = await run_outbox(
-                                db_url, server.pid, hook, event_type, p.deliveries, limit_s
-                            )
+                for name, url in urls.items():
+                    for variant in interleaved((*setups, *BARE), rep):
+                        rx0 = cpu_s(receivers[name][0].pid)
+                        if variant in setups:
+                            db, _, pids = setups[variant]
+                            hook, event_type = hooks[(name, variant)]
+                            r = await run_outbox(db, pids, hook, event_type, p.deliveries, limit_s)
                         else:
                             bare = BARE[variant]
                             r = await bare(url, p.deliveries, p.concurrency, limit_s)
+                        _add_machine_cpu(r, cpu_s(receivers[name][0].pid) - rx0)
                         runs.setdefault((name, variant), []).append(r)
                         cpu = (
                             f" (CPU/delivery: serve {r['serve_cpu_us']:.0f} us,"
-                            f" PostgreSQL {r['pg_cpu_us']:.0f} us)"
-                            if variant == "outbox"
-                            else f" (CPU/request {r['cpu_us']:.0f} us)"
+                            f" PostgreSQL {r['pg_cpu_us']:.0f} us,"
+                            if variant in setups
+                            else f" (CPU/request {r['cpu_us']:.0f} us,"
+                        ) + (
+                            f" receiver {r['receiver_cpu_us']:.0f} us;"
+                            f" {r['cores_busy']:.2f} cores busy)"
                         )
                         ctx.log(
                             f"b4 rep {rep + 1} receiver {name} {variant}: "
@@ -301,6 +348,70 @@ async def run(ctx: Context) -> ScenarioResult:
                 f"receiver {name}: CPU per delivery, PostgreSQL backends",
                 "us",
                 Spread.of([r["pg_cpu_us"] for r in ours]),
+            )
+        )
+        result.metrics.append(
+            Metric(
+                f"receiver {name}: CPU per delivery, receiver",
+                "us",
+                Spread.of([r["receiver_cpu_us"] for r in ours]),
+                baseline=Spread.of([r["receiver_cpu_us"] for r in base]),
+            )
+        )
+        result.metrics.append(
+            Metric(
+                f"receiver {name}: CPU per delivery, whole machine",
+                "us",
+                Spread.of([r["machine_cpu_us"] for r in ours]),
+                baseline=Spread.of([r["machine_cpu_us"] for r in base]),
+                note="serve + PostgreSQL + receiver; baseline: bare loop + receiver",
+            )
+        )
+        result.metrics.append(
+            Metric(
+                f"receiver {name}: cores busy",
+                "cores",
+                Spread.of([r["cores_busy"] for r in ours]),
+                baseline=Spread.of([r["cores_busy"] for r in base]),
+                note=f"of {os.cpu_count()}",
+            )
+        )
+        result.metrics.append(
+            Metric(
+                f"receiver {name}: outbox/bare the CPU allows",
+                "ratio",
+                Spread.of(
+                    [
+                        b["machine_cpu_us"] / o["machine_cpu_us"]
+                        for o, b in zip(ours, base, strict=True)
+                    ]
+                ),
+                note="bare machine CPU per delivery / outbox's, per repetition: "
+                "the rate ratio when both fill the cores",
+            )
+        )
+        x2 = runs[(name, "outbox x2")]
+        result.metrics.append(
+            Metric(
+                f"receiver {name}: outbox x2 (two serve processes, 8 + 8 per endpoint)",
+                "deliveries/s",
+                Spread.of([r["rate"] for r in x2]),
+                note="the scale-out; no target",
+            )
+        )
+        result.metrics.append(
+            ratio_metric(
+                f"receiver {name}: outbox x2/bare",
+                [r["rate"] for r in x2],
+                [r["rate"] for r in base],
+                None,
+            )
+        )
+        result.metrics.append(
+            Metric(
+                f"receiver {name}: outbox x2 CPU per delivery, both serve processes",
+                "us",
+                Spread.of([r["serve_cpu_us"] for r in x2]),
             )
         )
         for variant in ("bare httpx default", "bare aiohttp"):
