@@ -334,51 +334,43 @@ async def run(ctx: Context) -> ScenarioResult:
         result.metrics += rate_vs_baseline(
             f"receiver {name}", "deliveries/s", ours, base, (RATE_TARGET, RATIO_TARGET), note
         )
-        result.metrics.append(
+        x2 = runs[(name, "outbox x2")]
+
+        def col(rs: list[dict[str, Any]], key: str) -> Spread:
+            return Spread.of([r[key] for r in rs])
+
+        label = f"receiver {name}: "
+        result.metrics += [
             Metric(
-                f"receiver {name}: CPU per delivery, outbox serve",
+                label + "CPU per delivery, outbox serve",
                 "us",
-                Spread.of([r["serve_cpu_us"] for r in ours]),
-                baseline=Spread.of([r["cpu_us"] for r in base]),
+                col(ours, "serve_cpu_us"),
+                baseline=col(base, "cpu_us"),
                 note="baseline: the bare loop's process per request",
-            )
-        )
-        result.metrics.append(
+            ),
+            Metric(label + "CPU per delivery, PostgreSQL backends", "us", col(ours, "pg_cpu_us")),
             Metric(
-                f"receiver {name}: CPU per delivery, PostgreSQL backends",
+                label + "CPU per delivery, receiver",
                 "us",
-                Spread.of([r["pg_cpu_us"] for r in ours]),
-            )
-        )
-        result.metrics.append(
+                col(ours, "receiver_cpu_us"),
+                baseline=col(base, "receiver_cpu_us"),
+            ),
             Metric(
-                f"receiver {name}: CPU per delivery, receiver",
+                label + "CPU per delivery, whole machine",
                 "us",
-                Spread.of([r["receiver_cpu_us"] for r in ours]),
-                baseline=Spread.of([r["receiver_cpu_us"] for r in base]),
-            )
-        )
-        result.metrics.append(
-            Metric(
-                f"receiver {name}: CPU per delivery, whole machine",
-                "us",
-                Spread.of([r["machine_cpu_us"] for r in ours]),
-                baseline=Spread.of([r["machine_cpu_us"] for r in base]),
+                col(ours, "machine_cpu_us"),
+                baseline=col(base, "machine_cpu_us"),
                 note="serve + PostgreSQL + receiver; baseline: bare loop + receiver",
-            )
-        )
-        result.metrics.append(
+            ),
             Metric(
-                f"receiver {name}: cores busy",
+                label + "cores busy",
                 "cores",
-                Spread.of([r["cores_busy"] for r in ours]),
-                baseline=Spread.of([r["cores_busy"] for r in base]),
+                col(ours, "cores_busy"),
+                baseline=col(base, "cores_busy"),
                 note=f"of {os.cpu_count()}",
-            )
-        )
-        result.metrics.append(
+            ),
             Metric(
-                f"receiver {name}: outbox/bare the CPU allows",
+                label + "outbox/bare the CPU allows",
                 "ratio",
                 Spread.of(
                     [
@@ -388,32 +380,22 @@ async def run(ctx: Context) -> ScenarioResult:
                 ),
                 note="bare machine CPU per delivery / outbox's, per repetition: "
                 "the rate ratio when both fill the cores",
-            )
-        )
-        x2 = runs[(name, "outbox x2")]
-        result.metrics.append(
+            ),
             Metric(
-                f"receiver {name}: outbox x2 (two serve processes, 8 + 8 per endpoint)",
+                label + "outbox x2 (two serve processes, 8 + 8 per endpoint)",
                 "deliveries/s",
-                Spread.of([r["rate"] for r in x2]),
+                col(x2, "rate"),
                 note="the scale-out; no target",
-            )
-        )
-        result.metrics.append(
+            ),
             ratio_metric(
-                f"receiver {name}: outbox x2/bare",
-                [r["rate"] for r in x2],
-                [r["rate"] for r in base],
-                None,
-            )
-        )
-        result.metrics.append(
+                label + "outbox x2/bare", [r["rate"] for r in x2], [r["rate"] for r in base]
+            ),
             Metric(
-                f"receiver {name}: outbox x2 CPU per delivery, both serve processes",
+                label + "outbox x2 CPU per delivery, both serve processes",
                 "us",
-                Spread.of([r["serve_cpu_us"] for r in x2]),
-            )
-        )
+                col(x2, "serve_cpu_us"),
+            ),
+        ]
         for variant in ("bare httpx default", "bare aiohttp"):
             others = runs[(name, variant)]
             result.metrics.append(
