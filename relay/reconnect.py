@@ -83,6 +83,11 @@ async def connect(url: str, application_name: str) -> psycopg.AsyncConnection[An
     return conn
 
 
+async def configure_api_session(conn: psycopg.AsyncConnection[Any]) -> None:
+    """A new connection of the API's pool: no JIT (sql/reconnect.sql ``api_session``)."""
+    await conn.execute(query("api_session", "reconnect.sql"))
+
+
 async def close_quietly(conn: psycopg.AsyncConnection[Any] | None) -> None:
     """Close a connection that may already be broken."""
     if conn is None or conn.closed:

@@ -53,6 +53,7 @@ from outbox.relay.hub import Hub
 from outbox.relay.leader import Leadership
 from outbox.relay.listener import Listener
 from outbox.relay.metrics import Metrics
+from outbox.relay.reconnect import configure_api_session
 from outbox.relay.retention import RETENTION_INTERVAL, RetentionLoop
 from outbox.relay.runtime import BatchSink, FeedLoop, FeedStatus
 from outbox.relay.sinks.runner import SinkRunner, WakingHub
@@ -120,6 +121,7 @@ class Service:
             max_size=10,
             open=False,
             kwargs={"autocommit": True, "application_name": "outbox api"},
+            configure=configure_api_session,
             name="outbox-api",
             # After a server restart the pooled connections are dead; checking
             # on checkout turns that into a fresh connection, not a failed request.

@@ -14,3 +14,12 @@ SELECT set_config('tcp_keepalives_idle', %(idle)s, false),
        set_config('tcp_keepalives_interval', %(interval)s, false),
        set_config('tcp_keepalives_count', %(count)s, false),
        set_config('jit', 'off', false);
+
+-- name: api_session
+-- For each connection of the API's pool (relay/service.py): the same
+-- "jit off" as above. The /ws catch-up and /events replay run the feed
+-- statement on these; PostgreSQL planned a read inside a large transaction
+-- at a cost above jit_above_cost and spent ~0.9 s compiling it for ~2 ms of
+-- work, every page of a resuming client (200,000 late events took 208 s to
+-- reach one; BENCHMARKS.md, session 5).
+SELECT set_config('jit', 'off', false);

@@ -103,3 +103,46 @@ async def test_start_fails_cleanly_without_a_database() -> None:
         await asyncio.wait_for(service.start(), timeout=20)
     assert service.status().state == "stopped"
     await asyncio.wait_for(service.stop(), timeout=5)
+
+
+async def test_api_pool_reads_never_jit_compile(db_url: str) -> None:
+    """The /ws catch-up and /events replay read the feed on the API pool's
+    connections. Planned with a cursor inside a large late transaction (here
+    30,000 rows, one page read), the feed statement's estimated cost passes
+    jit_above_cost, and PostgreSQL spent ~0.9 s compiling each such read for
+    ~2 ms of work (a resuming client got 200,000 late events in 208 s). The
+    pool's sessions run with JIT off, as the relay's own do."""
+    from outbox.cursor import sql_params
+    from outbox.relay import feed
+    from outbox.sqlfiles import bare_query
+
+    service = _service(db_url)
+    await service.start()
+    try:
+        writer = await psycopg.AsyncConnection.connect(db_url)
+        try:
+            await writer.execute(
+                "INSERT INTO outbox.events (event_type, payload)"
+                " SELECT 'big.row', jsonb_build_object('i', g) FROM generate_series(1, 30000) g"
+            )
+            async with service.pool.connection() as conn:
+                # The big transaction drew the smaller ids; a small one commits
+                # first and is read while the big one is still open.
+                start = await feed.head(conn)
+                await conn.execute("SELECT outbox.publish('small.one', '{}'::jsonb)")
+                past = (await feed.read_batch(conn, start, 1000)).end
+                await writer.commit()
+                inside = (await feed.read_batch(conn, past, 1000)).end  # one late page in
+                assert inside.done, inside  # the cursor points inside the transaction
+                cur = await conn.execute("SELECT current_setting('jit')")
+                assert (await cur.fetchone()) == ("off",)
+                params = {**sql_params(inside), "limit": 1000, "walk_max": feed.RANGE_WALK_MAX}
+                cur = await conn.execute(
+                    "EXPLAIN (ANALYZE, FORMAT TEXT) " + bare_query("feed_read", "feed.sql"), params
+                )
+                plan = "\n".join(str(r[0]) for r in await cur.fetchall())
+        finally:
+            await writer.close()
+    finally:
+        await asyncio.wait_for(service.stop(grace=5), timeout=15)
+    assert "JIT:" not in plan, plan
