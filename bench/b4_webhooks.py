@@ -340,35 +340,37 @@ async def run(ctx: Context) -> ScenarioResult:
             return Spread.of([r[key] for r in rs])
 
         label = f"receiver {name}: "
+        # (row, unit, the pipeline's key, the bare loop's key or None, note)
+        paired: list[tuple[str, str, str, str | None, str]] = [
+            (
+                "CPU per delivery, outbox serve",
+                "us",
+                "serve_cpu_us",
+                "cpu_us",
+                "baseline: the bare loop's process per request",
+            ),
+            ("CPU per delivery, PostgreSQL backends", "us", "pg_cpu_us", None, ""),
+            ("CPU per delivery, receiver", "us", "receiver_cpu_us", "receiver_cpu_us", ""),
+            (
+                "CPU per delivery, whole machine",
+                "us",
+                "machine_cpu_us",
+                "machine_cpu_us",
+                "serve + PostgreSQL + receiver; baseline: bare loop + receiver",
+            ),
+            ("cores busy", "cores", "cores_busy", "cores_busy", f"of {os.cpu_count()}"),
+        ]
         result.metrics += [
             Metric(
-                label + "CPU per delivery, outbox serve",
-                "us",
-                col(ours, "serve_cpu_us"),
-                baseline=col(base, "cpu_us"),
-                note="baseline: the bare loop's process per request",
-            ),
-            Metric(label + "CPU per delivery, PostgreSQL backends", "us", col(ours, "pg_cpu_us")),
-            Metric(
-                label + "CPU per delivery, receiver",
-                "us",
-                col(ours, "receiver_cpu_us"),
-                baseline=col(base, "receiver_cpu_us"),
-            ),
-            Metric(
-                label + "CPU per delivery, whole machine",
-                "us",
-                col(ours, "machine_cpu_us"),
-                baseline=col(base, "machine_cpu_us"),
-                note="serve + PostgreSQL + receiver; baseline: bare loop + receiver",
-            ),
-            Metric(
-                label + "cores busy",
-                "cores",
-                col(ours, "cores_busy"),
-                baseline=col(base, "cores_busy"),
-                note=f"of {os.cpu_count()}",
-            ),
+                label + row,
+                unit,
+                col(ours, key),
+                baseline=col(base, bkey) if bkey else None,
+                note=note,
+            )
+            for row, unit, key, bkey, note in paired
+        ]
+        result.metrics += [
             Metric(
                 label + "outbox/bare the CPU allows",
                 "ratio",
