@@ -50,6 +50,7 @@ get nothing, which also keeps ``webhook.disabled`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -136,20 +137,14 @@ async def dispatch(conn: psycopg.AsyncConnection[Any], batch: Batch, stored: str
         "channel": DELIVERIES_CHANNEL,
     }
     cur = conn.cursor(row_factory=record_row(_Dispatched))
-    if not any(e.key is not None for e in events):
-        # One statement is its own transaction: all of it or none.
+    keyed = any(e.key is not None for e in events)
+    # Without keys the one statement is its own transaction: all of it or none.
+    async with conn.transaction() if keyed else contextlib.nullcontext():
         await cur.execute(bare_query("dispatch_batch", "dispatch.sql"), params)
         row = await cur.fetchone()
         assert row is not None
-        assert not row.queue_webhooks  # no key, no queue
+        assert keyed or not row.queue_webhooks  # no key, no queue
         if not row.moved:  # then nothing was created either (WHERE EXISTS moved)
-            raise LostLeadership("the dispatcher cursor was moved by another relay")
-        return int(row.created)
-    async with conn.transaction():
-        await cur.execute(bare_query("dispatch_batch", "dispatch.sql"), params)
-        row = await cur.fetchone()
-        assert row is not None
-        if not row.moved:
             raise LostLeadership("the dispatcher cursor was moved by another relay")
         if row.queue_webhooks:
             # dispatch_batch locked these webhooks; this statement reads the
