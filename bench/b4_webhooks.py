@@ -67,20 +67,22 @@ JSON = {"Content-Type": "application/json"}
 @dataclass(frozen=True)
 class Params:
     deliveries: int
-    concurrency: int
+    concurrency: int  # in flight to one receiver: per endpoint, within the process's
     repeats: int
+    delivery_concurrency: int  # the process's default (OUTBOX_DELIVERY_CONCURRENCY)
 
 
 def params(ctx: Context) -> Params:
     from outbox.relay.config import DeliverySettings
 
     fields = DeliverySettings.model_fields  # the defaults, not this environment's
-    concurrency = min(
-        int(fields["delivery_concurrency"].default), int(fields["endpoint_concurrency"].default)
-    )
+    total = int(fields["delivery_concurrency"].default)
+    concurrency = min(total, int(fields["endpoint_concurrency"].default))
     if ctx.smoke:
-        return Params(deliveries=30, concurrency=concurrency, repeats=1)
-    return Params(deliveries=3000, concurrency=concurrency, repeats=ctx.reps(3))
+        return Params(deliveries=30, concurrency=concurrency, repeats=1, delivery_concurrency=total)
+    return Params(
+        deliveries=3000, concurrency=concurrency, repeats=ctx.reps(3), delivery_concurrency=total
+    )
 
 
 async def wait_delivered(
@@ -278,7 +280,7 @@ async def run(ctx: Context) -> ScenarioResult:
     half = max(1, p.concurrency // 2)
     env_x2 = env | {
         "OUTBOX_ENDPOINT_CONCURRENCY": str(half),
-        "OUTBOX_DELIVERY_CONCURRENCY": str(max(half, 64 // 2)),
+        "OUTBOX_DELIVERY_CONCURRENCY": str(max(half, p.delivery_concurrency // 2)),
     }
     with (
         bench_database(ctx.admin_url, "b4") as db_url,
