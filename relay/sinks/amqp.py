@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 
 import aio_pika
 import aio_pika.abc
+import aio_pika.connection
 import aio_pika.exceptions
 import aiormq.exceptions
 
@@ -63,14 +64,19 @@ class AmqpPublisher:
 
     async def connect(self) -> None:
         await self.close()
+        # What aio_pika.connect_robust does, but holding the connection object
+        # when connect() fails: closed here, it is not left to its __del__,
+        # which schedules close() on whatever loop is current when the garbage
+        # collector gets to it (a coroutine never awaited once that loop ended).
+        conn = aio_pika.RobustConnection(
+            aio_pika.connection.make_url(self.sink.url),
+            client_properties={"connection_name": f"outbox sink {self.sink.name}"},
+            reconnect_interval=1,
+        )
         try:
-            conn = await aio_pika.connect_robust(
-                self.sink.url,
-                timeout=CONNECT_TIMEOUT,
-                client_properties={"connection_name": f"outbox sink {self.sink.name}"},
-                reconnect_interval=1,
-            )
+            await conn.connect(timeout=CONNECT_TIMEOUT)
         except Exception as exc:
+            await _close(conn)
             raise self._error(exc, "cannot connect") from exc
         self._conn = conn
         try:
@@ -126,9 +132,8 @@ class AmqpPublisher:
 
     async def close(self) -> None:
         conn, self._conn, self._exchange = self._conn, None, None
-        if conn is not None and not conn.is_closed:
-            with contextlib.suppress(Exception):  # closing a broken connection
-                await asyncio.wait_for(conn.close(), timeout=2)
+        if conn is not None:
+            await _close(conn)
 
     def _error(self, exc: BaseException, what: str) -> BrokerError:
         text = redact(f"{what}: {_describe(exc)}", self.sink.url)
@@ -145,6 +150,12 @@ class AmqpPublisher:
         if isinstance(exc, refused):
             return BrokerRefused(text)
         return BrokerUnavailable(text)
+
+
+async def _close(conn: aio_pika.abc.AbstractRobustConnection) -> None:
+    if not conn.is_closed:
+        with contextlib.suppress(Exception):  # closing a broken connection
+            await asyncio.wait_for(conn.close(), timeout=2)
 
 
 def _routing_key(text: str) -> str:

@@ -5,9 +5,11 @@ consumer queue bound before the sink starts, and the sink oracle."""
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aio_pika
 import httpx
 import psycopg
 import pytest
@@ -15,6 +17,8 @@ from psycopg.types.json import Jsonb
 
 from outbox.api.config import Settings
 from outbox.events import Matcher
+from outbox.relay.sinks.amqp import AmqpPublisher
+from outbox.relay.sinks.base import BrokerRefused, SinkConfig
 from tests.support.api import AUTH
 from tests.support.servers import serve_app
 from tests.support.sinks import AMQP_URL, amqp_queue, need_amqp, settle_stream, unique
@@ -149,3 +153,33 @@ async def test_refused_connections_are_shown_without_the_password(
         assert said.lower() in s["last_error"].lower(), s
         assert "wrong-password" not in s["last_error"]
         assert s["published_count"] == 0
+
+
+async def test_a_refused_connect_closes_its_own_connection() -> None:
+    """A connect the broker refuses closes its connection object itself. Left
+    open, it is closed by aio-pika's ``__del__`` whenever the garbage
+    collector gets to it, as a task of whatever loop runs then; when that loop
+    ends first, the task is destroyed pending (a warning raised in a later,
+    unrelated test: CI saw "coroutine 'RobustConnection.close' was never
+    awaited")."""
+    user = unique("refused")
+    sink = SinkConfig(
+        id=1,
+        name="refused",
+        kind="amqp",
+        url=AMQP_URL.replace("guest:guest@", f"{user}:wrong-password@"),
+        event_types=("*",),
+    )
+    refused = False
+    try:
+        await AmqpPublisher(sink).connect()
+    except BrokerRefused:
+        refused = True
+    assert refused
+    left = [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, aio_pika.RobustConnection) and o.url.user == user
+    ]
+    assert left, "the refused connection object is gone: nothing left to check"
+    assert [c for c in left if not c.is_closed] == []
