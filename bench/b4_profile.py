@@ -6,7 +6,8 @@ One ``outbox serve`` on a fresh bench database, one receiver (``bench.receiver``
 200 always, or 500 to every 5th request with ``--failing``), B4's fast retry
 schedule. After a warm-up round, K rounds of N deliveries each are published
 and drained (as B4 does); for each: the rate, and the CPU per delivery of
-the ``serve`` process and of its PostgreSQL backends (``/proc``). With
+the ``serve`` process and of its PostgreSQL backends (``/proc``), and the
+longest pauses between two sends (a stalled event loop shows there). With
 ``--spy DIR``, py-spy samples the server (blocking, 250 Hz, idle excluded)
 during the measured rounds only, into ``DIR/b4-profile.txt``; summarise it
 with ``python -m bench.hotspots``. Sampling costs the server CPU: rates with
@@ -44,6 +45,21 @@ WITH last AS (
 SELECT extract(epoch FROM (SELECT min(delivered_at) - min(created_at) FROM last)) * 1000,
        extract(epoch FROM (SELECT max(delivered_at) - min(delivered_at) FROM last)) * 1000,
        extract(epoch FROM (SELECT max(gap) FROM g)) * 1000
+"""
+
+# The last round's attempts: the longest pauses between two attempt starts
+# (delivered_at above is the flush's time; these are the sends themselves).
+ATTEMPT_GAPS = """
+WITH a AS (
+    SELECT a.started_at FROM outbox.delivery_attempts a
+    JOIN outbox.deliveries d ON d.id = a.delivery_id
+    WHERE d.event_id > (SELECT max(id) FROM outbox.events) - %s
+), g AS (
+    SELECT started_at - lag(started_at) OVER (ORDER BY started_at) AS gap FROM a
+)
+SELECT coalesce(string_agg(round(extract(epoch FROM gap) * 1000)::text, ', '
+                           ORDER BY gap DESC), '-')
+FROM (SELECT gap FROM g WHERE gap IS NOT NULL ORDER BY gap DESC LIMIT 3) top
 """
 
 DETAIL = """
@@ -113,6 +129,9 @@ async def main(args: argparse.Namespace) -> None:
                         cur = await c.execute(GAPS, (args.deliveries,))
                         gaps = await cur.fetchone()
                         assert gaps is not None
+                        cur = await c.execute(ATTEMPT_GAPS, (args.deliveries,))
+                        sends = await cur.fetchone()
+                        assert sends is not None
                         if args.detail:
                             cur = await c.execute(DETAIL, (args.deliveries,))
                             for row in await cur.fetchall():
@@ -123,7 +142,8 @@ async def main(args: argparse.Namespace) -> None:
                         f" PostgreSQL {r['pg_cpu_us']:.0f} us/delivery,"
                         f" {r['failed']} failed; first delivery {gaps[0]:.0f} ms after"
                         f" the publish, delivered over {gaps[1]:.0f} ms, longest pause"
-                        f" {gaps[2]:.0f} ms",
+                        f" {gaps[2]:.0f} ms between successes; longest pauses between"
+                        f" attempt starts {sends[0]} ms",
                         flush=True,
                     )
             finally:

@@ -176,7 +176,7 @@ async def run_demo(opts: DemoOptions, url: str) -> int:
         register_webhook,
         summary,
     )
-    from outbox.cli.server import HttpServer, bind, running
+    from outbox.cli.server import HttpServer, bind, running, settle_heap
     from outbox.db import connect
     from outbox.tokens import create_token, new_token
 
@@ -248,6 +248,7 @@ async def run_demo(opts: DemoOptions, url: str) -> int:
         _say("starting the server (REST API, /ws, relay, webhook delivery) ...")
         async with running(settings, sock=app_sock) as app:
             servers.append(app.http.server)
+            settle_heap()
             app_task = asyncio.create_task(app.wait(), name="the server")
             try:
                 await _show_and_run(

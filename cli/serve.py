@@ -211,7 +211,7 @@ def run_loop(main: Coroutine[Any, Any, None], loop: str = "auto") -> None:
 
 async def serve(settings: Settings, sock: socket.socket, *, access_log: bool) -> None:
     """Run until SIGTERM/SIGINT (a second one stops at once) or a component fails."""
-    from outbox.cli.server import running
+    from outbox.cli.server import running, settle_heap
     from outbox.relay.tracing import configure_tracing
 
     stop = asyncio.Event()
@@ -222,6 +222,7 @@ async def serve(settings: Settings, sock: socket.socket, *, access_log: bool) ->
             # OTEL_* variables: export the relay's spans (nothing unless asked
             # for). After the server set the logging up: its line is logged.
             stop_tracing = configure_tracing()
+            settle_heap()
 
             def on_signal() -> None:
                 if stop.is_set():

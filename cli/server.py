@@ -10,6 +10,9 @@
     running(settings)       the whole process: the service (relay/service.py:
                             relay, hub, delivery, sinks) started first, then
                             the app under one HttpServer
+    settle_heap()           once a process entry point has started: what
+                            startup left alive leaves the garbage
+                            collector's full passes (gc.freeze)
 
 Start: the socket is bound, the service starts (the feed's head is read,
 so ``/ws`` has its seam before the first request), then uvicorn serves.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import gc
 import logging
 import socket
 from collections.abc import AsyncIterator, Generator
@@ -255,6 +259,24 @@ class Running:
         finally:
             for w in waits - {self.http.task}:
                 w.cancel()
+
+
+def settle_heap() -> None:
+    """Take what startup left alive out of the garbage collector's full passes.
+
+    For a process entry point (``outbox serve``, ``outbox demo``), once the
+    service and the server have started. A full (generation 2) collection
+    walks every tracked object; after startup that is ~110,000 of them
+    (modules, classes, functions, the app), nearly all alive for the
+    process's life, and under webhook load a full pass came every ~0.6 s and
+    stopped the event loop for 60-80 ms: no request sent, no frame written
+    (B4, BENCHMARKS.md "Session 6"). ``gc.freeze()`` moves them to the
+    permanent generation, which collections skip; everything allocated later
+    is collected as before. The collect first keeps startup's garbage out of
+    it. Not for the test server: a test process's heap is the tests'.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @contextlib.asynccontextmanager
