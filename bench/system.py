@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from psycopg import conninfo
 
 from bench.context import Context
 from bench.procs import ROOT, Server, free_port
@@ -38,9 +39,21 @@ def outbox_command() -> list[str]:
     return [sys.executable, "-m", "outbox.cli", "serve"]
 
 
+def serve_url(db_url: str) -> str:
+    """The database URL ``outbox serve`` gets: ``db_url``, or with ``BENCH_SERVE_HOST``
+    as its host (e.g. ``/var/run/postgresql``: the relay on the Unix socket
+    while the load generators stay on TCP)."""
+    host = os.environ.get("BENCH_SERVE_HOST")
+    if not host:
+        return db_url
+    info = conninfo.conninfo_to_dict(db_url)
+    info["host"] = host
+    return conninfo.make_conninfo("", **info)
+
+
 def outbox_server(ctx: Context, db_url: str, name: str, **env: str) -> Server:
     port = free_port()
-    full_env = dict(os.environ) | BASE_ENV | env | {"OUTBOX_DATABASE_URL": db_url}
+    full_env = dict(os.environ) | BASE_ENV | env | {"OUTBOX_DATABASE_URL": serve_url(db_url)}
     # No access log: a line per webhook-free request is not what is measured.
     argv = [
         *outbox_command(),
