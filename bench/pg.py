@@ -21,10 +21,15 @@ def admin_url_from_env() -> str:
     return os.environ.get("BENCH_ADMIN_URL") or DEFAULT_ADMIN_URL
 
 
-def url_for(admin_url: str, dbname: str) -> str:
-    info = conninfo.conninfo_to_dict(admin_url)
-    info["dbname"] = dbname
+def url_with(url: str, **changes: str) -> str:
+    """``url`` with some connection parameters replaced (libpq key=value form)."""
+    info = conninfo.conninfo_to_dict(url)
+    info.update(changes)
     return conninfo.make_conninfo("", **info)
+
+
+def url_for(admin_url: str, dbname: str) -> str:
+    return url_with(admin_url, dbname=dbname)
 
 
 @contextlib.contextmanager

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from psycopg import conninfo
 
 from bench.context import Context
+from bench.pg import url_with
 from bench.procs import ROOT, Server, free_port
 
 TOKEN = "bench-" + secrets.token_hex(8)
@@ -44,11 +44,7 @@ def serve_url(db_url: str) -> str:
     as its host (e.g. ``/var/run/postgresql``: the relay on the Unix socket
     while the load generators stay on TCP)."""
     host = os.environ.get("BENCH_SERVE_HOST")
-    if not host:
-        return db_url
-    info = conninfo.conninfo_to_dict(db_url)
-    info["host"] = host
-    return conninfo.make_conninfo("", **info)
+    return url_with(db_url, host=host) if host else db_url
 
 
 def outbox_server(ctx: Context, db_url: str, name: str, **env: str) -> Server:
